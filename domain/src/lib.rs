@@ -1,0 +1,22 @@
+//! The write side of Latch.
+//!
+//! Every domain fact is an event that an aggregate decided to emit in answer to a command.
+//! This crate holds those decisions and the machinery that persists them:
+//!
+//! - [`device`]: the cabinet / locker aggregate (registration, liveness transitions, door, faults,
+//!   remote door opening) with its commands, events and errors.
+//! - [`telemetry`]: the wire formats cabinets publish on NATS and the commands sent back to them,
+//!   parsed into domain types (anything that does not parse has a named reason).
+//! - [`store`]: the Postgres event store (cqrs-es + postgres-es, event-sourced mode only) and the
+//!   [`store::CommandBus`] that stamps metadata, retries optimistic conflicts a bounded number of
+//!   times and makes every command idempotent by key.
+//! - [`clock`]: time as a dependency, so deadlines and liveness can be tested without sleeping.
+//!
+//! Nothing here talks to NATS or serves HTTP; those live in `latch-workers` and `latch-api`.
+
+pub mod clock;
+pub mod device;
+pub mod store;
+pub mod telemetry;
+
+pub use clock::{Clock, ManualClock, SystemClock};

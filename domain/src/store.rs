@@ -1,0 +1,373 @@
+//! The Postgres event store and the command bus in front of it.
+//!
+//! Events are appended by postgres-es (event-sourced mode: every load folds the whole stream, no
+//! snapshots). The database stamps each row with its event id, transaction id and time, and
+//! claims the command's idempotency key in the same transaction (see migrations/0001).
+//!
+//! [`AggregateStore::execute`] is the one way a command runs:
+//! 1. a command with an idempotency key that already committed is answered from the stored
+//!    events, appending nothing (a key reused for a different request is refused);
+//! 2. otherwise the aggregate decides; an optimistic conflict is retried a bounded number of
+//!    times, then reported as [`CommandError::Conflict`];
+//! 3. the events it appended come back to the caller, so a response can be built from them the
+//!    same way whether it is the first answer or a replay.
+
+use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventEnvelope, Query};
+use postgres_es::{PostgresCqrs, PostgresEventRepository};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::device::Device;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// How many times an optimistic conflict is retried before the caller gets a 409.
+pub const DEFAULT_CONFLICT_RETRIES: usize = 5;
+
+/// Connects a pool that fails fast when Postgres is gone, so callers can answer 503 promptly.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .connect(url)
+        .await
+}
+
+/// Connects without touching the server, for processes that must start while Postgres is down.
+pub fn connect_lazy(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .connect_lazy(url)
+}
+
+/// True when the error means "the database cannot be reached right now", as opposed to a bug or
+/// a refused statement.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || c == "57P01" || c == "57P02" || c == "57P03" || c == "53300"
+        }),
+        _ => false,
+    }
+}
+
+/// Who is acting and why: copied onto every event the command appends.
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    /// `operator:<name>`, `user:<id>`, `device:<id>`, `system:<worker>`.
+    pub actor: String,
+    pub correlation_id: Uuid,
+    pub causation_id: Uuid,
+    pub request_id: Uuid,
+    pub device: Option<String>,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+impl CommandContext {
+    /// A context for a command that starts a new chain of causes.
+    pub fn new(actor: impl Into<String>) -> Self {
+        let id = Uuid::now_v7();
+        Self {
+            actor: actor.into(),
+            correlation_id: id,
+            causation_id: id,
+            request_id: id,
+            device: None,
+            idempotency: None,
+        }
+    }
+
+    pub fn with_idempotency(mut self, key: IdempotencyKey) -> Self {
+        self.idempotency = Some(key);
+        self
+    }
+
+    pub fn with_device(mut self, device: impl Into<String>) -> Self {
+        self.device = Some(device.into());
+        self
+    }
+
+    fn metadata(&self, command: &str) -> HashMap<String, String> {
+        let mut m = HashMap::from([
+            ("actor".to_owned(), self.actor.clone()),
+            ("correlation_id".to_owned(), self.correlation_id.to_string()),
+            ("causation_id".to_owned(), self.causation_id.to_string()),
+            ("request_id".to_owned(), self.request_id.to_string()),
+            ("command".to_owned(), command.to_owned()),
+        ]);
+        if let Some(device) = &self.device {
+            m.insert("device".to_owned(), device.clone());
+        }
+        if let Some(key) = &self.idempotency {
+            m.insert("idempotency_key".to_owned(), key.key.clone());
+            m.insert("fingerprint".to_owned(), key.fingerprint.clone());
+        }
+        m
+    }
+}
+
+/// A client's idempotency key, scoped to who sent it, with a fingerprint of what they asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+impl IdempotencyKey {
+    /// `scope` keeps two clients' keys apart; `request` is everything that makes the request
+    /// what it is (method, path, body), so reusing a key for something else is detected.
+    pub fn new(scope: &str, key: &str, request: &[u8]) -> Self {
+        Self {
+            key: format!("{scope}:{key}"),
+            fingerprint: hex::encode(Sha256::digest(request)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    #[error(transparent)]
+    Rejected(E),
+    #[error("the aggregate kept changing underneath the command; try again")]
+    Conflict,
+    #[error("this idempotency key was already used for a different request")]
+    IdempotencyMismatch,
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What a command did.
+#[derive(Debug, Clone)]
+pub struct Executed<E> {
+    /// True when an earlier request with the same idempotency key had already done it.
+    pub replayed: bool,
+    pub events: Vec<E>,
+}
+
+/// Hands each committed command its own events back, keyed by request id. cqrs-es dispatches
+/// queries in-process right after the commit; this is used only to answer the caller, never to
+/// build read models (those come from the relay's log, see DESIGN.md section 3).
+struct Capture<A: Aggregate> {
+    by_request: Mutex<HashMap<String, Vec<A::Event>>>,
+}
+
+struct CaptureQuery<A: Aggregate>(Arc<Capture<A>>);
+
+#[async_trait::async_trait]
+impl<A: Aggregate> Query<A> for CaptureQuery<A> {
+    async fn dispatch(&self, _aggregate_id: &str, events: &[EventEnvelope<A>]) {
+        let mut map = self.0.by_request.lock().expect("capture lock");
+        for e in events {
+            if let Some(request) = e.metadata.get("request_id") {
+                map.entry(request.clone())
+                    .or_default()
+                    .push(e.payload.clone());
+            }
+        }
+    }
+}
+
+/// One aggregate type's command entry point.
+pub struct AggregateStore<A: Aggregate> {
+    pool: PgPool,
+    cqrs: PostgresCqrs<A>,
+    capture: Arc<Capture<A>>,
+    retries: usize,
+    _a: PhantomData<A>,
+}
+
+impl<A> AggregateStore<A>
+where
+    A: Aggregate + 'static,
+    A::Command: Clone,
+    A::Event: DeserializeOwned,
+    A::Services: Default,
+{
+    pub fn new(pool: PgPool, retries: usize) -> Self {
+        let capture = Arc::new(Capture {
+            by_request: Mutex::new(HashMap::new()),
+        });
+        let repo = PostgresEventRepository::new(pool.clone());
+        let store = cqrs_es::persist::PersistedEventStore::new_event_store(repo);
+        let cqrs = CqrsFramework::new(
+            store,
+            vec![Box::new(CaptureQuery(capture.clone()))],
+            A::Services::default(),
+        );
+        Self {
+            pool,
+            cqrs,
+            capture,
+            retries,
+            _a: PhantomData,
+        }
+    }
+
+    #[tracing::instrument(
+        name = "command",
+        skip_all,
+        fields(aggregate = A::TYPE, id = %aggregate_id, command = command_name, actor = %ctx.actor, request_id = %ctx.request_id)
+    )]
+    pub async fn execute(
+        &self,
+        aggregate_id: &str,
+        command_name: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Executed<A::Event>, CommandError<A::Error>> {
+        if let Some(key) = &ctx.idempotency {
+            if let Some(done) = self.replay(key).await? {
+                tracing::debug!("answered from an earlier request with the same key");
+                return Ok(done);
+            }
+        }
+        let metadata = ctx.metadata(command_name);
+        let request = ctx.request_id.to_string();
+        for attempt in 0..=self.retries {
+            let result = self
+                .cqrs
+                .execute_with_metadata(aggregate_id, command.clone(), metadata.clone())
+                .await;
+            match result {
+                Ok(()) => {
+                    let events = self
+                        .capture
+                        .by_request
+                        .lock()
+                        .expect("capture lock")
+                        .remove(&request)
+                        .unwrap_or_default();
+                    tracing::debug!(events = events.len(), "command applied");
+                    return Ok(Executed {
+                        replayed: false,
+                        events,
+                    });
+                }
+                Err(AggregateError::UserError(e)) => return Err(CommandError::Rejected(e)),
+                Err(AggregateError::AggregateConflict) => {
+                    // Either another writer moved the stream on, or our own key was claimed by a
+                    // concurrent retry of this same request that committed first.
+                    if let Some(key) = &ctx.idempotency {
+                        if let Some(done) = self.replay(key).await? {
+                            return Ok(done);
+                        }
+                    }
+                    tracing::debug!(attempt, "optimistic conflict, retrying");
+                }
+                Err(AggregateError::DatabaseConnectionError(e)) => {
+                    return Err(CommandError::Unavailable(e.to_string()))
+                }
+                Err(AggregateError::UnexpectedError(e)) => {
+                    return Err(match e.downcast_ref::<sqlx::Error>() {
+                        Some(sql) if is_unavailable(sql) => CommandError::Unavailable(e.to_string()),
+                        _ => CommandError::Internal(e.to_string()),
+                    })
+                }
+                Err(AggregateError::DeserializationError(e)) => {
+                    return Err(CommandError::Internal(e.to_string()))
+                }
+            }
+        }
+        Err(CommandError::Conflict)
+    }
+
+    async fn replay(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Executed<A::Event>>, CommandError<A::Error>> {
+        let map_err = |e: sqlx::Error| {
+            if is_unavailable(&e) {
+                CommandError::Unavailable(e.to_string())
+            } else {
+                CommandError::Internal(e.to_string())
+            }
+        };
+        let claimed: Option<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id, fingerprint FROM command_keys WHERE idempotency_key = $1",
+        )
+        .bind(&key.key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let Some((aggregate_type, aggregate_id, fingerprint)) = claimed else {
+            return Ok(None);
+        };
+        if aggregate_type != A::TYPE || fingerprint.as_deref() != Some(key.fingerprint.as_str()) {
+            return Err(CommandError::IdempotencyMismatch);
+        }
+        let payloads: Vec<(serde_json::Value,)> = sqlx::query_as(
+            "SELECT payload FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND metadata ->> 'idempotency_key' = $3
+              ORDER BY sequence",
+        )
+        .bind(&aggregate_type)
+        .bind(&aggregate_id)
+        .bind(&key.key)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let events = payloads
+            .into_iter()
+            .map(|(p,)| serde_json::from_value(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CommandError::Internal(e.to_string()))?;
+        Ok(Some(Executed {
+            replayed: true,
+            events,
+        }))
+    }
+}
+
+/// Every aggregate's command entry point over one pool.
+pub struct Store {
+    pub pool: PgPool,
+    pub devices: AggregateStore<Device>,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            devices: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
+            pool,
+        }
+    }
+
+    /// Whether an aggregate has any event at all (sequence 1 is the first one postgres-es writes).
+    pub async fn exists(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT sequence FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+}

@@ -1,0 +1,117 @@
+//! JetStream streams and durable consumers, declared with every setting that matters spelled out.
+
+use crate::subjects::*;
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::Context;
+use std::time::Duration;
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// How often a consumer message is delivered before it is given up (and dead-lettered), and the
+/// pause before each redelivery. The server uses the last pause for any later attempt.
+pub const MAX_DELIVER: i64 = 5;
+pub const BACKOFF: [Duration; 4] = [
+    Duration::from_secs(10),
+    Duration::from_secs(20),
+    Duration::from_secs(40),
+    Duration::from_secs(80),
+];
+
+pub fn events_stream() -> Config {
+    Config {
+        name: EVENTS_STREAM.to_owned(),
+        description: Some("Every committed domain event, in log order: sequence == log position".into()),
+        subjects: vec![EVENTS_ALL.to_owned()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        // Msg-Id = event id: a relay that republishes after a crash is deduplicated here too.
+        duplicate_window: Duration::from_secs(120),
+        // History lives in Postgres; nothing downstream may quietly rewrite the transport copy.
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+pub fn telemetry_stream() -> Config {
+    Config {
+        name: TELEMETRY_STREAM.to_owned(),
+        description: Some("Raw device telemetry, awaiting validation by the ingest worker".into()),
+        subjects: vec![TELEMETRY_ALL.to_owned()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_age: 7 * DAY,
+        // Devices set Nats-Msg-Id = "<device>.<msg_id>", so a retried publish is stored once.
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+pub fn deadletter_stream() -> Config {
+    Config {
+        name: DEADLETTER_STREAM.to_owned(),
+        description: Some("Messages refused or given up, with the reason in headers".into()),
+        subjects: vec![DEADLETTER_ALL.to_owned()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        max_age: 30 * DAY,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+/// Creates the three streams, or brings their settings up to date. Safe to run from every
+/// process at every start. Retries for a while: a server that just started may not have
+/// JetStream ready yet.
+pub async fn ensure_streams(js: &Context) -> Result<(), async_nats::Error> {
+    let mut attempt = 0;
+    loop {
+        let result = async {
+            for config in [events_stream(), telemetry_stream(), deadletter_stream()] {
+                js.create_or_update_stream(config).await?;
+            }
+            Ok::<(), async_nats::Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "streams not ready yet");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A durable pull consumer with explicit acks, bounded redelivery with backoff, and a filter.
+pub fn durable(name: &str, filter: &str) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name.to_owned()),
+        description: Some(format!("latch worker {name}")),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        // With backoff set, the server takes its first entry as the ack wait.
+        ack_wait: BACKOFF[0],
+        max_deliver: MAX_DELIVER,
+        backoff: BACKOFF.to_vec(),
+        filter_subject: filter.to_owned(),
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
+pub async fn ensure_consumer(
+    js: &Context,
+    stream: &str,
+    config: pull::Config,
+) -> Result<async_nats::jetstream::consumer::PullConsumer, async_nats::Error> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    let stream = js.get_stream(stream).await?;
+    Ok(stream.get_or_create_consumer(&name, config).await?)
+}

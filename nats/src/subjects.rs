@@ -1,0 +1,82 @@
+//! The subject layout, in one place.
+
+pub const EVENTS_STREAM: &str = "EVENTS";
+pub const TELEMETRY_STREAM: &str = "TELEMETRY";
+pub const DEADLETTER_STREAM: &str = "DEADLETTER";
+
+pub const EVENTS_ALL: &str = "latch.events.>";
+pub const TELEMETRY_ALL: &str = "latch.dev.>";
+pub const DEADLETTER_ALL: &str = "latch.dlq.>";
+
+/// A device's own telemetry subject for one message type.
+pub fn telemetry(device_id: &str, kind: &str) -> String {
+    format!("latch.dev.{device_id}.{kind}")
+}
+
+/// Splits `latch.dev.<device>.<kind>` into (device, kind).
+pub fn parse_telemetry_subject(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix("latch.dev.")?;
+    let (device, kind) = rest.split_once('.')?;
+    (!device.is_empty() && !kind.is_empty() && !kind.contains('.')).then_some((device, kind))
+}
+
+/// Where a device hears its commands (`open`, ...).
+pub fn device_command(device_id: &str, command: &str) -> String {
+    format!("latch.cmd.{device_id}.{command}")
+}
+
+pub fn device_commands_all(device_id: &str) -> String {
+    format!("latch.cmd.{device_id}.>")
+}
+
+/// One subject per context, event type and aggregate, so subscribers can filter to exactly what
+/// they may see. Tokens that NATS would misread are replaced.
+pub fn event(aggregate_type: &str, event_type: &str, aggregate_id: &str) -> String {
+    format!(
+        "latch.events.{}.{}.{}",
+        token(aggregate_type),
+        token(event_type),
+        token(aggregate_id)
+    )
+}
+
+pub fn events_of_type(aggregate_type: &str, event_type: &str) -> String {
+    format!("latch.events.{}.{}.*", token(aggregate_type), token(event_type))
+}
+
+pub fn deadletter(source: &str) -> String {
+    format!("latch.dlq.{}", token(source))
+}
+
+/// The inbox prefix a device uses for request replies, so its permissions can be this narrow.
+pub fn device_inbox_prefix(device_id: &str) -> String {
+    format!("_INBOX.{device_id}")
+}
+
+fn token(raw: &str) -> String {
+    if raw.is_empty() {
+        return "_".to_owned();
+    }
+    raw.chars()
+        .map(|c| match c {
+            '.' | '*' | '>' | ' ' | '\t' | '\r' | '\n' => '_',
+            c => c,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_round_trip() {
+        assert_eq!(
+            parse_telemetry_subject(&telemetry("abc", "door")),
+            Some(("abc", "door"))
+        );
+        assert_eq!(parse_telemetry_subject("latch.dev.abc"), None);
+        assert_eq!(parse_telemetry_subject("latch.dev.abc.door.x"), None);
+        assert_eq!(event("device", "DoorOpened", "a.b*"), "latch.events.device.DoorOpened.a_b_");
+    }
+}

@@ -1,0 +1,304 @@
+//! Device status: online, door, fault, pending remote opening, last event position.
+//!
+//! [`evolve`] is the whole projection as a pure function; the SQL projector and an in-memory
+//! fold of the log (used to check the table) both call it, so they cannot disagree.
+
+use crate::log::LoggedEvent;
+use crate::projector::{Projection, ProjectionError};
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use latch_domain::device::{Device, DeviceEvent, OpenFailure};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+pub const NAME: &str = "device_status";
+
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct DeviceStatus {
+    pub device_id: Uuid,
+    pub kind: String,
+    pub site: String,
+    pub label: String,
+    pub registered_at: DateTime<Utc>,
+    pub online: bool,
+    pub door: String,
+    pub fault_code: Option<String>,
+    pub fault_message: Option<String>,
+    pub pending_open_request: Option<Uuid>,
+    pub pending_open_deadline: Option<DateTime<Utc>>,
+    pub last_open_request: Option<Uuid>,
+    pub last_open_outcome: Option<String>,
+    pub last_event_at: DateTime<Utc>,
+    pub last_position: i64,
+}
+
+/// Parses a stored device event, telling an unknown type apart from a broken payload.
+pub fn parse_device_event(event: &LoggedEvent) -> Result<DeviceEvent, ProjectionError> {
+    serde_json::from_value::<DeviceEvent>(event.payload.clone()).map_err(|e| {
+        let known = event.event_version == DeviceEvent::VERSION
+            && serde_json::from_value::<serde_json::Value>(event.payload.clone())
+                .ok()
+                .and_then(|v| v.as_object().and_then(|o| o.keys().next().cloned()))
+                .is_some_and(|k| k == event.event_type && KNOWN_TYPES.contains(&k.as_str()));
+        if known {
+            ProjectionError::BadPayload {
+                position: event.position,
+                detail: e.to_string(),
+            }
+        } else {
+            ProjectionError::UnknownEvent {
+                position: event.position,
+                aggregate_type: event.aggregate_type.clone(),
+                event_type: event.event_type.clone(),
+                version: event.event_version.clone(),
+            }
+        }
+    })
+}
+
+const KNOWN_TYPES: &[&str] = &[
+    "DeviceRegistered",
+    "DeviceCameOnline",
+    "DeviceWentOffline",
+    "DoorOpened",
+    "DoorClosed",
+    "FaultRaised",
+    "FaultCleared",
+    "DoorOpenRequested",
+    "DoorOpenConfirmed",
+    "DoorOpenFailed",
+];
+
+/// The next state of one device's row after `event`. Events of other aggregates never reach
+/// this function.
+pub fn evolve(
+    current: Option<DeviceStatus>,
+    event: &LoggedEvent,
+) -> Result<Option<DeviceStatus>, ProjectionError> {
+    use DeviceEvent as E;
+    let parsed = parse_device_event(event)?;
+    let mut row = match (current, parsed) {
+        (
+            None,
+            E::DeviceRegistered {
+                device_id,
+                kind,
+                site,
+                label,
+                at,
+            },
+        ) => {
+            return Ok(Some(DeviceStatus {
+                device_id: device_id.as_uuid(),
+                kind: kind.as_str().to_owned(),
+                site: site.as_str().to_owned(),
+                label: label.as_str().to_owned(),
+                registered_at: at,
+                online: false,
+                door: "unknown".to_owned(),
+                fault_code: None,
+                fault_message: None,
+                pending_open_request: None,
+                pending_open_deadline: None,
+                last_open_request: None,
+                last_open_outcome: None,
+                last_event_at: at,
+                last_position: event.position,
+            }))
+        }
+        // The aggregate refuses everything before registration, so this is unreachable for a
+        // healthy log; keep the model unchanged rather than invent a device.
+        (None, _) => return Ok(None),
+        (Some(row), parsed) => {
+            let mut row = row;
+            match &parsed {
+                E::DeviceRegistered { .. } => {}
+                E::DeviceCameOnline { .. } => row.online = true,
+                E::DeviceWentOffline { .. } => row.online = false,
+                E::DoorOpened { .. } => row.door = "open".to_owned(),
+                E::DoorClosed { .. } => row.door = "closed".to_owned(),
+                E::FaultRaised { code, message, .. } => {
+                    row.fault_code = Some(code.as_str().to_owned());
+                    row.fault_message = Some(message.as_str().to_owned());
+                }
+                E::FaultCleared { .. } => {
+                    row.fault_code = None;
+                    row.fault_message = None;
+                }
+                E::DoorOpenRequested {
+                    request_id,
+                    deadline,
+                    ..
+                } => {
+                    row.pending_open_request = Some(*request_id);
+                    row.pending_open_deadline = Some(*deadline);
+                }
+                E::DoorOpenConfirmed { request_id, .. } => {
+                    row.pending_open_request = None;
+                    row.pending_open_deadline = None;
+                    row.last_open_request = Some(*request_id);
+                    row.last_open_outcome = Some("confirmed".to_owned());
+                }
+                E::DoorOpenFailed {
+                    request_id,
+                    failure,
+                    ..
+                } => {
+                    row.pending_open_request = None;
+                    row.pending_open_deadline = None;
+                    row.last_open_request = Some(*request_id);
+                    row.last_open_outcome = Some(match failure {
+                        OpenFailure::Timeout => "timeout".to_owned(),
+                        OpenFailure::Refused { reason } => format!("refused: {reason}"),
+                    });
+                }
+            }
+            row.last_event_at = parsed.at();
+            row
+        }
+    };
+    row.last_position = event.position;
+    Ok(Some(row))
+}
+
+fn device_uuid(event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
+    Uuid::parse_str(&event.aggregate_id).map_err(|e| ProjectionError::BadPayload {
+        position: event.position,
+        detail: format!("device aggregate id: {e}"),
+    })
+}
+
+/// The live projector's [`Projection`] over the `device_status` table.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceStatusProjection;
+
+impl Projection for DeviceStatusProjection {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &LoggedEvent,
+    ) -> Result<(), ProjectionError> {
+        if event.aggregate_type != Device::TYPE {
+            return Ok(());
+        }
+        let id = device_uuid(event)?;
+        let current = sqlx::query_as::<_, DeviceStatus>(
+            "SELECT * FROM device_status WHERE device_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(next) = evolve(current, event)? {
+            upsert(conn, &next).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn upsert(conn: &mut PgConnection, r: &DeviceStatus) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO device_status (device_id, kind, site, label, registered_at, online, door,
+             fault_code, fault_message, pending_open_request, pending_open_deadline,
+             last_open_request, last_open_outcome, last_event_at, last_position)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         ON CONFLICT (device_id) DO UPDATE SET
+             kind = EXCLUDED.kind, site = EXCLUDED.site, label = EXCLUDED.label,
+             registered_at = EXCLUDED.registered_at, online = EXCLUDED.online,
+             door = EXCLUDED.door, fault_code = EXCLUDED.fault_code,
+             fault_message = EXCLUDED.fault_message,
+             pending_open_request = EXCLUDED.pending_open_request,
+             pending_open_deadline = EXCLUDED.pending_open_deadline,
+             last_open_request = EXCLUDED.last_open_request,
+             last_open_outcome = EXCLUDED.last_open_outcome,
+             last_event_at = EXCLUDED.last_event_at, last_position = EXCLUDED.last_position",
+    )
+    .bind(r.device_id)
+    .bind(&r.kind)
+    .bind(&r.site)
+    .bind(&r.label)
+    .bind(r.registered_at)
+    .bind(r.online)
+    .bind(&r.door)
+    .bind(&r.fault_code)
+    .bind(&r.fault_message)
+    .bind(r.pending_open_request)
+    .bind(r.pending_open_deadline)
+    .bind(r.last_open_request)
+    .bind(&r.last_open_outcome)
+    .bind(r.last_event_at)
+    .bind(r.last_position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Every row of the table, by device id.
+pub async fn load_all(pool: &PgPool) -> Result<BTreeMap<Uuid, DeviceStatus>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, DeviceStatus>("SELECT * FROM device_status")
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.device_id, r)).collect())
+}
+
+/// What the table must hold: a fold of the whole log in memory, from position 0.
+pub async fn fold_log(pool: &PgPool) -> Result<BTreeMap<Uuid, DeviceStatus>, ProjectionError> {
+    let mut model: BTreeMap<Uuid, DeviceStatus> = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let events = crate::log::read_range(pool, after, None, 5000).await?;
+        let Some(last) = events.last() else {
+            return Ok(model);
+        };
+        after = last.position;
+        for event in events.iter().filter(|e| e.aggregate_type == Device::TYPE) {
+            let id = device_uuid(event)?;
+            if let Some(next) = evolve(model.remove(&id), event)? {
+                model.insert(id, next);
+            }
+        }
+    }
+}
+
+/// A device's status as the API shows it: the projected row plus heartbeat liveness.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct DeviceView {
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub status: DeviceStatus,
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<DeviceView>, sqlx::Error> {
+    sqlx::query_as::<_, DeviceView>(
+        "SELECT s.*, l.last_seen FROM device_status s
+           LEFT JOIN device_liveness l ON l.device_id = s.device_id
+          WHERE s.device_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn list(
+    pool: &PgPool,
+    site: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeviceView>, sqlx::Error> {
+    sqlx::query_as::<_, DeviceView>(
+        "SELECT s.*, l.last_seen FROM device_status s
+           LEFT JOIN device_liveness l ON l.device_id = s.device_id
+          WHERE $1::text IS NULL OR s.site = $1
+          ORDER BY s.site, s.label, s.device_id
+          LIMIT $2",
+    )
+    .bind(site)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

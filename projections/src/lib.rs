@@ -1,0 +1,17 @@
+//! The read side of Latch.
+//!
+//! - [`log`]: the event log as every reader sees it: events in log-position order, each with its
+//!   hash-chain link, and the canonical form that the chain hashes.
+//! - [`projector`]: the exactly-once machinery. A [`projector::Projection`] applies one event to
+//!   its read model inside a transaction that also advances its checkpoint; the same code serves
+//!   live consumption, catch-up from Postgres and full rebuilds.
+//! - [`device_status`]: the device-status read model (a pure fold, its SQL, and its queries).
+//!
+//! Read models are never written by command handlers: only by projections folding the log.
+
+pub mod device_status;
+pub mod log;
+pub mod projector;
+
+pub use log::LoggedEvent;
+pub use projector::{Projection, ProjectionError};

@@ -1,0 +1,126 @@
+//! Exactly-once in effect: an event's change and the checkpoint move in one transaction.
+//!
+//! Events may arrive twice (redelivery), late (a redelivery overtaken by newer messages) or not
+//! at all (NATS down). [`apply_batch`] makes all three harmless: positions at or below the
+//! checkpoint are skipped, a gap is filled from the Postgres log before going on, and
+//! [`catch_up`] reads the log directly when nothing arrives.
+
+use crate::log::{self, LoggedEvent};
+use sqlx::{PgConnection, PgPool};
+use std::future::Future;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error("unknown event type {aggregate_type}/{event_type} v{version} at position {position}")]
+    UnknownEvent {
+        position: i64,
+        aggregate_type: String,
+        event_type: String,
+        version: String,
+    },
+    #[error("event at position {position} does not parse: {detail}")]
+    BadPayload { position: i64, detail: String },
+    #[error("the log has a gap: expected position {expected}, found {found:?}")]
+    Gap { expected: i64, found: Option<i64> },
+}
+
+/// A read model folded from the log.
+pub trait Projection: Send + Sync {
+    /// The checkpoint's name; also the durable consumer's name.
+    fn name(&self) -> &str;
+
+    /// Applies one event to the read model inside the caller's transaction. Events this
+    /// projection does not care about must be accepted and ignored.
+    fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &LoggedEvent,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+}
+
+pub async fn checkpoint(pool: &PgPool, name: &str) -> Result<i64, sqlx::Error> {
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT position FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map_or(0, |(p,)| p))
+}
+
+/// Applies `events` (in any order, duplicates allowed) and returns the new checkpoint.
+pub async fn apply_batch<P: Projection>(
+    pool: &PgPool,
+    projection: &P,
+    events: &[LoggedEvent],
+) -> Result<i64, ProjectionError> {
+    let mut ordered: Vec<&LoggedEvent> = events.iter().collect();
+    ordered.sort_by_key(|e| e.position);
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(projection.name())
+        .execute(&mut *tx)
+        .await?;
+    // The row lock also keeps two replicas of one projector from applying the same batch.
+    let (mut position,): (i64,) =
+        sqlx::query_as("SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
+            .bind(projection.name())
+            .fetch_one(&mut *tx)
+            .await?;
+    let start = position;
+    for event in ordered {
+        if event.position <= position {
+            continue;
+        }
+        if event.position > position + 1 {
+            let missing = log::read_range(&mut *tx, position, Some(event.position - 1), i64::MAX)
+                .await?;
+            for m in &missing {
+                if m.position != position + 1 {
+                    return Err(ProjectionError::Gap {
+                        expected: position + 1,
+                        found: Some(m.position),
+                    });
+                }
+                projection.apply(&mut tx, m).await?;
+                position = m.position;
+            }
+            if position + 1 != event.position {
+                return Err(ProjectionError::Gap {
+                    expected: position + 1,
+                    found: Some(event.position),
+                });
+            }
+        }
+        projection.apply(&mut tx, event).await?;
+        position = event.position;
+    }
+    if position != start {
+        sqlx::query(
+            "UPDATE projection_checkpoints SET position = $2, updated_at = clock_timestamp() WHERE name = $1",
+        )
+        .bind(projection.name())
+        .bind(position)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(position)
+}
+
+/// Reads the Postgres log from the checkpoint to its head, in batches. Returns the checkpoint.
+pub async fn catch_up<P: Projection>(
+    pool: &PgPool,
+    projection: &P,
+    batch: i64,
+) -> Result<i64, ProjectionError> {
+    let mut position = checkpoint(pool, projection.name()).await?;
+    loop {
+        let events = log::read_range(pool, position, None, batch).await?;
+        if events.is_empty() {
+            return Ok(position);
+        }
+        position = apply_batch(pool, projection, &events).await?;
+    }
+}
