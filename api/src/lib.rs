@@ -1,1 +1,77 @@
-//! stub
+//! Latch's HTTP API (axum).
+//!
+//! Commands come in, are parsed into domain types at the edge ([`extract`]), run through the
+//! command bus, and answer from the events they appended; reads are served from projected read
+//! models. Every failure has one shape ([`error::ApiError`]); every endpoint names the role it
+//! needs ([`auth`]). Each module exposes a `router()`; [`router`] puts them together with
+//! request ids and tracing, and [`openapi`] describes them.
+
+pub mod auth;
+pub mod devices;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod openapi;
+
+use axum::extract::FromRef;
+use axum::http::Request;
+use axum::Router;
+use latch_domain::clock::SharedClock;
+use latch_domain::store::Store;
+use std::sync::Arc;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub auth: Arc<auth::Auth>,
+    pub nats: async_nats::Client,
+    pub clock: SharedClock,
+    /// How long a remote door opening may take before it is recorded as failed.
+    pub open_timeout: chrono::Duration,
+}
+
+impl FromRef<AppState> for Arc<auth::Auth> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+#[derive(Clone, Default)]
+struct UuidV7Ids;
+
+impl MakeRequestId for UuidV7Ids {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        uuid::Uuid::now_v7()
+            .to_string()
+            .parse()
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let trace = TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+        let id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+    });
+    Router::new()
+        .merge(health::router())
+        .merge(devices::router())
+        .merge(openapi::router())
+        .fallback(|| async {
+            error::ApiError::NotFound {
+                code: "no_such_route",
+                message: "no such endpoint; see /openapi.json".into(),
+            }
+        })
+        .with_state(state)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(trace)
+        .layer(SetRequestIdLayer::x_request_id(UuidV7Ids))
+}

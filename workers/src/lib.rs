@@ -1,1 +1,22 @@
-//! stub
+//! Latch's background roles. Each is a long-running task that stops when its
+//! [`CancellationToken`](tokio_util::sync::CancellationToken) is cancelled, after finishing the
+//! message in hand; each can run in its own process (`latch serve --roles ...`) so they scale
+//! apart, and every one of them is safe to kill at any instant.
+//!
+//! - [`relay`]: Postgres events -> dense log positions + hash chain -> EVENTS stream.
+//! - [`projector`]: EVENTS stream (or the Postgres log when NATS is away) -> read models,
+//!   exactly once in effect.
+//! - [`ingest`]: device telemetry from the TELEMETRY stream -> validated commands, or the
+//!   dead-letter stream with a reason.
+//! - [`dispatch`]: DoorOpenRequested events -> the device's command subject.
+//! - [`sweeper`]: silence -> DeviceWentOffline; missed deadlines -> DoorOpenFailed.
+//! - [`consume`]: the batching loop shared by the JetStream consumers.
+
+pub mod consume;
+pub mod dispatch;
+pub mod ingest;
+pub mod projector;
+pub mod relay;
+pub mod sweeper;
+
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,149 @@
+//! Bearer-token sessions. Every endpoint names the role it needs; nobody acts on what is not
+//! theirs.
+//!
+//! Tokens are 256 random bits shown once at issue; only their SHA-256 is stored. Lookups are
+//! cached for [`CACHE_TTL`], which is therefore also the longest a revoked token keeps working.
+
+use crate::error::ApiError;
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const CACHE_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Operator,
+    User,
+    Auditor,
+    Device,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::User => "user",
+            Self::Auditor => "auditor",
+            Self::Device => "device",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "operator" => Some(Self::Operator),
+            "user" => Some(Self::User),
+            "auditor" => Some(Self::Auditor),
+            "device" => Some(Self::Device),
+            _ => None,
+        }
+    }
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub role: Role,
+    pub subject: String,
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.role.as_str(), self.subject)
+    }
+}
+
+impl Actor {
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role == role {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this needs the {} role",
+                role.as_str()
+            )))
+        }
+    }
+}
+
+pub struct Auth {
+    pool: PgPool,
+    cache: Mutex<HashMap<[u8; 32], (Actor, Instant)>>,
+}
+
+impl Auth {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn authenticate(&self, token: &str) -> Result<Actor, ApiError> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((actor, at)) = self.cache.lock().expect("auth cache").get(&hash) {
+            if at.elapsed() < CACHE_TTL {
+                return Ok(actor.clone());
+            }
+        }
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT role, subject FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        let (role, subject) = row.ok_or(ApiError::Unauthorized)?;
+        let actor = Actor {
+            role: Role::parse(&role).ok_or(ApiError::Unauthorized)?,
+            subject,
+        };
+        let mut cache = self.cache.lock().expect("auth cache");
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(hash, (actor.clone(), Instant::now()));
+        Ok(actor)
+    }
+}
+
+/// Issues a new token and returns it; it cannot be recovered later.
+pub async fn issue_token(pool: &PgPool, role: Role, subject: &str) -> Result<String, sqlx::Error> {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let token = format!("lt_{}", hex::encode(secret));
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    sqlx::query("INSERT INTO api_tokens (token_hash, role, subject) VALUES ($1, $2, $3)")
+        .bind(&hash[..])
+        .bind(role.as_str())
+        .bind(subject)
+        .execute(pool)
+        .await?;
+    Ok(token)
+}
+
+impl<S> FromRequestParts<S> for Actor
+where
+    S: Send + Sync,
+    Arc<Auth>: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 200)
+            .ok_or(ApiError::Unauthorized)?;
+        Arc::<Auth>::from_ref(state).authenticate(token).await
+    }
+}

@@ -1,0 +1,141 @@
+//! Request extractors that turn every client mistake into an [`ApiError`] naming the field.
+
+use crate::auth::Actor;
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, Method};
+use latch_domain::store::{CommandContext, IdempotencyKey};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+/// Largest JSON body any command accepts.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A JSON body, parsed with the path of any offending field, keeping the raw bytes for the
+/// idempotency fingerprint.
+pub struct JsonBody<T> {
+    pub value: T,
+    pub raw: Bytes,
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError::BadRequest {
+                code: "unsupported_media_type",
+                message: "send the body as application/json".into(),
+                field: None,
+            });
+        }
+        let raw = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::BadRequest {
+                code: "body_unreadable",
+                message: e.body_text(),
+                field: None,
+            })?;
+        if raw.len() > MAX_BODY {
+            return Err(ApiError::BadRequest {
+                code: "body_too_large",
+                message: format!("the body may be at most {MAX_BODY} bytes"),
+                field: None,
+            });
+        }
+        let de = &mut serde_json::Deserializer::from_slice(&raw);
+        let value = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let (code, field) = if inner.is_syntax() || inner.is_eof() {
+                ("malformed_json", None)
+            } else {
+                ("invalid_field", (path != ".").then_some(path))
+            };
+            ApiError::BadRequest {
+                code,
+                message: inner.to_string(),
+                field,
+            }
+        })?;
+        Ok(Self { value, raw })
+    }
+}
+
+/// Who asked, which request this is, and the client's idempotency key if it sent one.
+pub struct RequestMeta {
+    pub request_id: Uuid,
+    pub correlation_id: Uuid,
+    pub idempotency_key: Option<String>,
+    pub method: Method,
+    pub path: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let header_uuid = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| Uuid::parse_str(v).ok())
+        };
+        let request_id = header_uuid("x-request-id").unwrap_or_else(Uuid::now_v7);
+        let correlation_id = header_uuid("x-correlation-id").unwrap_or(request_id);
+        let idempotency_key = match parts.headers.get("idempotency-key") {
+            None => None,
+            Some(v) => {
+                let key = v.to_str().ok().filter(|k| {
+                    (1..=128).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic())
+                });
+                Some(
+                    key.ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_idempotency_key",
+                            "Idempotency-Key",
+                            "must be 1-128 printable ASCII characters",
+                        )
+                    })?
+                    .to_owned(),
+                )
+            }
+        };
+        Ok(Self {
+            request_id,
+            correlation_id,
+            idempotency_key,
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+        })
+    }
+}
+
+impl RequestMeta {
+    /// The command context for `actor`, with the idempotency key scoped to them and
+    /// fingerprinted with this request's method, path and body.
+    pub fn context(&self, actor: &Actor, body: &[u8]) -> CommandContext {
+        let mut ctx = CommandContext::new(actor.to_string());
+        ctx.request_id = self.request_id;
+        ctx.causation_id = self.request_id;
+        ctx.correlation_id = self.correlation_id;
+        if let Some(key) = &self.idempotency_key {
+            let mut fingerprint = Vec::with_capacity(body.len() + self.path.len() + 8);
+            fingerprint.extend_from_slice(self.method.as_str().as_bytes());
+            fingerprint.push(b' ');
+            fingerprint.extend_from_slice(self.path.as_bytes());
+            fingerprint.push(b'\n');
+            fingerprint.extend_from_slice(body);
+            ctx.idempotency = Some(IdempotencyKey::new(&actor.to_string(), key, &fingerprint));
+        }
+        ctx
+    }
+}

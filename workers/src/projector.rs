@@ -1,0 +1,86 @@
+//! Runs a projection live: from the EVENTS stream when NATS is up, from the Postgres log when it
+//! is not (and at start-up), exactly once in effect either way.
+
+use crate::consume::{next_batch, pause, Next};
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::Context;
+use latch_nats::{streams, subjects};
+use latch_projections::projector::{apply_batch, catch_up, checkpoint};
+use latch_projections::{LoggedEvent, Projection};
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+const BATCH: usize = 500;
+/// With nothing from NATS for this long, look at the Postgres log directly.
+const IDLE: Duration = Duration::from_millis(500);
+
+pub async fn run<P: Projection>(
+    pool: PgPool,
+    js: Context,
+    projection: P,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!("projector", name = projection.name());
+    async {
+        while !shutdown.is_cancelled() {
+            if let Err(e) = catch_up(&pool, &projection, BATCH as i64).await {
+                tracing::error!(error = %e, "projection cannot advance");
+                pause(&shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+            if let Err(e) = consume(&pool, &js, &projection, &shutdown).await {
+                tracing::warn!(error = %e, "event stream unavailable; reading the log instead");
+                pause(&shutdown, Duration::from_millis(500)).await;
+            }
+        }
+        tracing::info!("projector stopped");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn consume<P: Projection>(
+    pool: &PgPool,
+    js: &Context,
+    projection: &P,
+    shutdown: &CancellationToken,
+) -> Result<(), async_nats::Error> {
+    let from = checkpoint(pool, projection.name()).await? as u64 + 1;
+    let mut config = streams::durable(projection.name(), subjects::EVENTS_ALL);
+    config.deliver_policy = DeliverPolicy::ByStartSequence {
+        start_sequence: from,
+    };
+    let consumer = streams::ensure_consumer(js, subjects::EVENTS_STREAM, config).await?;
+    let mut messages = consumer.messages().await?;
+    loop {
+        let batch = match next_batch(&mut messages, BATCH, IDLE, shutdown).await {
+            Next::Stop => return Ok(()),
+            Next::Failed(e) => return Err(e.into()),
+            Next::Idle => {
+                catch_up(pool, projection, BATCH as i64).await?;
+                continue;
+            }
+            Next::Batch(batch) => batch,
+        };
+        let mut events = Vec::with_capacity(batch.len());
+        for message in &batch {
+            match serde_json::from_slice::<LoggedEvent>(&message.payload) {
+                Ok(event) => events.push(event),
+                Err(e) => {
+                    // Only the relay publishes here; the log still has the event, and the gap
+                    // fill in apply_batch reads it from Postgres.
+                    tracing::error!(error = %e, subject = %message.subject, "unreadable event message");
+                }
+            }
+        }
+        let position = apply_batch(pool, projection, &events).await?;
+        tracing::debug!(count = events.len(), position, "applied");
+        for message in &batch {
+            if let Err(e) = message.ack().await {
+                tracing::debug!(error = %e, "ack lost; the redelivery will be skipped");
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The relay: every committed event, once, in order, never skipped (DESIGN.md section 2).
+//!
+//! Two steps, each safe to crash in:
+//! 1. **Sequencing** (Postgres only): read committed events below the transaction horizon after
+//!    the last one given a position, assign the next dense positions, extend the hash chain and
+//!    insert the `event_log` rows, all in one transaction on the leader's own connection.
+//! 2. **Publishing**: send log rows after the EVENTS stream's last sequence, with
+//!    `Nats-Msg-Id` = event id and `Nats-Expected-Last-Sequence` = position - 1, so the stream
+//!    sequence is the log position or the publish is refused.
+//!
+//! Only the holder of a session advisory lock relays; another instance waits on the lock and
+//! takes over when the leader's connection goes away.
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::Context;
+use bytes::Bytes;
+use latch_nats::subjects;
+use latch_projections::log::{self, LoggedEvent, GENESIS};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Advisory lock key of the relay leader ("latch" in ASCII, then 1).
+pub const LEADER_LOCK: i64 = 0x6c61_7463_6800_0001;
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Pause between polls when there was nothing to do.
+    pub poll: Duration,
+    pub batch: i64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            poll: Duration::from_millis(5),
+            batch: 1000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error("EVENTS stream is at sequence {stream} but the log only reaches {log}: refusing to publish")]
+    StreamAhead { stream: u64, log: i64 },
+}
+
+pub async fn run(pool: PgPool, js: Context, config: RelayConfig, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let conn = match pool.acquire().await {
+            // Detached: the advisory lock must live and die with this one connection.
+            Ok(conn) => conn.detach(),
+            Err(e) => {
+                tracing::warn!(error = %e, "relay cannot reach postgres");
+                pause(&shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let leading = lead(conn, &pool, &js, &config, &shutdown);
+        match leading.instrument(tracing::info_span!("relay")).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "relay lost its footing; starting over");
+                pause(&shutdown, Duration::from_millis(500)).await;
+            }
+        }
+    }
+    tracing::info!("relay stopped");
+}
+
+async fn pause(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+async fn lead(
+    mut conn: PgConnection,
+    pool: &PgPool,
+    js: &Context,
+    config: &RelayConfig,
+    shutdown: &CancellationToken,
+) -> Result<(), RelayError> {
+    loop {
+        let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
+        if got {
+            break;
+        }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        pause(shutdown, Duration::from_millis(500)).await;
+    }
+    tracing::info!("relay is the leader");
+    let mut stream_last: Option<u64> = None;
+    while !shutdown.is_cancelled() {
+        let sequenced = sequence_batch(&mut conn, config.batch).await?;
+        let published = match publish_pending(pool, js, &mut stream_last, config.batch).await {
+            Ok(n) => n,
+            Err(e) => {
+                // NATS trouble does not stop sequencing: Postgres stays the truth and the stream
+                // catches up from the log when NATS is back.
+                tracing::warn!(error = %e, "publishing paused");
+                stream_last = None;
+                pause(shutdown, Duration::from_millis(500)).await;
+                0
+            }
+        };
+        if sequenced == 0 && published == 0 {
+            pause(shutdown, config.poll).await;
+        }
+    }
+    // Closing the connection releases the lock for a standby relay.
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// Gives the next committed events their log positions. Returns how many.
+pub async fn sequence_batch(conn: &mut PgConnection, batch: i64) -> Result<usize, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let last = sqlx::query(
+        "SELECT position, tx_id::text AS tx_id, event_row_id, hash FROM event_log
+          ORDER BY position DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (mut position, cursor_tx, cursor_id, mut prev) = match last {
+        Some(row) => (
+            row.try_get::<i64, _>("position")?,
+            row.try_get::<String, _>("tx_id")?,
+            row.try_get::<i64, _>("event_row_id")?,
+            row.try_get::<Vec<u8>, _>("hash")?,
+        ),
+        None => (0, "0".to_owned(), 0, GENESIS.to_vec()),
+    };
+    // Below the horizon every transaction has ended, so nothing can still appear before the
+    // cursor: a transaction that commits late holds the horizon back until it is done.
+    let rows = sqlx::query(
+        "SELECT id, event_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
+                payload, metadata, recorded_at, tx_id::text AS tx_id
+           FROM events
+          WHERE (tx_id, id) > ($1::text::xid8, $2)
+            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY tx_id, id
+          LIMIT $3",
+    )
+    .bind(&cursor_tx)
+    .bind(cursor_id)
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        tx.rollback().await?;
+        return Ok(0);
+    }
+    let n = rows.len();
+    let (mut positions, mut ids, mut txs, mut row_ids, mut prevs, mut hashes) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for row in &rows {
+        position += 1;
+        let event = LoggedEvent {
+            position,
+            event_id: row.try_get("event_id")?,
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+            event_type: row.try_get("event_type")?,
+            event_version: row.try_get("event_version")?,
+            payload: row.try_get("payload")?,
+            metadata: row.try_get("metadata")?,
+            recorded_at: row.try_get("recorded_at")?,
+            hash: String::new(),
+        };
+        let hash = log::chain_hash(&prev, &event.canonical_bytes());
+        positions.push(position);
+        ids.push(event.event_id);
+        txs.push(row.try_get::<String, _>("tx_id")?);
+        row_ids.push(row.try_get::<i64, _>("id")?);
+        prevs.push(std::mem::replace(&mut prev, hash.to_vec()));
+        hashes.push(hash.to_vec());
+    }
+    sqlx::query(
+        "INSERT INTO event_log (position, event_id, tx_id, event_row_id, prev_hash, hash)
+         SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[]::xid8[], $4::bigint[],
+                              $5::bytea[], $6::bytea[])",
+    )
+    .bind(&positions)
+    .bind(&ids)
+    .bind(&txs)
+    .bind(&row_ids)
+    .bind(&prevs)
+    .bind(&hashes)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::debug!(count = n, head = position, "sequenced");
+    Ok(n)
+}
+
+/// Publishes log rows the EVENTS stream does not have yet. Returns how many.
+pub async fn publish_pending(
+    pool: &PgPool,
+    js: &Context,
+    stream_last: &mut Option<u64>,
+    batch: i64,
+) -> Result<usize, RelayError> {
+    let last = match *stream_last {
+        Some(s) => s,
+        None => {
+            let mut stream = js
+                .get_stream(subjects::EVENTS_STREAM)
+                .await
+                .map_err(|e| RelayError::Nats(e.to_string()))?;
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| RelayError::Nats(e.to_string()))?;
+            let s = info.state.last_sequence;
+            *stream_last = Some(s);
+            s
+        }
+    };
+    let events = log::read_range(pool, last as i64, None, batch).await?;
+    if events.is_empty() {
+        let head = log::head(pool).await?;
+        if (last as i64) > head {
+            return Err(RelayError::StreamAhead {
+                stream: last,
+                log: head,
+            });
+        }
+        return Ok(0);
+    }
+    let mut acks = Vec::with_capacity(events.len());
+    for event in &events {
+        let subject = subjects::event(&event.aggregate_type, &event.event_type, &event.aggregate_id);
+        let body = serde_json::to_vec(event).expect("a logged event serializes");
+        let message = PublishMessage::build()
+            .payload(Bytes::from(body))
+            .message_id(event.event_id.to_string())
+            .expected_last_sequence(event.position as u64 - 1)
+            .header("Latch-Position", event.position.to_string().as_str());
+        let ack = js
+            .send_publish(subject, message)
+            .await
+            .map_err(|e| RelayError::Nats(e.to_string()))?;
+        acks.push((event.position, ack));
+    }
+    let mut done = 0;
+    for (position, ack) in acks {
+        match ack.await {
+            Ok(ack) if ack.sequence == position as u64 => {
+                *stream_last = Some(ack.sequence);
+                done += 1;
+            }
+            Ok(ack) => {
+                *stream_last = None;
+                return Err(RelayError::Nats(format!(
+                    "stream sequence {} for log position {position}",
+                    ack.sequence
+                )));
+            }
+            Err(e) => {
+                *stream_last = None;
+                if e.kind() == PublishErrorKind::WrongLastSequence {
+                    tracing::warn!(position, "stream moved under the relay; re-reading its state");
+                }
+                return Err(RelayError::Nats(e.to_string()));
+            }
+        }
+    }
+    tracing::debug!(count = done, "published");
+    Ok(done)
+}

@@ -1,0 +1,94 @@
+//! Turning the passage of time into events: devices that fell silent go offline, remote openings
+//! that missed their deadline fail. Time comes from the injected clock, so tests move it instead
+//! of sleeping.
+
+use crate::consume::pause;
+use chrono::Duration as ChronoDuration;
+use latch_domain::clock::SharedClock;
+use latch_domain::device::{DeviceCommand, OpenFailure};
+use latch_domain::store::{CommandContext, CommandError, Store};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct SweeperConfig {
+    /// A device with no heartbeat for this long is offline.
+    pub heartbeat_timeout: ChronoDuration,
+    /// How often to look.
+    pub interval: Duration,
+}
+
+pub struct Sweeper {
+    pub store: Arc<Store>,
+    pub clock: SharedClock,
+    pub config: SweeperConfig,
+}
+
+impl Sweeper {
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "sweep failed; will try again");
+            }
+            pause(&shutdown, self.config.interval).await;
+        }
+        tracing::info!("sweeper stopped");
+    }
+
+    /// One pass. Returns how many commands it issued.
+    pub async fn sweep(&self) -> Result<usize, sqlx::Error> {
+        let now = self.clock.now();
+        let mut issued = 0;
+        let silent: Vec<(Uuid, Option<chrono::DateTime<chrono::Utc>>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "SELECT s.device_id, l.last_seen, s.last_event_at FROM device_status s
+               LEFT JOIN device_liveness l ON l.device_id = s.device_id
+              WHERE s.online AND coalesce(l.last_seen, s.last_event_at) < $1",
+        )
+        .bind(now - self.config.heartbeat_timeout)
+        .fetch_all(&self.store.pool)
+        .await?;
+        for (device, last_seen, last_event) in silent {
+            let command = DeviceCommand::ReportOffline {
+                last_seen: last_seen.unwrap_or(last_event),
+                at: now,
+            };
+            issued += self.issue(device, command, "system:liveness").await;
+        }
+        let overdue: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT device_id, pending_open_request FROM device_status
+              WHERE pending_open_request IS NOT NULL AND pending_open_deadline < $1",
+        )
+        .bind(now)
+        .fetch_all(&self.store.pool)
+        .await?;
+        for (device, request_id) in overdue {
+            let command = DeviceCommand::FailOpen {
+                request_id,
+                failure: OpenFailure::Timeout,
+                at: now,
+            };
+            issued += self.issue(device, command, "system:open-timeout").await;
+        }
+        Ok(issued)
+    }
+
+    async fn issue(&self, device: Uuid, command: DeviceCommand, actor: &str) -> usize {
+        let id = device.to_string();
+        let ctx = CommandContext::new(actor).with_device(id.clone());
+        let name = command.name();
+        match self.store.devices.execute(&id, name, command, &ctx).await {
+            Ok(done) => done.events.len().min(1),
+            // The read model lags the log: the state may already have moved on.
+            Err(CommandError::Rejected(e)) => {
+                tracing::debug!(device = %id, reason = e.code(), "sweep command refused");
+                0
+            }
+            Err(e) => {
+                tracing::warn!(device = %id, error = %e, "sweep command failed");
+                0
+            }
+        }
+    }
+}
