@@ -1,1 +1,16 @@
-//! stub
+//! `latch`: the process that runs Latch.
+//!
+//! The domain, read side, API and workers live in their own crates (`latch-domain`,
+//! `latch-projections`, `latch-api`, `latch-workers`, `latch-nats`); this crate wires them into
+//! one [`app::Application`] and provides the command-line tools around it:
+//! [`sim`] (simulated cabinets), [`dev`] (the one-command demo), [`bench`] (measurements).
+
+pub mod app;
+pub mod bench;
+pub mod config;
+pub mod dev;
+pub mod sim;
+pub mod telemetry;
+
+pub use app::Application;
+pub use config::Settings;

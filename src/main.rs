@@ -1,1 +1,208 @@
-fn main() {}
+//! The `latch` command. Parses arguments and hands over to the library; nothing else.
+
+use clap::{Parser, Subcommand};
+use latch::config::{Connections, ServeArgs, Settings, DEFAULT_HTTP_ADDR};
+use latch::{app, bench, dev, sim, telemetry};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(name = "latch", version, about = "Event-sourced back end for self-service cabinets")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the database if needed and apply migrations.
+    Migrate {
+        #[command(flatten)]
+        connections: Connections,
+    },
+    /// Run the API and workers (all roles, or those given with --roles).
+    Serve(ServeArgs),
+    /// Simulated cabinets over NATS: heartbeats, door events, obeying open commands.
+    Sim {
+        #[command(flatten)]
+        connections: Connections,
+        /// Device ids to simulate (comma-separated); default: every registered device.
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<Uuid>,
+        /// Seconds between heartbeats.
+        #[arg(long, default_value_t = 5)]
+        heartbeat_secs: u64,
+        /// Seconds a door stays open after an open command.
+        #[arg(long, default_value_t = 3)]
+        hold_open_secs: u64,
+        /// Devices that start with a fault (refusing to open until cleared).
+        #[arg(long, value_delimiter = ',')]
+        fault: Vec<Uuid>,
+    },
+    /// Migrate, seed demo data, serve everything and run the simulator.
+    Dev {
+        /// Postgres URL; default: 127.0.0.1:5432 if it answers, else a private server.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// NATS URL; default: 127.0.0.1:4222 if it answers, else a private server.
+        #[arg(long, env = "NATS_URL")]
+        nats_url: Option<String>,
+        #[arg(long, env = "LATCH_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+        http_addr: std::net::SocketAddr,
+        /// Where private servers keep their data.
+        #[arg(long, env = "LATCH_DEV_DIR", default_value = ".latch-dev")]
+        data_dir: PathBuf,
+        /// How many demo cabinets to register and simulate.
+        #[arg(long, default_value_t = 4)]
+        devices: usize,
+    },
+    /// Issue an API bearer token (shown once).
+    Token {
+        #[command(flatten)]
+        connections: Connections,
+        /// operator, user, auditor or device.
+        #[arg(long)]
+        role: String,
+        /// Who the token belongs to.
+        #[arg(long)]
+        subject: String,
+    },
+    /// Print a nats-server authorization block confining each device to its own subjects.
+    NatsConfig {
+        #[arg(long, env = "LATCH_NATS_SERVICE_USER", default_value = "latch")]
+        service_user: String,
+        #[arg(long, env = "LATCH_NATS_SERVICE_PASSWORD")]
+        service_password: String,
+        /// DEVICE_ID:PASSWORD pairs.
+        #[arg(long, value_delimiter = ',')]
+        device: Vec<String>,
+    },
+    /// Measure throughput and latency against baselines taken in the same run.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init();
+    match run(Cli::parse().command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "latch failed");
+            eprintln!("latch: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
+    match command {
+        Cmd::Migrate { connections } => {
+            dev::migrate(&connections.database_url).await?;
+            tracing::info!("migrations applied");
+        }
+        Cmd::Serve(args) => {
+            let settings = Settings::from(args);
+            let app = app::Application::build(settings).await?;
+            app.run_until_stopped(app::shutdown_signal()).await?;
+        }
+        Cmd::Sim {
+            connections,
+            devices,
+            heartbeat_secs,
+            hold_open_secs,
+            fault,
+        } => {
+            let devices = if devices.is_empty() {
+                let pool = latch_domain::store::connect(
+                    &connections.database_url,
+                    2,
+                    Duration::from_secs(5),
+                )
+                .await?;
+                let rows: Vec<(String,)> = sqlx::query_as(
+                    "SELECT aggregate_id FROM events WHERE aggregate_type = 'device' AND sequence = 1",
+                )
+                .fetch_all(&pool)
+                .await?;
+                rows.iter()
+                    .filter_map(|(id,)| Uuid::parse_str(id).ok())
+                    .collect()
+            } else {
+                devices
+            };
+            let client = latch_nats::connect(&connections.nats_url, "latch-sim").await?;
+            let shutdown = latch_workers::CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                app::shutdown_signal().await;
+                stop.cancel();
+            });
+            let config = sim::SimConfig {
+                devices,
+                heartbeat: Duration::from_secs(heartbeat_secs),
+                hold_open: Duration::from_secs(hold_open_secs),
+                faulty: fault,
+            };
+            sim::run(client, config, shutdown).await;
+        }
+        Cmd::Dev {
+            database_url,
+            nats_url,
+            http_addr,
+            data_dir,
+            devices,
+        } => {
+            dev::run(dev::DevOptions {
+                database_url,
+                nats_url,
+                http_addr,
+                data_dir,
+                devices,
+            })
+            .await?;
+        }
+        Cmd::Token {
+            connections,
+            role,
+            subject,
+        } => {
+            let role = latch_api::auth::Role::parse(&role)
+                .ok_or("--role must be operator, user, auditor or device")?;
+            let pool =
+                latch_domain::store::connect(&connections.database_url, 2, Duration::from_secs(5))
+                    .await?;
+            let token = latch_api::auth::issue_token(&pool, role, &subject).await?;
+            println!("{token}");
+        }
+        Cmd::NatsConfig {
+            service_user,
+            service_password,
+            device,
+        } => {
+            let devices = device
+                .iter()
+                .map(|pair| {
+                    let (id, password) = pair
+                        .split_once(':')
+                        .ok_or_else(|| format!("--device {pair:?}: expected DEVICE_ID:PASSWORD"))?;
+                    Uuid::parse_str(id).map_err(|_| format!("--device {pair:?}: not a UUID"))?;
+                    Ok(latch_nats::auth::DeviceCredentials {
+                        device_id: id.to_owned(),
+                        password: password.to_owned(),
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            print!(
+                "{}",
+                latch_nats::auth::authorization_config(&service_user, &service_password, &devices)
+            );
+        }
+        Cmd::Bench { which } => bench::run(which).await?,
+    }
+    Ok(())
+}

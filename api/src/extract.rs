@@ -54,19 +54,38 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let value = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
+            let message = inner.to_string();
             let (code, field) = if inner.is_syntax() || inner.is_eof() {
                 ("malformed_json", None)
+            } else if let Some(name) = named_field(&message) {
+                // A missing field is reported against its parent object.
+                let field = if path == "." {
+                    name
+                } else if path.ends_with(name.as_str()) {
+                    path
+                } else {
+                    format!("{path}.{name}")
+                };
+                ("invalid_field", Some(field))
             } else {
                 ("invalid_field", (path != ".").then_some(path))
             };
             ApiError::BadRequest {
                 code,
-                message: inner.to_string(),
+                message,
                 field,
             }
         })?;
         Ok(Self { value, raw })
     }
+}
+
+/// The field named in serde's "missing field `x`" / "unknown field `x`" messages.
+fn named_field(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("missing field `")
+        .or_else(|| message.strip_prefix("unknown field `"))?;
+    rest.split_once('`').map(|(name, _)| name.to_owned())
 }
 
 /// Who asked, which request this is, and the client's idempotency key if it sent one.

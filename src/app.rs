@@ -1,0 +1,229 @@
+//! `Application`: everything `latch serve` runs, in one value.
+//!
+//! [`Application::build`] connects and binds (port 0 picks a free port, see [`Application::port`])
+//! without serving yet; [`Application::run_until_stopped`] runs the chosen roles until the given
+//! shutdown future resolves, then stops taking work, lets in-flight messages finish and returns.
+
+use crate::config::{Role, Settings};
+use latch_api::auth::Auth;
+use latch_api::AppState;
+use latch_domain::store::{self, Store};
+use latch_projections::device_status::DeviceStatusProjection;
+use latch_workers::dispatch::Dispatch;
+use latch_workers::ingest::Ingest;
+use latch_workers::relay::{self, RelayConfig};
+use latch_workers::sweeper::{Sweeper, SweeperConfig};
+use latch_workers::CancellationToken;
+use sqlx::PgPool;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Application {
+    settings: Settings,
+    pool: PgPool,
+    store: Arc<Store>,
+    nats: async_nats::Client,
+    listener: Option<TcpListener>,
+    port: u16,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        // Lazy: a process that starts while Postgres is down still serves /healthz and answers
+        // commands with 503 until the database is back.
+        let pool = store::connect_lazy(
+            &settings.database_url,
+            settings.db_max_connections,
+            settings.db_acquire_timeout,
+        )?;
+        if settings.migrate {
+            store::MIGRATOR.run(&pool).await?;
+        }
+        let nats = latch_nats::connect(&settings.nats_url, "latch")
+            .await
+            .map_err(|e| StartError::Nats(e.to_string()))?;
+        let (listener, port) = if settings.runs(Role::Api) {
+            let listener = TcpListener::bind(settings.http_addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: settings.http_addr,
+                    source,
+                })?;
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+            (Some(listener), port)
+        } else {
+            (None, 0)
+        };
+        Ok(Self {
+            store: Arc::new(Store::new(pool.clone())),
+            pool,
+            nats,
+            listener,
+            port,
+            settings,
+        })
+    }
+
+    /// The HTTP port actually bound (0 when this process does not run the API).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        shutdown_signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let shutdown = CancellationToken::new();
+        let js = latch_nats::jetstream(self.nats.clone());
+        let s = &self.settings;
+        let mut tasks = JoinSet::new();
+
+        // Streams first, so workers find them; if NATS is away, keep trying in the background
+        // while everything that needs only Postgres carries on.
+        {
+            let js = js.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                while !shutdown.is_cancelled() {
+                    match latch_nats::streams::ensure_streams(&js).await {
+                        Ok(()) => return,
+                        Err(e) => tracing::warn!(error = %e, "cannot declare streams yet"),
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+        if s.runs(Role::Relay) {
+            let config = RelayConfig {
+                poll: s.relay_poll,
+                ..RelayConfig::default()
+            };
+            tasks.spawn(relay::run(
+                self.pool.clone(),
+                js.clone(),
+                config,
+                shutdown.clone(),
+            ));
+        }
+        if s.runs(Role::Projector) {
+            tasks.spawn(latch_workers::projector::run(
+                self.pool.clone(),
+                js.clone(),
+                DeviceStatusProjection,
+                shutdown.clone(),
+            ));
+        }
+        if s.runs(Role::Ingest) {
+            let ingest = Ingest {
+                store: self.store.clone(),
+                js: js.clone(),
+                clock: s.clock.clone(),
+            };
+            tasks.spawn(ingest.run(shutdown.clone()));
+        }
+        if s.runs(Role::Dispatch) {
+            let dispatch = Dispatch {
+                client: self.nats.clone(),
+                js: js.clone(),
+                clock: s.clock.clone(),
+            };
+            tasks.spawn(dispatch.run(shutdown.clone()));
+        }
+        if s.runs(Role::Sweeper) {
+            let sweeper = Sweeper {
+                store: self.store.clone(),
+                clock: s.clock.clone(),
+                config: SweeperConfig {
+                    heartbeat_timeout: chrono::Duration::from_std(s.heartbeat_timeout)
+                        .unwrap_or(chrono::Duration::seconds(30)),
+                    interval: s.sweep_interval,
+                },
+            };
+            tasks.spawn(sweeper.run(shutdown.clone()));
+        }
+        if let Some(listener) = self.listener {
+            let state = AppState {
+                store: self.store.clone(),
+                auth: Arc::new(Auth::new(self.pool.clone())),
+                nats: self.nats.clone(),
+                clock: s.clock.clone(),
+                open_timeout: chrono::Duration::from_std(s.open_timeout)
+                    .unwrap_or(chrono::Duration::seconds(15)),
+            };
+            let app = latch_api::router(state);
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let serve = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "http server failed");
+                }
+            });
+        }
+        tracing::info!(roles = ?s.roles, port = self.port, "latch is running");
+
+        shutdown_signal.await;
+        tracing::info!("shutting down: finishing in-flight work");
+        shutdown.cancel();
+        let drained = tokio::time::timeout(Duration::from_secs(15), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("some tasks did not finish in 15 s; stopping them");
+            tasks.abort_all();
+        }
+        self.nats.flush().await.ok();
+        self.pool.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        tokio::signal::ctrl_c().await.ok();
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

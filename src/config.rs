@@ -1,0 +1,142 @@
+//! Settings: from flags and environment for the binary, built directly by tests.
+
+use clap::{Args, ValueEnum};
+use latch_domain::clock::{SharedClock, SystemClock};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/latch";
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+
+/// The parts of `latch serve`, each of which can run in its own process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// The HTTP API.
+    Api,
+    /// Postgres events -> log positions -> EVENTS stream (one active at a time).
+    Relay,
+    /// Read models from the log.
+    Projector,
+    /// Device telemetry -> commands.
+    Ingest,
+    /// Open requests -> device command subjects.
+    Dispatch,
+    /// Liveness and open-deadline sweeps.
+    Sweeper,
+}
+
+impl Role {
+    pub fn all() -> Vec<Role> {
+        vec![
+            Role::Api,
+            Role::Relay,
+            Role::Projector,
+            Role::Ingest,
+            Role::Dispatch,
+            Role::Sweeper,
+        ]
+    }
+}
+
+/// Where Latch finds its services. Shared by every subcommand that talks to them.
+#[derive(Debug, Clone, Args)]
+pub struct Connections {
+    /// Postgres connection URL.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// NATS server URL (JetStream enabled).
+    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
+    pub nats_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub connections: Connections,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "LATCH_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+    /// Which roles to run in this process (comma-separated); all by default.
+    #[arg(long, env = "LATCH_ROLES", value_enum, value_delimiter = ',')]
+    pub roles: Vec<Role>,
+    /// Seconds without a heartbeat before a device is marked offline.
+    #[arg(long, env = "LATCH_HEARTBEAT_TIMEOUT_SECS", default_value_t = 30)]
+    pub heartbeat_timeout_secs: u64,
+    /// Seconds a remote door opening may take before it is recorded as failed.
+    #[arg(long, env = "LATCH_OPEN_TIMEOUT_SECS", default_value_t = 15)]
+    pub open_timeout_secs: u64,
+    /// Milliseconds between liveness / deadline sweeps.
+    #[arg(long, env = "LATCH_SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    pub sweep_interval_ms: u64,
+    /// Milliseconds the relay waits between polls when idle.
+    #[arg(long, env = "LATCH_RELAY_POLL_MS", default_value_t = 5)]
+    pub relay_poll_ms: u64,
+    /// Postgres pool size.
+    #[arg(long, env = "LATCH_DB_MAX_CONNECTIONS", default_value_t = 20)]
+    pub db_max_connections: u32,
+    /// Milliseconds to wait for a Postgres connection before answering 503.
+    #[arg(long, env = "LATCH_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
+    pub db_acquire_timeout_ms: u64,
+    /// Apply database migrations before serving.
+    #[arg(long, env = "LATCH_MIGRATE", default_value_t = false)]
+    pub migrate: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub nats_url: String,
+    pub http_addr: SocketAddr,
+    pub roles: Vec<Role>,
+    pub heartbeat_timeout: Duration,
+    pub open_timeout: Duration,
+    pub sweep_interval: Duration,
+    pub relay_poll: Duration,
+    pub db_max_connections: u32,
+    pub db_acquire_timeout: Duration,
+    pub migrate: bool,
+    pub clock: SharedClock,
+}
+
+impl Settings {
+    /// Defaults for everything but the two connections.
+    pub fn new(database_url: impl Into<String>, nats_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            nats_url: nats_url.into(),
+            http_addr: DEFAULT_HTTP_ADDR.parse().expect("a valid address"),
+            roles: Role::all(),
+            heartbeat_timeout: Duration::from_secs(30),
+            open_timeout: Duration::from_secs(15),
+            sweep_interval: Duration::from_secs(1),
+            relay_poll: Duration::from_millis(5),
+            db_max_connections: 20,
+            db_acquire_timeout: Duration::from_secs(2),
+            migrate: false,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    pub fn runs(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+impl From<ServeArgs> for Settings {
+    fn from(a: ServeArgs) -> Self {
+        Self {
+            roles: if a.roles.is_empty() { Role::all() } else { a.roles },
+            http_addr: a.http_addr,
+            heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout_secs),
+            open_timeout: Duration::from_secs(a.open_timeout_secs),
+            sweep_interval: Duration::from_millis(a.sweep_interval_ms),
+            relay_poll: Duration::from_millis(a.relay_poll_ms),
+            db_max_connections: a.db_max_connections,
+            db_acquire_timeout: Duration::from_millis(a.db_acquire_timeout_ms),
+            migrate: a.migrate,
+            ..Self::new(a.connections.database_url, a.connections.nats_url)
+        }
+    }
+}

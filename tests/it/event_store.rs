@@ -1,0 +1,125 @@
+//! DESIGN.md sections 1 and 4: the store is append-only, every event carries its metadata, and a
+//! command's idempotency key makes a retry return the first outcome.
+
+use crate::common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_refuses_to_rewrite_events() {
+    let app = spawn_app().await;
+    app.register_device("vending", "S1", "A").await;
+    for sql in [
+        "UPDATE events SET payload = '{}'",
+        "DELETE FROM events",
+        "TRUNCATE events CASCADE",
+        "UPDATE event_log SET hash = hash",
+        "DELETE FROM event_log",
+    ] {
+        if sql.contains("event_log") {
+            eventually(Duration::from_secs(10), "logged", || async {
+                (count(&app.pool, "SELECT count(*) FROM event_log").await == 1).then_some(())
+            })
+            .await;
+        }
+        let err = sqlx::query(sql).execute(&app.pool).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    assert_eq!(app.event_count().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_carries_its_metadata_and_database_stamps() {
+    let app = spawn_app().await;
+    let res = app
+        .http
+        .post(format!("{}/devices", app.address))
+        .bearer_auth(&app.operator)
+        .header("x-correlation-id", "0193a000-0000-7000-8000-00000000c0de")
+        .json(&json!({"kind": "locker", "site": "610091A01", "label": "快递柜"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let request_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let (metadata, event_id, recorded, tx): (Value, uuid::Uuid, chrono::DateTime<chrono::Utc>, String) =
+        sqlx::query_as("SELECT metadata, event_id, recorded_at, tx_id::text FROM events")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(metadata["actor"], "operator:test-operator");
+    assert_eq!(metadata["correlation_id"], "0193a000-0000-7000-8000-00000000c0de");
+    assert_eq!(metadata["request_id"], request_id.as_str());
+    assert_eq!(metadata["causation_id"], request_id.as_str());
+    assert_eq!(metadata["command"], "RegisterDevice");
+    assert_eq!(event_id.get_version_num(), 7, "event ids are UUIDv7");
+    assert!((chrono::Utc::now() - recorded).num_seconds().abs() < 60);
+    assert!(tx.parse::<u64>().unwrap() > 0);
+
+    // Metadata is required: a bare insert is refused.
+    let err = sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('device', 'x', 1, 'DeviceRegistered', '1', '{}', '{}')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("check constraint"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_retry_returns_the_first_outcome_and_appends_nothing() {
+    let app = spawn_app().await;
+    let send = |key: &'static str, label: &'static str| {
+        let http = app.http.clone();
+        let url = format!("{}/devices", app.address);
+        let token = app.operator.clone();
+        async move {
+            let res = http
+                .post(url)
+                .bearer_auth(token)
+                .header("Idempotency-Key", key)
+                .json(&json!({"kind": "vending", "site": "S1", "label": label}))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    };
+    // Eight concurrent copies of one request: one device.
+    let copies: Vec<_> = (0..8).map(|_| tokio::spawn(send("k-1", "same"))).collect();
+    let mut answers = Vec::new();
+    for c in copies {
+        answers.push(c.await.unwrap());
+    }
+    for (status, body) in &answers {
+        assert_eq!(*status, 201, "{body}");
+        assert_eq!(body["device_id"], answers[0].1["device_id"]);
+        assert_eq!(body["registered_at"], answers[0].1["registered_at"]);
+    }
+    assert_eq!(app.event_count().await, 1);
+
+    // The same key for a different request is refused, and writes nothing.
+    let (status, body) = send("k-1", "different").await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["code"], "idempotency_key_reused");
+    assert_eq!(body["error"]["field"], "Idempotency-Key");
+    assert_eq!(app.event_count().await, 1);
+
+    // Keys are scoped to their sender: another operator's k-1 is a new request.
+    let other = latch_api::auth::issue_token(&app.pool, latch_api::auth::Role::Operator, "other")
+        .await
+        .unwrap();
+    let res = app
+        .http
+        .post(format!("{}/devices", app.address))
+        .bearer_auth(other)
+        .header("Idempotency-Key", "k-1")
+        .json(&json!({"kind": "vending", "site": "S1", "label": "same"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(app.event_count().await, 2);
+}

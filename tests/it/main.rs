@@ -1,0 +1,11 @@
+//! Integration tests of the `latch` package: real Postgres (a fresh database per test), a
+//! private nats-server per test, real HTTP.
+
+mod common;
+mod crash;
+mod devices_api;
+mod event_store;
+mod nats_auth;
+mod outages;
+mod relay;
+mod telemetry;

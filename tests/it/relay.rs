@@ -1,0 +1,139 @@
+//! DESIGN.md section 2: every committed event, once, in order, never skipped.
+
+use crate::common::*;
+use latch_domain::device::{DeviceEvent, DeviceId, DeviceKind, Label, SiteCode};
+use latch_nats::subjects::EVENTS_STREAM;
+use latch_projections::LoggedEvent;
+use std::collections::HashSet;
+use std::time::Duration;
+
+async fn log_head(app: &TestApp) -> i64 {
+    latch_projections::log::head(&app.pool).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_commit_is_published_once_and_before_everything_after_it() {
+    let app = spawn_app().await;
+    app.register_device("vending", "S1", "warm-up").await;
+    eventually(Duration::from_secs(10), "warm-up event logged", || async {
+        (log_head(&app).await == 1).then_some(())
+    })
+    .await;
+
+    // A writer that appends and then dawdles before committing.
+    let late_device = DeviceId::generate();
+    let payload = serde_json::to_value(DeviceEvent::DeviceRegistered {
+        device_id: late_device,
+        kind: DeviceKind::Locker,
+        site: SiteCode::parse("site", "S1").unwrap(),
+        label: Label::parse("label", "late", 80).unwrap(),
+        at: start_time(),
+    })
+    .unwrap();
+    let mut late = app.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('device', $1, 1, 'DeviceRegistered', '1', $2,
+                 '{\"correlation_id\":\"c\",\"causation_id\":\"c\",\"actor\":\"test\",\"request_id\":\"r\"}')",
+    )
+    .bind(late_device.to_string())
+    .bind(&payload)
+    .execute(&mut *late)
+    .await
+    .unwrap();
+
+    // 100 others commit while it is open.
+    let mut handles = Vec::new();
+    for chunk in 0..10 {
+        let http = app.http.clone();
+        let address = app.address.clone();
+        let token = app.operator.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let res = http
+                    .post(format!("{address}/devices"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({"kind": "vending", "site": "S1", "label": format!("d{chunk}-{i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 201);
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert_eq!(app.event_count().await, 101, "100 committed, the late one not yet visible");
+    // Give the relay ample chances to (wrongly) run ahead of the open transaction.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(log_head(&app).await, 1, "nothing may get a position past an open writer");
+
+    late.commit().await.unwrap();
+    eventually(Duration::from_secs(10), "all 102 events logged", || async {
+        (log_head(&app).await == 102).then_some(())
+    })
+    .await;
+    let (late_position,): (i64,) = sqlx::query_as(
+        "SELECT l.position FROM event_log l JOIN events e USING (event_id) WHERE e.aggregate_id = $1",
+    )
+    .bind(late_device.to_string())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(late_position, 2, "the late commit comes before everything that committed after it");
+
+    // JetStream: one message per event, sequence == log position, Msg-Id == event id.
+    let messages = eventually(Duration::from_secs(10), "all published", || async {
+        let m = stream_messages(&app.js, EVENTS_STREAM).await;
+        (m.len() == 102).then_some(m)
+    })
+    .await;
+    let mut ids = HashSet::new();
+    for m in &messages {
+        let event: LoggedEvent = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(m.sequence as i64, event.position);
+        let msg_id = m.headers.get("Nats-Msg-Id").unwrap().as_str().to_owned();
+        assert_eq!(msg_id, event.event_id.to_string());
+        assert!(ids.insert(msg_id), "no event published twice");
+    }
+    let (db_ids,): (Vec<uuid::Uuid>,) = sqlx::query_as("SELECT array_agg(event_id) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let db_ids: HashSet<String> = db_ids.iter().map(|u| u.to_string()).collect();
+    assert_eq!(ids, db_ids, "exactly the stored events were published");
+    // The projection saw the late device too.
+    eventually(Duration::from_secs(10), "late device projected", || async {
+        app.device(late_device.as_uuid()).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hash_chain_links_every_position() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        app.register_device("locker", "610091A01", &format!("格口柜 {i}")).await;
+    }
+    eventually(Duration::from_secs(10), "5 logged", || async {
+        (log_head(&app).await == 5).then_some(())
+    })
+    .await;
+    let events = latch_projections::log::read_range(&app.pool, 0, None, 100)
+        .await
+        .unwrap();
+    let mut prev = latch_projections::log::GENESIS.to_vec();
+    for e in &events {
+        let (stored_prev,): (Vec<u8>,) =
+            sqlx::query_as("SELECT prev_hash FROM event_log WHERE position = $1")
+                .bind(e.position)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        assert_eq!(stored_prev, prev);
+        let expect = latch_projections::log::chain_hash(&prev, &e.canonical_bytes());
+        assert_eq!(e.hash, hex::encode(expect));
+        prev = expect.to_vec();
+    }
+}
