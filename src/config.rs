@@ -127,7 +127,11 @@ impl Settings {
 impl From<ServeArgs> for Settings {
     fn from(a: ServeArgs) -> Self {
         Self {
-            roles: if a.roles.is_empty() { Role::all() } else { a.roles },
+            roles: if a.roles.is_empty() {
+                Role::all()
+            } else {
+                a.roles
+            },
             http_addr: a.http_addr,
             heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout_secs),
             open_timeout: Duration::from_secs(a.open_timeout_secs),

@@ -47,7 +47,10 @@ pub async fn run(opts: DevOptions) -> Result<(), Box<dyn std::error::Error>> {
                 let pg = PrivatePostgres::start(&opts.data_dir.join("postgres"))?;
                 let url = format!("postgres://postgres@127.0.0.1:{}/latch_dev", pg.port);
                 ensure_database(&url).await?;
-                tracing::info!(port = pg.port, "nothing answered on 5432: started a private Postgres under the data folder");
+                tracing::info!(
+                    port = pg.port,
+                    "nothing answered on 5432: started a private Postgres under the data folder"
+                );
                 private_pg = Some(pg);
                 url
             }
@@ -56,7 +59,10 @@ pub async fn run(opts: DevOptions) -> Result<(), Box<dyn std::error::Error>> {
     let mut private_nats = None;
     let nats_url = match opts.nats_url {
         Some(url) => url,
-        None if tokio::net::TcpStream::connect("127.0.0.1:4222").await.is_ok() => {
+        None if tokio::net::TcpStream::connect("127.0.0.1:4222")
+            .await
+            .is_ok() =>
+        {
             tracing::info!("using the NATS server on 127.0.0.1:4222");
             DEFAULT_NATS_URL.to_owned()
         }
@@ -200,7 +206,11 @@ impl PrivatePostgres {
         std::fs::create_dir_all(dir)?;
         let dir = std::fs::canonicalize(dir)?;
         if as_postgres_user {
-            exec(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir))?;
+            exec(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&dir),
+            )?;
         }
         let port = free_port()?;
         let pg = Self {
@@ -211,21 +221,26 @@ impl PrivatePostgres {
         };
         let data = pg.dir.join("data");
         if !data.join("PG_VERSION").exists() {
-            exec(pg.command("initdb")
-                .arg("-D")
-                .arg(&data)
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"]))?;
+            exec(pg.command("initdb").arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ]))?;
         }
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1",
             pg.dir.display()
         );
-        exec(pg.command("pg_ctl")
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(pg.dir.join("postgres.log"))
-            .args(["-w", "-o", &options, "start"]))?;
+        exec(
+            pg.command("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(pg.dir.join("postgres.log"))
+                .args(["-w", "-o", &options, "start"]),
+        )?;
         Ok(pg)
     }
 
@@ -257,12 +272,7 @@ fn exec(cmd: &mut Command) -> Result<(), Box<dyn std::error::Error>> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{:?} failed: {}",
-            cmd,
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into())
+        Err(format!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr)).into())
     }
 }
 
@@ -296,7 +306,9 @@ fn is_root() -> bool {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// `latch migrate`: creates the database if the server has none by that name, then applies

@@ -9,7 +9,11 @@ use std::time::Duration;
 use uuid::Uuid;
 
 #[derive(Parser)]
-#[command(name = "latch", version, about = "Event-sourced back end for self-service cabinets")]
+#[command(
+    name = "latch",
+    version,
+    about = "Event-sourced back end for self-service cabinets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

@@ -11,10 +11,10 @@ use chrono::Utc;
 use futures::StreamExt;
 use latch_domain::telemetry::{OpenCommand, WireTelemetry};
 use latch_nats::subjects;
+use latch_workers::CancellationToken;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use latch_workers::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -90,7 +90,11 @@ impl SimDevice {
         self.send(w).await
     }
 
-    pub async fn door(&self, open: bool, request_id: Option<Uuid>) -> Result<(), async_nats::Error> {
+    pub async fn door(
+        &self,
+        open: bool,
+        request_id: Option<Uuid>,
+    ) -> Result<(), async_nats::Error> {
         let mut w = self.wire("door");
         w.state = Some(if open { "open" } else { "closed" }.to_owned());
         w.request_id = request_id;
@@ -122,8 +126,14 @@ pub async fn run(client: async_nats::Client, config: SimConfig, shutdown: Cancel
         let faulty = config.faulty.contains(id);
         let span = tracing::info_span!("sim", device = %id);
         tasks.spawn(
-            cabinet(client.clone(), device, faulty, config.clone(), shutdown.clone())
-                .instrument(span),
+            cabinet(
+                client.clone(),
+                device,
+                faulty,
+                config.clone(),
+                shutdown.clone(),
+            )
+            .instrument(span),
         );
     }
     tracing::info!(devices = config.devices.len(), "simulator running");

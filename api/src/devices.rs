@@ -207,6 +207,7 @@ pub async fn list(
             .filter(|n| (1..=1000).contains(n))
             .ok_or_else(|| ApiError::bad_request("invalid_field", "limit", "must be 1 to 1000"))?,
     };
-    let rows = device_status::list(&state.store.pool, site.as_ref().map(|s| s.as_str()), limit).await?;
+    let rows =
+        device_status::list(&state.store.pool, site.as_ref().map(|s| s.as_str()), limit).await?;
     Ok(Json(rows))
 }

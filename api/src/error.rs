@@ -61,7 +61,11 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    pub fn bad_request(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn bad_request(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::BadRequest {
             code,
             message: message.into(),
@@ -71,7 +75,9 @@ impl ApiError {
 
     fn parts(&self) -> (StatusCode, &str, Option<&str>) {
         match self {
-            Self::BadRequest { code, field, .. } => (StatusCode::BAD_REQUEST, code, field.as_deref()),
+            Self::BadRequest { code, field, .. } => {
+                (StatusCode::BAD_REQUEST, code, field.as_deref())
+            }
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code, None),

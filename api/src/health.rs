@@ -41,13 +41,21 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         sqlx::query("SELECT 1").execute(&state.store.pool),
     )
     .await;
-    let postgres = if matches!(pg, Ok(Ok(_))) { "ok" } else { "unreachable" };
+    let postgres = if matches!(pg, Ok(Ok(_))) {
+        "ok"
+    } else {
+        "unreachable"
+    };
     let nats = match state.nats.connection_state() {
         async_nats::connection::State::Connected => "ok",
         _ => "unreachable",
     };
     let ready = postgres == "ok" && nats == "ok";
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         Json(Readiness {

@@ -19,7 +19,9 @@ use axum::Router;
 use latch_domain::clock::SharedClock;
 use latch_domain::store::Store;
 use std::sync::Arc;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 #[derive(Clone)]

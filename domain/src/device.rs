@@ -129,7 +129,10 @@ impl Label {
             ));
         }
         if trimmed.chars().any(char::is_control) {
-            return Err(ParseError::new(field, "must not contain control characters"));
+            return Err(ParseError::new(
+                field,
+                "must not contain control characters",
+            ));
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -153,7 +156,10 @@ impl FaultCode {
         if ok {
             Ok(Self(raw.to_owned()))
         } else {
-            Err(ParseError::new(field, "must be 1-32 characters of a-z, 0-9 or '_'"))
+            Err(ParseError::new(
+                field,
+                "must be 1-32 characters of a-z, 0-9 or '_'",
+            ))
         }
     }
 

@@ -282,7 +282,9 @@ where
                 }
                 Err(AggregateError::UnexpectedError(e)) => {
                     return Err(match e.downcast_ref::<sqlx::Error>() {
-                        Some(sql) if is_unavailable(sql) => CommandError::Unavailable(e.to_string()),
+                        Some(sql) if is_unavailable(sql) => {
+                            CommandError::Unavailable(e.to_string())
+                        }
                         _ => CommandError::Internal(e.to_string()),
                     })
                 }

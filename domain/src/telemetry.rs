@@ -107,14 +107,17 @@ pub fn parse_telemetry(
             format!("{} bytes, limit {MAX_TELEMETRY_BYTES}", bytes.len()),
         ));
     }
-    let text =
-        std::str::from_utf8(bytes).map_err(|_| Rejection::new("not_utf8", "payload is not UTF-8"))?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| Rejection::new("not_utf8", "payload is not UTF-8"))?;
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| Rejection::new("malformed_json", e.to_string()))?;
     let wire: WireTelemetry =
         serde_json::from_value(value).map_err(|e| Rejection::new("schema", e.to_string()))?;
     if wire.v != 1 {
-        return Err(Rejection::new("schema", format!("unsupported version {}", wire.v)));
+        return Err(Rejection::new(
+            "schema",
+            format!("unsupported version {}", wire.v),
+        ));
     }
     if wire.msg_id.is_empty()
         || wire.msg_id.len() > 64
@@ -259,14 +262,24 @@ mod tests {
                 r#"{{"v":1,"msg_id":"m1","device_id":"{DEV}","sent_at":"2026-01-01T00:00:00Z","type":"heartbeat"{extra}}}"#
             )
         };
-        assert_eq!(parse("heartbeat", "\u{1}\u{2}garbage").unwrap_err().reason, "malformed_json");
         assert_eq!(
-            parse_telemetry(DEV, "heartbeat", &[0xff, 0xfe]).unwrap_err().reason,
+            parse("heartbeat", "\u{1}\u{2}garbage").unwrap_err().reason,
+            "malformed_json"
+        );
+        assert_eq!(
+            parse_telemetry(DEV, "heartbeat", &[0xff, 0xfe])
+                .unwrap_err()
+                .reason,
             "not_utf8"
         );
-        assert_eq!(parse("heartbeat", r#"{"hello":1}"#).unwrap_err().reason, "schema");
         assert_eq!(
-            parse("heartbeat", &base(r#","uptime_s":-3"#)).unwrap_err().reason,
+            parse("heartbeat", r#"{"hello":1}"#).unwrap_err().reason,
+            "schema"
+        );
+        assert_eq!(
+            parse("heartbeat", &base(r#","uptime_s":-3"#))
+                .unwrap_err()
+                .reason,
             "out_of_range"
         );
         assert_eq!(
@@ -275,10 +288,21 @@ mod tests {
                 .reason,
             "malformed_json"
         );
-        assert_eq!(parse("heartbeat", &base(r#","uptime_s":3,"temperature_c":NaN"#)).unwrap_err().reason, "malformed_json");
-        assert_eq!(parse("door", &base(r#","uptime_s":3"#)).unwrap_err().reason, "type_mismatch");
+        assert_eq!(
+            parse("heartbeat", &base(r#","uptime_s":3,"temperature_c":NaN"#))
+                .unwrap_err()
+                .reason,
+            "malformed_json"
+        );
+        assert_eq!(
+            parse("door", &base(r#","uptime_s":3"#)).unwrap_err().reason,
+            "type_mismatch"
+        );
         let other = base(r#","uptime_s":3"#).replace(DEV, "01930000-0000-7000-8000-000000000002");
-        assert_eq!(parse("heartbeat", &other).unwrap_err().reason, "device_mismatch");
+        assert_eq!(
+            parse("heartbeat", &other).unwrap_err().reason,
+            "device_mismatch"
+        );
         let big = base(&format!(r#","uptime_s":3,"pad":"{}""#, "x".repeat(5000)));
         assert_eq!(parse("heartbeat", &big).unwrap_err().reason, "oversized");
     }

@@ -40,7 +40,10 @@ pub fn authorization_config(
             inbox = quote(&format!("{}.>", subjects::device_inbox_prefix(&d.device_id))),
         ));
     }
-    format!("authorization {{\n  users = [\n{}\n  ]\n}}\n", users.join("\n"))
+    format!(
+        "authorization {{\n  users = [\n{}\n  ]\n}}\n",
+        users.join("\n")
+    )
 }
 
 fn quote(s: &str) -> String {

@@ -20,7 +20,10 @@ use std::time::Duration;
 
 /// Connects in the background: a process that starts while NATS is down keeps serving what it
 /// can and catches up when the server appears.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+pub async fn connect(
+    url: &str,
+    name: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()

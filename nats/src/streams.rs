@@ -21,7 +21,9 @@ pub const BACKOFF: [Duration; 4] = [
 pub fn events_stream() -> Config {
     Config {
         name: EVENTS_STREAM.to_owned(),
-        description: Some("Every committed domain event, in log order: sequence == log position".into()),
+        description: Some(
+            "Every committed domain event, in log order: sequence == log position".into(),
+        ),
         subjects: vec![EVENTS_ALL.to_owned()],
         storage: StorageType::File,
         retention: RetentionPolicy::Limits,

@@ -41,7 +41,11 @@ pub fn event(aggregate_type: &str, event_type: &str, aggregate_id: &str) -> Stri
 }
 
 pub fn events_of_type(aggregate_type: &str, event_type: &str) -> String {
-    format!("latch.events.{}.{}.*", token(aggregate_type), token(event_type))
+    format!(
+        "latch.events.{}.{}.*",
+        token(aggregate_type),
+        token(event_type)
+    )
 }
 
 pub fn deadletter(source: &str) -> String {
@@ -77,6 +81,9 @@ mod tests {
         );
         assert_eq!(parse_telemetry_subject("latch.dev.abc"), None);
         assert_eq!(parse_telemetry_subject("latch.dev.abc.door.x"), None);
-        assert_eq!(event("device", "DoorOpened", "a.b*"), "latch.events.device.DoorOpened.a_b_");
+        assert_eq!(
+            event("device", "DoorOpened", "a.b*"),
+            "latch.events.device.DoorOpened.a_b_"
+        );
     }
 }

@@ -188,12 +188,11 @@ impl Projection for DeviceStatusProjection {
             return Ok(());
         }
         let id = device_uuid(event)?;
-        let current = sqlx::query_as::<_, DeviceStatus>(
-            "SELECT * FROM device_status WHERE device_id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
+        let current =
+            sqlx::query_as::<_, DeviceStatus>("SELECT * FROM device_status WHERE device_id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
         if let Some(next) = evolve(current, event)? {
             upsert(conn, &next).await?;
         }

@@ -179,6 +179,9 @@ mod tests {
         let h1 = chain_hash(&GENESIS, &e(1, json!({"a": 1})));
         let h1b = chain_hash(&GENESIS, &e(1, json!({"a": 2})));
         assert_ne!(h1, h1b);
-        assert_ne!(chain_hash(&h1, &e(2, json!({}))), chain_hash(&h1b, &e(2, json!({}))));
+        assert_ne!(
+            chain_hash(&h1, &e(2, json!({}))),
+            chain_hash(&h1b, &e(2, json!({})))
+        );
     }
 }

@@ -74,8 +74,8 @@ pub async fn apply_batch<P: Projection>(
             continue;
         }
         if event.position > position + 1 {
-            let missing = log::read_range(&mut *tx, position, Some(event.position - 1), i64::MAX)
-                .await?;
+            let missing =
+                log::read_range(&mut *tx, position, Some(event.position - 1), i64::MAX).await?;
             for m in &missing {
                 if m.position != position + 1 {
                     return Err(ProjectionError::Gap {

@@ -127,7 +127,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let clock = ManualClock::new(start_time());
     let mut settings = test_settings(&db, &nats_server, &clock);
     adjust(&mut settings);
-    let nats = latch_nats::connect(&nats_server.url(), "test").await.unwrap();
+    let nats = latch_nats::connect(&nats_server.url(), "test")
+        .await
+        .unwrap();
     let js = latch_nats::jetstream(nats.clone());
     latch_nats::streams::ensure_streams(&js).await.unwrap();
     let app = Application::build(settings).await.expect("app builds");
@@ -140,7 +142,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
             .unwrap();
     });
     let pool = db.pool().await;
-    let operator = issue_token(&pool, Role::Operator, "test-operator").await.unwrap();
+    let operator = issue_token(&pool, Role::Operator, "test-operator")
+        .await
+        .unwrap();
     let user = issue_token(&pool, Role::User, "test-user").await.unwrap();
     TestApp {
         address,

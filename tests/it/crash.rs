@@ -3,7 +3,9 @@
 //! exactly one message per event.
 
 use crate::common::*;
-use latch_domain::device::{DeviceCommand, DeviceId, DeviceKind, DoorState, FaultCode, Label, SiteCode};
+use latch_domain::device::{
+    DeviceCommand, DeviceId, DeviceKind, DoorState, FaultCode, Label, SiteCode,
+};
 use latch_domain::store::{CommandContext, Store};
 use latch_nats::server::NatsServer;
 use latch_nats::subjects::EVENTS_STREAM;
@@ -39,10 +41,19 @@ impl Worker {
             .args(["serve", "--roles", self.roles, "--http-addr", "127.0.0.1:0"])
             .env("DATABASE_URL", &self.db)
             .env("NATS_URL", &self.nats)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var("CRASH_LOG_DIR") {
+                Ok(dir) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(format!("{dir}/{}.log", self.roles))
+                        .unwrap(),
+                ),
+                Err(_) => Stdio::null(),
+            })
             .spawn()
             .expect("latch binary runs");
         self.child = Some(child);
@@ -123,7 +134,11 @@ async fn killing_relay_and_projector_20_times_loses_and_doubles_nothing() {
                         at,
                     };
                     let ctx = CommandContext::new("test:crash");
-                    store.devices.execute(&key, "Register", register, &ctx).await.unwrap();
+                    store
+                        .devices
+                        .execute(&key, "Register", register, &ctx)
+                        .await
+                        .unwrap();
                     for step in 0..PER_DEVICE {
                         let ctx = CommandContext::new("test:crash");
                         let at = at + chrono::Duration::seconds(step as i64 + 1);
@@ -155,14 +170,34 @@ async fn killing_relay_and_projector_20_times_loses_and_doubles_nothing() {
         .unwrap();
 
     let events = count(&pool, "SELECT count(*) FROM events").await;
-    assert_eq!(events, (DEVICES * (PER_DEVICE + 1)) as i64, "every command appended its event");
-    eventually(Duration::from_secs(60), "log, stream and projection caught up", || async {
-        let head = latch_projections::log::head(&pool).await.unwrap();
-        let checkpoint = latch_projections::projector::checkpoint(&pool, device_status::NAME)
+    assert_eq!(
+        events,
+        (DEVICES * (PER_DEVICE + 1)) as i64,
+        "every command appended its event"
+    );
+    let polls = std::sync::atomic::AtomicUsize::new(0);
+    let polls = &polls;
+    let (pool_ref, js_ref) = (&pool, &js);
+    eventually(Duration::from_secs(60), "log, stream and projection caught up", || async move {
+        let head = latch_projections::log::head(pool_ref).await.unwrap();
+        let checkpoint = latch_projections::projector::checkpoint(pool_ref, device_status::NAME)
             .await
             .unwrap();
-        let mut stream = js.get_stream(EVENTS_STREAM).await.ok()?;
+        let mut stream = js_ref.get_stream(EVENTS_STREAM).await.ok()?;
         let last = stream.info().await.ok()?.state.last_sequence as i64;
+        let n = polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if std::env::var("CRASH_DEBUG").is_ok() && n == 300 {
+            eprintln!("head {head} checkpoint {checkpoint} stream {last} of {events}");
+            let rows: Vec<(Option<String>, Option<String>, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT datname::text, state, backend_xid::text, backend_xmin::text, left(query, 80) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+            )
+            .fetch_all(pool_ref)
+            .await
+            .unwrap();
+            let (snap,): (String,) = sqlx::query_as("SELECT pg_current_snapshot()::text").fetch_one(pool_ref).await.unwrap();
+            eprintln!("snapshot {snap}");
+            for r in rows { eprintln!("  {r:?}"); }
+        }
         (head == events && checkpoint == events && last == events).then_some(())
     })
     .await;
@@ -170,19 +205,34 @@ async fn killing_relay_and_projector_20_times_loses_and_doubles_nothing() {
     let table = device_status::load_all(&pool).await.unwrap();
     let fold = device_status::fold_log(&pool).await.unwrap();
     assert_eq!(table.len(), DEVICES);
-    assert_eq!(table, fold, "the read model equals a fresh fold of the whole log");
+    assert_eq!(
+        table, fold,
+        "the read model equals a fresh fold of the whole log"
+    );
 
     let messages = stream_messages(&js, EVENTS_STREAM).await;
-    assert_eq!(messages.len() as i64, events, "exactly one message per event");
+    assert_eq!(
+        messages.len() as i64,
+        events,
+        "exactly one message per event"
+    );
     let mut seen = HashSet::new();
     for m in &messages {
         let e: LoggedEvent = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(m.sequence as i64, e.position);
-        assert!(seen.insert(e.event_id), "event {} published twice", e.event_id);
+        assert!(
+            seen.insert(e.event_id),
+            "event {} published twice",
+            e.event_id
+        );
     }
     let positions = count(&pool, "SELECT count(DISTINCT position) FROM event_log").await;
     let max = count(&pool, "SELECT max(position) FROM event_log").await;
-    assert_eq!((positions, max), (events, events), "positions are dense and gapless");
+    assert_eq!(
+        (positions, max),
+        (events, events),
+        "positions are dense and gapless"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,10 +15,14 @@ async fn online_device(app: &TestApp, label: &str) -> (Uuid, SimDevice) {
     let sim = SimDevice::new(id, app.js.clone());
     sim.door(false, None).await.unwrap();
     sim.heartbeat(1).await.unwrap();
-    eventually(Duration::from_secs(10), "device online and closed", || async {
-        let d = app.device(id).await?;
-        (d["online"] == true && d["door"] == "closed").then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "device online and closed",
+        || async {
+            let d = app.device(id).await?;
+            (d["online"] == true && d["door"] == "closed").then_some(())
+        },
+    )
     .await;
     (id, sim)
 }
@@ -34,14 +38,20 @@ async fn an_open_command_reaches_the_device_and_its_door_event_confirms_it() {
         .unwrap();
     app.nats.flush().await.unwrap();
 
-    let res = app.post(&format!("/devices/{id}/open"), &app.operator, None).await;
+    let res = app
+        .post(&format!("/devices/{id}/open"), &app.operator, None)
+        .await;
     assert_eq!(res.status(), 202);
     let body: Value = res.json().await.unwrap();
     let request_id = Uuid::parse_str(body["request_id"].as_str().unwrap()).unwrap();
-    let pending = eventually(Duration::from_secs(10), "pending open projected", || async {
-        let d = app.device(id).await?;
-        d["pending_open_request"].is_string().then_some(d)
-    })
+    let pending = eventually(
+        Duration::from_secs(10),
+        "pending open projected",
+        || async {
+            let d = app.device(id).await?;
+            d["pending_open_request"].is_string().then_some(d)
+        },
+    )
     .await;
     assert_eq!(pending["pending_open_request"], request_id.to_string());
 
@@ -54,7 +64,9 @@ async fn an_open_command_reaches_the_device_and_its_door_event_confirms_it() {
     assert_eq!(command.request_id, request_id);
 
     // A second open while one is pending is refused.
-    let res = app.post(&format!("/devices/{id}/open"), &app.operator, None).await;
+    let res = app
+        .post(&format!("/devices/{id}/open"), &app.operator, None)
+        .await;
     assert_eq!(res.status(), 409);
     let err: Value = res.json().await.unwrap();
     assert_eq!(err["error"]["code"], "open_already_pending");
@@ -62,24 +74,35 @@ async fn an_open_command_reaches_the_device_and_its_door_event_confirms_it() {
     sim.door(true, Some(request_id)).await.unwrap();
     eventually(Duration::from_secs(10), "opening confirmed", || async {
         let d = app.device(id).await?;
-        (d["door"] == "open" && d["last_open_outcome"] == "confirmed" && d["pending_open_request"].is_null())
-            .then_some(())
+        (d["door"] == "open"
+            && d["last_open_outcome"] == "confirmed"
+            && d["pending_open_request"].is_null())
+        .then_some(())
     })
     .await;
     // The door is open: another open is refused with its own code.
-    let res = app.post(&format!("/devices/{id}/open"), &app.operator, None).await;
+    let res = app
+        .post(&format!("/devices/{id}/open"), &app.operator, None)
+        .await;
     assert_eq!(res.status(), 409);
-    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "door_already_open");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "door_already_open"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answer_before_the_deadline_records_a_failure_and_silence_means_offline() {
     let app = spawn_app().await;
     let (id, _sim) = online_device(&app, "quiet").await;
-    let res = app.post(&format!("/devices/{id}/open"), &app.operator, None).await;
+    let res = app
+        .post(&format!("/devices/{id}/open"), &app.operator, None)
+        .await;
     assert_eq!(res.status(), 202);
     eventually(Duration::from_secs(10), "pending", || async {
-        app.device(id).await?["pending_open_request"].is_string().then_some(())
+        app.device(id).await?["pending_open_request"]
+            .is_string()
+            .then_some(())
     })
     .await;
     // Before the deadline nothing happens...
@@ -99,17 +122,29 @@ async fn no_answer_before_the_deadline_records_a_failure_and_silence_means_offli
         (app.device(id).await?["online"] == false).then_some(())
     })
     .await;
-    let res = app.post(&format!("/devices/{id}/open"), &app.operator, None).await;
+    let res = app
+        .post(&format!("/devices/{id}/open"), &app.operator, None)
+        .await;
     assert_eq!(res.status(), 409);
-    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "device_offline");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "device_offline"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_faulty_device_refuses_and_the_refusal_is_recorded() {
     let app = spawn_app().await;
     let (id, sim) = online_device(&app, "faulty").await;
-    let res = app.post(&format!("/devices/{id}/open"), &app.operator, None).await;
-    let request_id = Uuid::parse_str(res.json::<Value>().await.unwrap()["request_id"].as_str().unwrap()).unwrap();
+    let res = app
+        .post(&format!("/devices/{id}/open"), &app.operator, None)
+        .await;
+    let request_id = Uuid::parse_str(
+        res.json::<Value>().await.unwrap()["request_id"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     sim.refuse(request_id, "motor stalled").await.unwrap();
     eventually(Duration::from_secs(10), "refusal recorded", || async {
         let d = app.device(id).await?;
@@ -121,9 +156,14 @@ async fn a_faulty_device_refuses_and_the_refusal_is_recorded() {
         (app.device(id).await?["fault_code"] == "motor").then_some(())
     })
     .await;
-    let res = app.post(&format!("/devices/{id}/open"), &app.operator, None).await;
+    let res = app
+        .post(&format!("/devices/{id}/open"), &app.operator, None)
+        .await;
     assert_eq!(res.status(), 409);
-    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "device_faulted");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "device_faulted"
+    );
 }
 
 async fn error_of(res: reqwest::Response) -> (u16, Value) {
@@ -137,18 +177,75 @@ async fn client_mistakes_get_clear_errors_and_write_nothing() {
     let app = spawn_app().await;
     let url = format!("{}/devices", app.address);
     let cases: Vec<(Option<&str>, &str, u16, &str, Option<&str>)> = vec![
-        (Some(r#"{"kind":"fridge","site":"S1","label":"x"}"#), "operator", 400, "invalid_field", Some("kind")),
-        (Some(r#"{"kind":"vending","site":"bad site","label":"x"}"#), "operator", 400, "invalid_field", Some("site")),
-        (Some(r#"{"kind":"vending","site":"S1","label":""}"#), "operator", 400, "invalid_field", Some("label")),
-        (Some(r#"{"kind":"vending","site":"S1"}"#), "operator", 400, "invalid_field", Some("label")),
-        (Some(r#"{"kind":"vending","site":"S1","label":"x","extra":1}"#), "operator", 400, "invalid_field", Some("extra")),
-        (Some(r#"{"kind":5,"site":"S1","label":"x"}"#), "operator", 400, "invalid_field", Some("kind")),
-        (Some(r#"{"kind":"vending","#), "operator", 400, "malformed_json", None),
-        (Some(r#"{"kind":"vending","site":"S1","label":"x"}"#), "user", 403, "forbidden", None),
-        (Some(r#"{"kind":"vending","site":"S1","label":"x"}"#), "nobody", 401, "unauthorized", None),
+        (
+            Some(r#"{"kind":"fridge","site":"S1","label":"x"}"#),
+            "operator",
+            400,
+            "invalid_field",
+            Some("kind"),
+        ),
+        (
+            Some(r#"{"kind":"vending","site":"bad site","label":"x"}"#),
+            "operator",
+            400,
+            "invalid_field",
+            Some("site"),
+        ),
+        (
+            Some(r#"{"kind":"vending","site":"S1","label":""}"#),
+            "operator",
+            400,
+            "invalid_field",
+            Some("label"),
+        ),
+        (
+            Some(r#"{"kind":"vending","site":"S1"}"#),
+            "operator",
+            400,
+            "invalid_field",
+            Some("label"),
+        ),
+        (
+            Some(r#"{"kind":"vending","site":"S1","label":"x","extra":1}"#),
+            "operator",
+            400,
+            "invalid_field",
+            Some("extra"),
+        ),
+        (
+            Some(r#"{"kind":5,"site":"S1","label":"x"}"#),
+            "operator",
+            400,
+            "invalid_field",
+            Some("kind"),
+        ),
+        (
+            Some(r#"{"kind":"vending","#),
+            "operator",
+            400,
+            "malformed_json",
+            None,
+        ),
+        (
+            Some(r#"{"kind":"vending","site":"S1","label":"x"}"#),
+            "user",
+            403,
+            "forbidden",
+            None,
+        ),
+        (
+            Some(r#"{"kind":"vending","site":"S1","label":"x"}"#),
+            "nobody",
+            401,
+            "unauthorized",
+            None,
+        ),
     ];
     for (body, who, status, code, field) in cases {
-        let mut req = app.http.post(&url).header("content-type", "application/json");
+        let mut req = app
+            .http
+            .post(&url)
+            .header("content-type", "application/json");
         req = match who {
             "operator" => req.bearer_auth(&app.operator),
             "user" => req.bearer_auth(&app.user),
@@ -163,11 +260,22 @@ async fn client_mistakes_get_clear_errors_and_write_nothing() {
         assert_eq!(err["field"].as_str(), field, "{body:?}");
         assert!(!err["message"].as_str().unwrap().is_empty());
     }
-    let (s, err) = error_of(app.post("/devices/not-a-uuid/open", &app.operator, None).await).await;
+    let (s, err) = error_of(
+        app.post("/devices/not-a-uuid/open", &app.operator, None)
+            .await,
+    )
+    .await;
     assert_eq!((s, err["field"].as_str()), (400, Some("device_id")));
     let unknown = Uuid::now_v7();
-    let (s, err) = error_of(app.post(&format!("/devices/{unknown}/open"), &app.operator, None).await).await;
-    assert_eq!((s, err["code"].as_str()), (404, Some("device_not_registered")));
+    let (s, err) = error_of(
+        app.post(&format!("/devices/{unknown}/open"), &app.operator, None)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (s, err["code"].as_str()),
+        (404, Some("device_not_registered"))
+    );
     let (s, err) = error_of(app.get(&format!("/devices/{unknown}"), &app.user).await).await;
     assert_eq!((s, err["code"].as_str()), (404, Some("device_not_found")));
     let (s, err) = error_of(app.get("/devices?limit=0", &app.user).await).await;
@@ -192,9 +300,19 @@ async fn client_mistakes_get_clear_errors_and_write_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_openapi_and_listing() {
     let app = spawn_app().await;
-    let res = app.http.get(format!("{}/healthz", app.address)).send().await.unwrap();
+    let res = app
+        .http
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
-    let res = app.http.get(format!("{}/readyz", app.address)).send().await.unwrap();
+    let res = app
+        .http
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["nats"], "ok");
     let doc: Value = app
@@ -206,7 +324,12 @@ async fn health_readiness_openapi_and_listing() {
         .json()
         .await
         .unwrap();
-    for path in ["/devices", "/devices/{device_id}", "/devices/{device_id}/open", "/readyz"] {
+    for path in [
+        "/devices",
+        "/devices/{device_id}",
+        "/devices/{device_id}/open",
+        "/readyz",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} described");
     }
     let a = app.register_device("locker", "610091A01", "甲").await;
@@ -217,7 +340,12 @@ async fn health_readiness_openapi_and_listing() {
     })
     .await;
     assert!(rows.iter().any(|r| r["label"] == "甲"));
-    let rows: Vec<Value> = app.get("/devices?site=610091A01", &app.user).await.json().await.unwrap();
+    let rows: Vec<Value> = app
+        .get("/devices?site=610091A01", &app.user)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["device_id"], a.to_string());
     assert_eq!(rows[0]["online"], false);

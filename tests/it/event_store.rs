@@ -42,13 +42,20 @@ async fn every_event_carries_its_metadata_and_database_stamps() {
         .unwrap();
     assert_eq!(res.status(), 201);
     let request_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
-    let (metadata, event_id, recorded, tx): (Value, uuid::Uuid, chrono::DateTime<chrono::Utc>, String) =
-        sqlx::query_as("SELECT metadata, event_id, recorded_at, tx_id::text FROM events")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let (metadata, event_id, recorded, tx): (
+        Value,
+        uuid::Uuid,
+        chrono::DateTime<chrono::Utc>,
+        String,
+    ) = sqlx::query_as("SELECT metadata, event_id, recorded_at, tx_id::text FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(metadata["actor"], "operator:test-operator");
-    assert_eq!(metadata["correlation_id"], "0193a000-0000-7000-8000-00000000c0de");
+    assert_eq!(
+        metadata["correlation_id"],
+        "0193a000-0000-7000-8000-00000000c0de"
+    );
     assert_eq!(metadata["request_id"], request_id.as_str());
     assert_eq!(metadata["causation_id"], request_id.as_str());
     assert_eq!(metadata["command"], "RegisterDevice");

@@ -22,10 +22,11 @@ async fn a_device_can_publish_only_under_its_own_subjects() {
     let server = NatsServer::start_with_config(Some(&config)).await.unwrap();
     let url = server.url();
 
-    let service = async_nats::ConnectOptions::with_user_and_password("latch".into(), "svc-secret".into())
-        .connect(&url)
-        .await
-        .unwrap();
+    let service =
+        async_nats::ConnectOptions::with_user_and_password("latch".into(), "svc-secret".into())
+            .connect(&url)
+            .await
+            .unwrap();
     let mut everything = service.subscribe("latch.dev.>").await.unwrap();
     service.flush().await.unwrap();
 
@@ -46,12 +47,18 @@ async fn a_device_can_publish_only_under_its_own_subjects() {
 
     // Its own subject: delivered.
     device
-        .publish(subjects::telemetry(&a.device_id, "heartbeat"), "mine".into())
+        .publish(
+            subjects::telemetry(&a.device_id, "heartbeat"),
+            "mine".into(),
+        )
         .await
         .unwrap();
     // Another device's subject: refused by the server.
     device
-        .publish(subjects::telemetry(&b.device_id, "heartbeat"), "forged".into())
+        .publish(
+            subjects::telemetry(&b.device_id, "heartbeat"),
+            "forged".into(),
+        )
         .await
         .unwrap();
     device.flush().await.unwrap();
@@ -59,15 +66,23 @@ async fn a_device_can_publish_only_under_its_own_subjects() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(first.subject.as_str(), subjects::telemetry(&a.device_id, "heartbeat"));
+    assert_eq!(
+        first.subject.as_str(),
+        subjects::telemetry(&a.device_id, "heartbeat")
+    );
     let violation = tokio::time::timeout(Duration::from_secs(5), errors.recv())
         .await
         .expect("the server reports the violation")
         .unwrap();
-    assert!(violation.to_lowercase().contains("permission"), "{violation}");
+    assert!(
+        violation.to_lowercase().contains("permission"),
+        "{violation}"
+    );
     // The forged message never arrives.
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), everything.next()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(500), everything.next())
+            .await
+            .is_err(),
         "nothing published under another device's subject gets through"
     );
 
@@ -81,7 +96,10 @@ async fn a_device_can_publish_only_under_its_own_subjects() {
         .await
         .expect("subscription refused")
         .unwrap();
-    assert!(violation.to_lowercase().contains("permission"), "{violation}");
+    assert!(
+        violation.to_lowercase().contains("permission"),
+        "{violation}"
+    );
 
     // And a wrong password does not connect at all.
     let wrong = async_nats::ConnectOptions::with_user_and_password(a.user(), "guess".into())

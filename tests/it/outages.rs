@@ -15,7 +15,8 @@ use tokio::task::JoinHandle;
 async fn with_nats_down_commands_succeed_and_the_relay_catches_up() {
     let mut app = spawn_app().await;
     for i in 0..5 {
-        app.register_device("vending", "S1", &format!("before {i}")).await;
+        app.register_device("vending", "S1", &format!("before {i}"))
+            .await;
     }
     eventually(Duration::from_secs(10), "first five published", || async {
         let mut s = app.js.get_stream(EVENTS_STREAM).await.ok()?;
@@ -25,20 +26,27 @@ async fn with_nats_down_commands_succeed_and_the_relay_catches_up() {
 
     app.nats_server.stop();
     for i in 0..20 {
-        app.register_device("vending", "S1", &format!("during {i}")).await;
+        app.register_device("vending", "S1", &format!("during {i}"))
+            .await;
     }
     assert_eq!(app.event_count().await, 25);
     // Postgres stays the truth: the log keeps growing while NATS is away.
-    eventually(Duration::from_secs(10), "log sequenced without NATS", || async {
-        (latch_projections::log::head(&app.pool).await.unwrap() == 25).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "log sequenced without NATS",
+        || async { (latch_projections::log::head(&app.pool).await.unwrap() == 25).then_some(()) },
+    )
     .await;
 
     app.nats_server.restart().await.unwrap();
-    let messages = eventually(Duration::from_secs(45), "relay caught up after restart", || async {
-        let m = stream_messages(&app.js, EVENTS_STREAM).await;
-        (m.len() == 25).then_some(m)
-    })
+    let messages = eventually(
+        Duration::from_secs(45),
+        "relay caught up after restart",
+        || async {
+            let m = stream_messages(&app.js, EVENTS_STREAM).await;
+            (m.len() == 25).then_some(m)
+        },
+    )
     .await;
     let mut ids = HashSet::new();
     for m in &messages {
@@ -73,21 +81,29 @@ impl Proxy {
             let links = links.clone();
             async move {
                 loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else { return };
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        return;
+                    };
                     if !up.load(Ordering::SeqCst) {
                         drop(inbound);
                         continue;
                     }
                     let link = tokio::spawn(async move {
                         if let Ok(mut outbound) = TcpStream::connect(target).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
                     });
                     links.lock().unwrap().push(link);
                 }
             }
         });
-        Self { port, up, links, accept }
+        Self {
+            port,
+            up,
+            links,
+            accept,
+        }
     }
 
     fn cut(&self) {
@@ -114,7 +130,9 @@ async fn with_postgres_unreachable_commands_answer_503_and_write_nothing() {
     let proxy = Proxy::start("127.0.0.1:5432").await;
     let port = proxy.port;
     let app = spawn_app_with(|s| {
-        s.database_url = s.database_url.replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
+        s.database_url = s
+            .database_url
+            .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
         s.db_acquire_timeout = Duration::from_millis(800);
     })
     .await;
@@ -123,13 +141,22 @@ async fn with_postgres_unreachable_commands_answer_503_and_write_nothing() {
 
     proxy.cut();
     let res = app
-        .post("/devices", &app.operator, Some(json!({"kind": "vending", "site": "S1", "label": "during"})))
+        .post(
+            "/devices",
+            &app.operator,
+            Some(json!({"kind": "vending", "site": "S1", "label": "during"})),
+        )
         .await;
     assert_eq!(res.status(), 503);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "store_unavailable");
-    assert!(body["error"]["message"].as_str().unwrap().contains("nothing was written"));
-    let res = app.post(&format!("/devices/{device}/open"), &app.operator, None).await;
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nothing was written"));
+    let res = app
+        .post(&format!("/devices/{device}/open"), &app.operator, None)
+        .await;
     assert_eq!(res.status(), 503);
     let res = app.get("/healthz", &app.user).await;
     assert_eq!(res.status(), 200, "the process itself is alive");
@@ -141,7 +168,11 @@ async fn with_postgres_unreachable_commands_answer_503_and_write_nothing() {
     proxy.restore();
     eventually(Duration::from_secs(20), "commands work again", || async {
         let res = app
-            .post("/devices", &app.operator, Some(json!({"kind": "vending", "site": "S1", "label": "after"})))
+            .post(
+                "/devices",
+                &app.operator,
+                Some(json!({"kind": "vending", "site": "S1", "label": "after"})),
+            )
             .await;
         (res.status() == 201).then_some(())
     })

@@ -64,10 +64,18 @@ async fn a_late_commit_is_published_once_and_before_everything_after_it() {
     for h in handles {
         h.await.unwrap();
     }
-    assert_eq!(app.event_count().await, 101, "100 committed, the late one not yet visible");
+    assert_eq!(
+        app.event_count().await,
+        101,
+        "100 committed, the late one not yet visible"
+    );
     // Give the relay ample chances to (wrongly) run ahead of the open transaction.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(log_head(&app).await, 1, "nothing may get a position past an open writer");
+    assert_eq!(
+        log_head(&app).await,
+        1,
+        "nothing may get a position past an open writer"
+    );
 
     late.commit().await.unwrap();
     eventually(Duration::from_secs(10), "all 102 events logged", || async {
@@ -81,7 +89,10 @@ async fn a_late_commit_is_published_once_and_before_everything_after_it() {
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!(late_position, 2, "the late commit comes before everything that committed after it");
+    assert_eq!(
+        late_position, 2,
+        "the late commit comes before everything that committed after it"
+    );
 
     // JetStream: one message per event, sequence == log position, Msg-Id == event id.
     let messages = eventually(Duration::from_secs(10), "all published", || async {
@@ -114,7 +125,8 @@ async fn a_late_commit_is_published_once_and_before_everything_after_it() {
 async fn the_hash_chain_links_every_position() {
     let app = spawn_app().await;
     for i in 0..5 {
-        app.register_device("locker", "610091A01", &format!("格口柜 {i}")).await;
+        app.register_device("locker", "610091A01", &format!("格口柜 {i}"))
+            .await;
     }
     eventually(Duration::from_secs(10), "5 logged", || async {
         (log_head(&app).await == 5).then_some(())

@@ -41,10 +41,22 @@ async fn malformed_telemetry_is_dead_lettered_with_its_reason() {
         ("malformed_json", hb(&a), b"\x00\x01garbage{{".to_vec()),
         ("not_utf8", hb(&a), vec![0xff, 0xfe, 0xfd]),
         ("schema", hb(&a), br#"{"hello":"world"}"#.to_vec()),
-        ("unknown_device", hb(&stranger), heartbeat(&stranger, "m1", json!({}))),
+        (
+            "unknown_device",
+            hb(&stranger),
+            heartbeat(&stranger, "m1", json!({})),
+        ),
         ("device_mismatch", hb(&a), heartbeat(&b, "m2", json!({}))),
-        ("out_of_range", hb(&a), heartbeat(&a, "m3", json!({"uptime_s": -4}))),
-        ("out_of_range", hb(&a), heartbeat(&a, "m4", json!({"temperature_c": 900.0}))),
+        (
+            "out_of_range",
+            hb(&a),
+            heartbeat(&a, "m3", json!({"uptime_s": -4})),
+        ),
+        (
+            "out_of_range",
+            hb(&a),
+            heartbeat(&a, "m4", json!({"temperature_c": 900.0})),
+        ),
         (
             "malformed_json",
             hb(&a),
@@ -53,16 +65,28 @@ async fn malformed_telemetry_is_dead_lettered_with_its_reason() {
                 .replace("\"uptime_s\":5", "\"uptime_s\":NaN")
                 .into_bytes(),
         ),
-        ("oversized", hb(&a), heartbeat(&a, "m6", json!({"pad": "x".repeat(10_000)}))),
-        ("type_mismatch", subjects::telemetry(&a, "door"), heartbeat(&a, "m7", json!({}))),
+        (
+            "oversized",
+            hb(&a),
+            heartbeat(&a, "m6", json!({"pad": "x".repeat(10_000)})),
+        ),
+        (
+            "type_mismatch",
+            subjects::telemetry(&a, "door"),
+            heartbeat(&a, "m7", json!({})),
+        ),
     ];
     for (_, subject, body) in &cases {
         publish(&app, subject.clone(), body.clone()).await;
     }
-    let dead = eventually(Duration::from_secs(15), "every bad message dead-lettered", || async {
-        let m = stream_messages(&app.js, DEADLETTER_STREAM).await;
-        (m.len() >= cases.len()).then_some(m)
-    })
+    let dead = eventually(
+        Duration::from_secs(15),
+        "every bad message dead-lettered",
+        || async {
+            let m = stream_messages(&app.js, DEADLETTER_STREAM).await;
+            (m.len() >= cases.len()).then_some(m)
+        },
+    )
     .await;
     assert_eq!(dead.len(), cases.len(), "nothing else was dead-lettered");
     let mut reasons: Vec<String> = dead
@@ -75,12 +99,24 @@ async fn malformed_telemetry_is_dead_lettered_with_its_reason() {
     assert_eq!(reasons, expected);
     for m in &dead {
         assert!(m.headers.get("Latch-Subject").is_some());
-        assert!(m.payload.len() <= 1024, "refused payloads are kept only in part");
+        assert!(
+            m.payload.len() <= 1024,
+            "refused payloads are kept only in part"
+        );
     }
-    assert_eq!(app.event_count().await, before, "no bad message became an event");
+    assert_eq!(
+        app.event_count().await,
+        before,
+        "no bad message became an event"
+    );
 
     // The worker is still there: a good heartbeat brings A online.
-    publish(&app, hb(&a), heartbeat(&a, "good-1", json!({"temperature_c": 3.5}))).await;
+    publish(
+        &app,
+        hb(&a),
+        heartbeat(&a, "good-1", json!({"temperature_c": 3.5})),
+    )
+    .await;
     let a_id = Uuid::parse_str(&a).unwrap();
     eventually(Duration::from_secs(10), "A online", || async {
         let d = app.device(a_id).await?;
@@ -126,6 +162,10 @@ async fn a_repeated_message_id_changes_nothing() {
         (d["fault_code"] == "probe").then_some(())
     })
     .await;
-    assert_eq!(app.event_count().await, before + 1, "only the marker appended");
+    assert_eq!(
+        app.event_count().await,
+        before + 1,
+        "only the marker appended"
+    );
     assert_eq!(app.device(a).await.unwrap()["door"], "closed");
 }

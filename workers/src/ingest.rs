@@ -154,7 +154,9 @@ impl Ingest {
         let id = telemetry.device_id.to_string();
         match self.store.exists("device", &id).await {
             Ok(true) => {}
-            Ok(false) => return refused("unknown_device", format!("device {id} is not registered")),
+            Ok(false) => {
+                return refused("unknown_device", format!("device {id} is not registered"))
+            }
             Err(e) => return Outcome::Retry(e.to_string()),
         }
         self.apply(telemetry).await

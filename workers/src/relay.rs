@@ -18,9 +18,14 @@ use bytes::Bytes;
 use latch_nats::subjects;
 use latch_projections::log::{self, LoggedEvent, GENESIS};
 use sqlx::{Connection, PgConnection, PgPool, Row};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// Longest a sequencing or publishing step may take before it is abandoned.
+const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Advisory lock key of the relay leader ("latch" in ASCII, then 1).
 pub const LEADER_LOCK: i64 = 0x6c61_7463_6800_0001;
@@ -47,7 +52,11 @@ pub enum RelayError {
     Sql(#[from] sqlx::Error),
     #[error("nats: {0}")]
     Nats(String),
-    #[error("EVENTS stream is at sequence {stream} but the log only reaches {log}: refusing to publish")]
+    #[error("{0} made no progress in time")]
+    Stalled(&'static str),
+    #[error(
+        "EVENTS stream is at sequence {stream} but the log only reaches {log}: refusing to publish"
+    )]
     StreamAhead { stream: u64, log: i64 },
 }
 
@@ -102,27 +111,76 @@ async fn lead(
         pause(shutdown, Duration::from_millis(500)).await;
     }
     tracing::info!("relay is the leader");
-    let mut stream_last: Option<u64> = None;
-    while !shutdown.is_cancelled() {
-        let sequenced = sequence_batch(&mut conn, config.batch).await?;
-        let published = match publish_pending(pool, js, &mut stream_last, config.batch).await {
-            Ok(n) => n,
-            Err(e) => {
-                // NATS trouble does not stop sequencing: Postgres stays the truth and the stream
-                // catches up from the log when NATS is back.
-                tracing::warn!(error = %e, "publishing paused");
-                stream_last = None;
-                pause(shutdown, Duration::from_millis(500)).await;
-                0
-            }
-        };
-        if sequenced == 0 && published == 0 {
-            pause(shutdown, config.poll).await;
-        }
-    }
+    // Sequencing and publishing run apart, so a slow or absent NATS never holds back the log.
+    let leading = shutdown.child_token();
+    let sequenced = Arc::new(Notify::new());
+    let publisher = tokio::spawn(
+        publish_loop(
+            pool.clone(),
+            js.clone(),
+            config.clone(),
+            sequenced.clone(),
+            leading.clone(),
+        )
+        .in_current_span(),
+    );
+    let result = sequence_loop(&mut conn, config, &sequenced, &leading).await;
+    leading.cancel();
+    let _ = publisher.await;
     // Closing the connection releases the lock for a standby relay.
     conn.close().await.ok();
+    result
+}
+
+async fn sequence_loop(
+    conn: &mut PgConnection,
+    config: &RelayConfig,
+    sequenced: &Notify,
+    leading: &CancellationToken,
+) -> Result<(), RelayError> {
+    while !leading.is_cancelled() {
+        // A statement that hangs means a connection we can no longer trust: give up the lead.
+        match tokio::time::timeout(STEP_TIMEOUT, sequence_batch(conn, config.batch)).await {
+            Ok(Ok(0)) => pause(leading, config.poll).await,
+            Ok(Ok(_)) => sequenced.notify_one(),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(RelayError::Stalled("sequencing")),
+        }
+    }
     Ok(())
+}
+
+async fn publish_loop(
+    pool: PgPool,
+    js: Context,
+    config: RelayConfig,
+    sequenced: Arc<Notify>,
+    leading: CancellationToken,
+) {
+    let mut stream_last: Option<u64> = None;
+    while !leading.is_cancelled() {
+        let step = publish_pending(&pool, &js, &mut stream_last, config.batch);
+        match tokio::time::timeout(STEP_TIMEOUT, step).await {
+            Ok(Ok(0)) => {
+                tokio::select! {
+                    _ = leading.cancelled() => {}
+                    _ = sequenced.notified() => {}
+                    _ = tokio::time::sleep(config.poll * 20) => {}
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                // Postgres stays the truth: the stream catches up from the log when NATS is back.
+                tracing::warn!(error = %e, "publishing paused");
+                stream_last = None;
+                pause(&leading, Duration::from_millis(500)).await;
+            }
+            Err(_) => {
+                tracing::warn!("publishing stalled; re-reading the stream state");
+                stream_last = None;
+            }
+        }
+    }
 }
 
 /// Gives the next committed events their log positions. Returns how many.
@@ -249,7 +307,11 @@ pub async fn publish_pending(
     }
     let mut acks = Vec::with_capacity(events.len());
     for event in &events {
-        let subject = subjects::event(&event.aggregate_type, &event.event_type, &event.aggregate_id);
+        let subject = subjects::event(
+            &event.aggregate_type,
+            &event.event_type,
+            &event.aggregate_id,
+        );
         let body = serde_json::to_vec(event).expect("a logged event serializes");
         let message = PublishMessage::build()
             .payload(Bytes::from(body))
@@ -279,7 +341,10 @@ pub async fn publish_pending(
             Err(e) => {
                 *stream_last = None;
                 if e.kind() == PublishErrorKind::WrongLastSequence {
-                    tracing::warn!(position, "stream moved under the relay; re-reading its state");
+                    tracing::warn!(
+                        position,
+                        "stream moved under the relay; re-reading its state"
+                    );
                 }
                 return Err(RelayError::Nats(e.to_string()));
             }

@@ -41,7 +41,11 @@ impl Sweeper {
     pub async fn sweep(&self) -> Result<usize, sqlx::Error> {
         let now = self.clock.now();
         let mut issued = 0;
-        let silent: Vec<(Uuid, Option<chrono::DateTime<chrono::Utc>>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        let silent: Vec<(
+            Uuid,
+            Option<chrono::DateTime<chrono::Utc>>,
+            chrono::DateTime<chrono::Utc>,
+        )> = sqlx::query_as(
             "SELECT s.device_id, l.last_seen, s.last_event_at FROM device_status s
                LEFT JOIN device_liveness l ON l.device_id = s.device_id
               WHERE s.online AND coalesce(l.last_seen, s.last_event_at) < $1",
