@@ -113,7 +113,9 @@ $$;
 
 CREATE TRIGGER events_claim_command_key
     AFTER INSERT ON events
-    FOR EACH ROW EXECUTE FUNCTION latch_claim_command_key();
+    FOR EACH ROW
+    WHEN (NEW.metadata ? 'idempotency_key')
+    EXECUTE FUNCTION latch_claim_command_key();
 
 -- The log: written only by the one active relay. position is dense and gapless (1, 2, 3, ...)
 -- and equals the JetStream sequence of the event's message on the EVENTS stream.

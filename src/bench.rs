@@ -1,15 +1,504 @@
-//! `latch bench`: measurements against baselines taken in the same run.
+//! `latch bench pipeline`: throughput, latency percentiles and memory of the write pipeline,
+//! each beside a baseline measured in the same run on the same machine.
+//!
+//! It makes its own database on the configured Postgres server and starts its own nats-server
+//! (from PATH), so it never touches real data. Phases:
+//! 1. raw single-row INSERT rate at N concurrent clients (baseline for 2);
+//! 2. HTTP commands/s (POST /devices) at N concurrent clients against a full `latch serve`;
+//! 3. raw async-nats JetStream publish rate with pipelined acks (baseline for 4);
+//! 4. relay rate: events appended while no relay runs, then sequenced, chained and published;
+//! 5. commit-to-read-model lag at a fixed command rate;
+//! 6. idle RSS of a `latch serve` process, and this process's peak RSS.
 
-use clap::Subcommand;
+use crate::app::Application;
+use crate::config::{Role, Settings};
+use async_nats::jetstream::message::PublishMessage;
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use latch_api::auth::{issue_token, Role as TokenRole};
+use latch_nats::server::NatsServer;
+use latch_workers::CancellationToken;
+use sqlx::{Connection, PgConnection, PgPool};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Subcommand)]
 pub enum Which {
     /// HTTP commands, relay publishing and commit-to-read-model lag.
-    Pipeline,
+    Pipeline(PipelineArgs),
 }
 
-pub async fn run(which: Which) -> Result<(), Box<dyn std::error::Error>> {
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Postgres server to create the bench database on (any database name; it is replaced).
+    #[arg(long, env = "DATABASE_URL", default_value = crate::config::DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// Concurrent clients for the insert and HTTP phases.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Seconds each throughput phase runs.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Events for the relay and raw-publish phases.
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// Commands per second offered during the lag phase.
+    #[arg(long, default_value_t = 1000)]
+    pub lag_rate: u64,
+}
+
+pub async fn run(which: Which) -> Result<Report, Box<dyn std::error::Error>> {
     match which {
-        Which::Pipeline => Err("not built yet".into()),
+        Which::Pipeline(args) => pipeline(args).await,
     }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Row {
+    pub what: String,
+    pub value: String,
+    pub baseline: String,
+    pub ratio: String,
+    pub target: String,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "| measure | Latch | baseline (same run) | ratio | target |\n|---|---|---|---|---|"
+        )?;
+        for r in &self.rows {
+            writeln!(
+                f,
+                "| {} | {} | {} | {} | {} |",
+                r.what, r.value, r.baseline, r.ratio, r.target
+            )?;
+        }
+        for n in &self.notes {
+            writeln!(f, "\n{n}")?;
+        }
+        Ok(())
+    }
+}
+
+struct Rate {
+    per_sec: f64,
+    hist: Histogram<u64>,
+    errors: u64,
+}
+
+impl Rate {
+    fn latency(&self) -> String {
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms",
+            self.hist.value_at_quantile(0.5) as f64 / 1000.0,
+            self.hist.value_at_quantile(0.99) as f64 / 1000.0
+        )
+    }
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Runs `op` from `clients` concurrent loops for `secs`; latencies in microseconds.
+async fn closed_loop<F, Fut>(clients: usize, secs: u64, op: F) -> Rate
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let op = op.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = hist();
+            let mut errors = 0;
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if op(c * 1_000_000 + i).await {
+                    h.saturating_record(t.elapsed().as_micros() as u64);
+                } else {
+                    errors += 1;
+                }
+                i += 1;
+            }
+            (h, errors)
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = hist();
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await.expect("bench task");
+        total.add(&h).expect("same bounds");
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Rate {
+        per_sec: total.len() as f64 / elapsed,
+        hist: total,
+        errors,
+    }
+}
+
+fn rss_kib(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+async fn pipeline(args: PipelineArgs) -> Result<Report, Box<dyn std::error::Error>> {
+    let mut report = Report::default();
+    let (server, _) = args
+        .database_url
+        .rsplit_once('/')
+        .ok_or("DATABASE_URL has no database name")?;
+    let name = format!("latch_bench_{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    let db_url = format!("{server}/{name}");
+    let admin_url = format!("{server}/postgres");
+    {
+        let mut admin = PgConnection::connect(&admin_url).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await?;
+    }
+    let result = phases(&args, &db_url, &mut report).await;
+    let mut admin = PgConnection::connect(&admin_url).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    result?;
+    report.notes.push(format!(
+        "peak RSS of the bench process (clients + in-process server): {}",
+        mib(rss_kib("self", "VmHWM:"))
+    ));
+    Ok(report)
+}
+
+async fn phases(
+    args: &PipelineArgs,
+    db_url: &str,
+    report: &mut Report,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let nats = NatsServer::start().await?;
+    let pool =
+        latch_domain::store::connect(db_url, args.concurrency as u32 + 4, Duration::from_secs(10))
+            .await?;
+    latch_domain::store::MIGRATOR.run(&pool).await?;
+    tracing::info!(db = %db_url, nats = %nats.url(), "bench environment ready");
+
+    // 1. Raw single-row INSERT.
+    sqlx::query("CREATE TABLE bench_raw (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
+        .execute(&pool)
+        .await?;
+    let raw = {
+        let pool = pool.clone();
+        closed_loop(args.concurrency, args.seconds, move |i| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("INSERT INTO bench_raw (payload) VALUES ($1)")
+                    .bind(serde_json::json!({"kind": "vending", "site": "BENCH", "label": format!("raw {i}")}))
+                    .execute(&pool)
+                    .await
+                    .is_ok()
+            }
+        })
+        .await
+    };
+    tracing::info!(rate = raw.per_sec, "raw insert measured");
+
+    // 2. HTTP commands against a full serve.
+    let mut settings = Settings::new(db_url, nats.url());
+    settings.http_addr = "127.0.0.1:0".parse()?;
+    settings.db_max_connections = args.concurrency as u32 + 8;
+    let (port, stop_app, app_task) = start_app(settings.clone()).await?;
+    let token = issue_token(&pool, TokenRole::Operator, "bench").await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let url = format!("http://127.0.0.1:{port}/devices");
+    let commands = {
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+        closed_loop(args.concurrency, args.seconds, move |i| {
+            let (http, url, token) = (http.clone(), url.clone(), token.clone());
+            async move {
+                http.post(&url)
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({"kind": "vending", "site": "BENCH", "label": format!("d{i}")}))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 201)
+            }
+        })
+        .await
+    };
+    tracing::info!(rate = commands.per_sec, "http commands measured");
+    report.rows.push(Row {
+        what: format!("commands/s over HTTP, {} clients", args.concurrency),
+        value: format!(
+            "{:.0}/s ({}; {} errors)",
+            commands.per_sec,
+            commands.latency(),
+            commands.errors
+        ),
+        baseline: format!("raw INSERT {:.0}/s ({})", raw.per_sec, raw.latency()),
+        ratio: format!("{:.2}x", commands.per_sec / raw.per_sec),
+        target: ">= 0.5x".into(),
+    });
+
+    // 5. Lag at a fixed rate, while the full serve is still up.
+    let lag = lag_phase(&pool, &http, &url, &token, args.lag_rate, args.seconds).await?;
+    report.rows.push(Row {
+        what: format!("commit -> read model lag at {}/s", args.lag_rate),
+        value: format!(
+            "p50 {:.1} ms, p99 {:.1} ms ({} events)",
+            lag.value_at_quantile(0.5) as f64 / 1000.0,
+            lag.value_at_quantile(0.99) as f64 / 1000.0,
+            lag.len()
+        ),
+        baseline: "-".into(),
+        ratio: "-".into(),
+        target: "p99 < 100 ms".into(),
+    });
+    stop_app.cancel();
+    app_task.await??;
+
+    // 3. Raw JetStream publish, pipelined like the relay (windows of 1000).
+    let client = latch_nats::connect(&nats.url(), "bench").await?;
+    let js = latch_nats::jetstream(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH".into(),
+        subjects: vec!["bench.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await?;
+    let body = vec![b'x'; 600];
+    let started = Instant::now();
+    for window in 0..args.events.div_ceil(1000) {
+        let mut acks = Vec::with_capacity(1000);
+        for i in 0..1000.min(args.events - window * 1000) {
+            let n = window * 1000 + i;
+            acks.push(
+                js.send_publish(
+                    format!("bench.raw.{n}"),
+                    PublishMessage::build()
+                        .payload(body.clone().into())
+                        .message_id(n.to_string())
+                        .expected_last_sequence(n as u64),
+                )
+                .await?,
+            );
+        }
+        for a in acks {
+            a.await?;
+        }
+    }
+    let raw_publish = args.events as f64 / started.elapsed().as_secs_f64();
+    tracing::info!(rate = raw_publish, "raw publish measured");
+
+    // 4. Relay: a backlog appended with no relay running, then drained by one.
+    let before = latch_projections::log::head(&pool).await?;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         SELECT 'device', gen_random_uuid()::text, 1, 'DeviceRegistered', '1',
+                jsonb_build_object('DeviceRegistered', jsonb_build_object(
+                    'device_id', gen_random_uuid(), 'kind', 'vending', 'site', 'BENCH',
+                    'label', 'relay ' || g, 'at', '2026-11-21T08:00:00Z')),
+                '{\"correlation_id\":\"bench\",\"causation_id\":\"bench\",\"actor\":\"bench\",\"request_id\":\"bench\"}'
+           FROM generate_series(1, $1) g",
+    )
+    .bind(args.events as i64)
+    .execute(&pool)
+    .await?;
+    let target = before + args.events as i64;
+    let mut relay_settings = settings.clone();
+    relay_settings.roles = vec![Role::Relay];
+    let started = Instant::now();
+    let (_, stop_relay, relay_task) = start_app(relay_settings).await?;
+    let mut events_stream = js.get_stream(latch_nats::subjects::EVENTS_STREAM).await?;
+    loop {
+        if events_stream.info().await?.state.last_sequence as i64 >= target {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            return Err("relay did not drain the backlog in 300 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let relay_rate = args.events as f64 / started.elapsed().as_secs_f64();
+    stop_relay.cancel();
+    relay_task.await??;
+    report.rows.push(Row {
+        what: format!("relay: sequence + chain + publish, {} events", args.events),
+        value: format!("{relay_rate:.0} events/s"),
+        baseline: format!("raw JetStream publish {raw_publish:.0}/s"),
+        ratio: format!("{:.2}x", relay_rate / raw_publish),
+        target: ">= 0.5x".into(),
+    });
+
+    // 6. Idle RSS of a real `latch serve` process.
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .env("DATABASE_URL", db_url)
+        .env("NATS_URL", nats.url())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
+    let idle = rss_kib(&pid, "VmRSS:");
+    child.kill().await.ok();
+    report.rows.push(Row {
+        what: "`latch serve` idle RSS (all roles, 5 s after start)".into(),
+        value: mib(idle),
+        baseline: "-".into(),
+        ratio: "-".into(),
+        target: "< 100 MB".into(),
+    });
+    report.notes.push(format!(
+        "machine: {} cores; build: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if cfg!(debug_assertions) {
+            "debug (use --release for real figures)"
+        } else {
+            "release"
+        }
+    ));
+    Ok(())
+}
+
+async fn start_app(
+    settings: Settings,
+) -> Result<
+    (
+        u16,
+        CancellationToken,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ),
+    Box<dyn std::error::Error>,
+> {
+    let app = Application::build(settings).await?;
+    let port = app.port();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        app.run_until_stopped(async move { s.cancelled().await })
+            .await
+    });
+    Ok((port, stop, task))
+}
+
+/// Offers `rate` commands per second for `secs` while watching the device-status checkpoint;
+/// each event's lag is the time its position was first seen applied minus its recorded_at.
+async fn lag_phase(
+    pool: &PgPool,
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    rate: u64,
+    secs: u64,
+) -> Result<Histogram<u64>, Box<dyn std::error::Error>> {
+    // Let the projector finish the earlier phase's backlog first.
+    let head = latch_projections::log::head(pool).await?;
+    let wait = Instant::now();
+    while latch_projections::projector::checkpoint(pool, latch_projections::device_status::NAME)
+        .await?
+        < head
+    {
+        if wait.elapsed() > Duration::from_secs(120) {
+            return Err("projector did not catch up in 120 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lags = Arc::new(Mutex::new(hist()));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (pool, lags, done) = (pool.clone(), lags.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut seen = latch_projections::projector::checkpoint(
+                &pool,
+                latch_projections::device_status::NAME,
+            )
+            .await
+            .unwrap_or(0);
+            while !done.load(Ordering::Relaxed) {
+                let now = chrono::Utc::now();
+                let cp = latch_projections::projector::checkpoint(
+                    &pool,
+                    latch_projections::device_status::NAME,
+                )
+                .await
+                .unwrap_or(seen);
+                if cp > seen {
+                    let rows: Vec<(chrono::DateTime<chrono::Utc>,)> = sqlx::query_as(
+                        "SELECT e.recorded_at FROM event_log l JOIN events e USING (event_id)
+                          WHERE l.position > $1 AND l.position <= $2",
+                    )
+                    .bind(seen)
+                    .bind(cp)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap_or_default();
+                    let mut h = lags.lock().expect("lag histogram");
+                    for (recorded,) in rows {
+                        let us = (now - recorded).num_microseconds().unwrap_or(0).max(1) as u64;
+                        h.saturating_record(us);
+                    }
+                    seen = cp;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let total = rate * secs;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..total {
+        ticker.tick().await;
+        let (http, url, token) = (http.clone(), url.to_owned(), token.to_owned());
+        sends.spawn(async move {
+            let _ = http
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"kind": "vending", "site": "LAG", "label": format!("lag {i}")}))
+                .send()
+                .await;
+        });
+    }
+    while sends.join_next().await.is_some() {}
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    done.store(true, Ordering::Relaxed);
+    watcher.await?;
+    let h = lags.lock().expect("lag histogram").clone();
+    Ok(h)
 }

@@ -33,7 +33,11 @@ const DEMO: &[(&str, &str, &str)] = &[
     ("locker", "610091A02", "610091A02 快递柜"),
 ];
 
-pub async fn run(opts: DevOptions) -> Result<(), Box<dyn std::error::Error>> {
+/// `on_ready` receives the banner (URLs, tokens, what to try) once everything is up.
+pub async fn run(
+    opts: DevOptions,
+    on_ready: impl FnOnce(String),
+) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&opts.data_dir)?;
     let mut private_pg = None;
     let database_url = match opts.database_url {
@@ -87,6 +91,10 @@ pub async fn run(opts: DevOptions) -> Result<(), Box<dyn std::error::Error>> {
 
     let shutdown = CancellationToken::new();
     let client = latch_nats::connect(&nats_url, "latch-sim").await?;
+    // The cabinets' first messages need the TELEMETRY stream to exist.
+    latch_nats::streams::ensure_streams(&latch_nats::jetstream(client.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
     let sim = tokio::spawn(sim::run(
         client,
         SimConfig {
@@ -100,7 +108,7 @@ pub async fn run(opts: DevOptions) -> Result<(), Box<dyn std::error::Error>> {
 
     let base = format!("http://127.0.0.1:{port}");
     let first = devices.first().map(Uuid::to_string).unwrap_or_default();
-    println!(
+    on_ready(format!(
         "\nLatch dev is running.\n\
          \n  API           {base}\
          \n  health        {base}/healthz   readiness {base}/readyz\
@@ -115,7 +123,7 @@ pub async fn run(opts: DevOptions) -> Result<(), Box<dyn std::error::Error>> {
          \n\n  {n} simulated cabinets are heartbeating; publish on/off to latch.sim.<id>.fault to break one.\
          \n  Ctrl-C stops everything.\n",
         n = devices.len()
-    );
+    ));
 
     let stop = shutdown.clone();
     app.run_until_stopped(async move {

@@ -161,14 +161,14 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
             data_dir,
             devices,
         } => {
-            dev::run(dev::DevOptions {
+            let options = dev::DevOptions {
                 database_url,
                 nats_url,
                 http_addr,
                 data_dir,
                 devices,
-            })
-            .await?;
+            };
+            dev::run(options, |banner| println!("{banner}")).await?;
         }
         Cmd::Token {
             connections,
@@ -206,7 +206,10 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
                 latch_nats::auth::authorization_config(&service_user, &service_password, &devices)
             );
         }
-        Cmd::Bench { which } => bench::run(which).await?,
+        Cmd::Bench { which } => {
+            let report = bench::run(which).await?;
+            println!("{report}");
+        }
     }
     Ok(())
 }

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use latch_domain::device::{Device, DeviceEvent, OpenFailure};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
-use std::collections::BTreeMap;
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use uuid::Uuid;
 
 pub const NAME: &str = "device_status";
@@ -182,31 +182,68 @@ impl Projection for DeviceStatusProjection {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &LoggedEvent,
+        events: &[LoggedEvent],
     ) -> Result<(), ProjectionError> {
-        if event.aggregate_type != Device::TYPE {
+        let mine: Vec<&LoggedEvent> = events
+            .iter()
+            .filter(|e| e.aggregate_type == Device::TYPE)
+            .collect();
+        if mine.is_empty() {
             return Ok(());
         }
-        let id = device_uuid(event)?;
-        let current =
-            sqlx::query_as::<_, DeviceStatus>("SELECT * FROM device_status WHERE device_id = $1")
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if let Some(next) = evolve(current, event)? {
-            upsert(conn, &next).await?;
+        let mut ids = Vec::with_capacity(mine.len());
+        for e in &mine {
+            ids.push(device_uuid(e)?);
+        }
+        let mut rows: HashMap<Uuid, DeviceStatus> = sqlx::query_as::<_, DeviceStatus>(
+            "SELECT * FROM device_status WHERE device_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| (r.device_id, r))
+        .collect();
+        let mut changed = BTreeSet::new();
+        for (event, id) in mine.into_iter().zip(ids) {
+            if let Some(next) = evolve(rows.remove(&id), event)? {
+                rows.insert(id, next);
+                changed.insert(id);
+            }
+        }
+        let changed: Vec<&DeviceStatus> = changed.iter().filter_map(|id| rows.get(id)).collect();
+        for chunk in changed.chunks(1000) {
+            upsert(conn, chunk).await?;
         }
         Ok(())
     }
 }
 
-async fn upsert(conn: &mut PgConnection, r: &DeviceStatus) -> Result<(), sqlx::Error> {
-    sqlx::query(
+async fn upsert(conn: &mut PgConnection, rows: &[&DeviceStatus]) -> Result<(), sqlx::Error> {
+    let mut q = QueryBuilder::<Postgres>::new(
         "INSERT INTO device_status (device_id, kind, site, label, registered_at, online, door,
              fault_code, fault_message, pending_open_request, pending_open_deadline,
-             last_open_request, last_open_outcome, last_event_at, last_position)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-         ON CONFLICT (device_id) DO UPDATE SET
+             last_open_request, last_open_outcome, last_event_at, last_position) ",
+    );
+    q.push_values(rows, |mut b, r| {
+        b.push_bind(r.device_id)
+            .push_bind(&r.kind)
+            .push_bind(&r.site)
+            .push_bind(&r.label)
+            .push_bind(r.registered_at)
+            .push_bind(r.online)
+            .push_bind(&r.door)
+            .push_bind(&r.fault_code)
+            .push_bind(&r.fault_message)
+            .push_bind(r.pending_open_request)
+            .push_bind(r.pending_open_deadline)
+            .push_bind(r.last_open_request)
+            .push_bind(&r.last_open_outcome)
+            .push_bind(r.last_event_at)
+            .push_bind(r.last_position);
+    });
+    q.push(
+        " ON CONFLICT (device_id) DO UPDATE SET
              kind = EXCLUDED.kind, site = EXCLUDED.site, label = EXCLUDED.label,
              registered_at = EXCLUDED.registered_at, online = EXCLUDED.online,
              door = EXCLUDED.door, fault_code = EXCLUDED.fault_code,
@@ -216,24 +253,8 @@ async fn upsert(conn: &mut PgConnection, r: &DeviceStatus) -> Result<(), sqlx::E
              last_open_request = EXCLUDED.last_open_request,
              last_open_outcome = EXCLUDED.last_open_outcome,
              last_event_at = EXCLUDED.last_event_at, last_position = EXCLUDED.last_position",
-    )
-    .bind(r.device_id)
-    .bind(&r.kind)
-    .bind(&r.site)
-    .bind(&r.label)
-    .bind(r.registered_at)
-    .bind(r.online)
-    .bind(&r.door)
-    .bind(&r.fault_code)
-    .bind(&r.fault_message)
-    .bind(r.pending_open_request)
-    .bind(r.pending_open_deadline)
-    .bind(r.last_open_request)
-    .bind(&r.last_open_outcome)
-    .bind(r.last_event_at)
-    .bind(r.last_position)
-    .execute(conn)
-    .await?;
+    );
+    q.build().execute(conn).await?;
     Ok(())
 }
 

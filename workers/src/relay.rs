@@ -18,11 +18,15 @@ use bytes::Bytes;
 use latch_nats::subjects;
 use latch_projections::log::{self, LoggedEvent, GENESIS};
 use sqlx::{Connection, PgConnection, PgPool, Row};
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// Sequenced batches waiting for the publisher, and events it keeps at most.
+const HANDOFF_BATCHES: usize = 16;
+const MAX_CACHED: usize = 50_000;
 
 /// Longest a sequencing or publishing step may take before it is abandoned.
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -113,18 +117,20 @@ async fn lead(
     tracing::info!("relay is the leader");
     // Sequencing and publishing run apart, so a slow or absent NATS never holds back the log.
     let leading = shutdown.child_token();
-    let sequenced = Arc::new(Notify::new());
+    // Freshly sequenced batches go straight to the publisher; it reads the log only when it
+    // has to (after a restart, or when it fell behind and batches were dropped).
+    let (handoff, batches) = mpsc::channel(HANDOFF_BATCHES);
     let publisher = tokio::spawn(
         publish_loop(
             pool.clone(),
             js.clone(),
             config.clone(),
-            sequenced.clone(),
+            batches,
             leading.clone(),
         )
         .in_current_span(),
     );
-    let result = sequence_loop(&mut conn, config, &sequenced, &leading).await;
+    let result = sequence_loop(&mut conn, config, &handoff, &leading).await;
     leading.cancel();
     let _ = publisher.await;
     // Closing the connection releases the lock for a standby relay.
@@ -135,14 +141,17 @@ async fn lead(
 async fn sequence_loop(
     conn: &mut PgConnection,
     config: &RelayConfig,
-    sequenced: &Notify,
+    handoff: &mpsc::Sender<Vec<LoggedEvent>>,
     leading: &CancellationToken,
 ) -> Result<(), RelayError> {
     while !leading.is_cancelled() {
         // A statement that hangs means a connection we can no longer trust: give up the lead.
         match tokio::time::timeout(STEP_TIMEOUT, sequence_batch(conn, config.batch)).await {
-            Ok(Ok(0)) => pause(leading, config.poll).await,
-            Ok(Ok(_)) => sequenced.notify_one(),
+            Ok(Ok(batch)) if batch.is_empty() => pause(leading, config.poll).await,
+            Ok(Ok(batch)) => {
+                // A full hand-off only costs the publisher a read from the log.
+                let _ = handoff.try_send(batch);
+            }
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(RelayError::Stalled("sequencing")),
         }
@@ -154,17 +163,24 @@ async fn publish_loop(
     pool: PgPool,
     js: Context,
     config: RelayConfig,
-    sequenced: Arc<Notify>,
+    mut batches: mpsc::Receiver<Vec<LoggedEvent>>,
     leading: CancellationToken,
 ) {
     let mut stream_last: Option<u64> = None;
+    let mut cache = VecDeque::new();
     while !leading.is_cancelled() {
-        let step = publish_pending(&pool, &js, &mut stream_last, config.batch);
+        while let Ok(batch) = batches.try_recv() {
+            cache.extend(batch);
+        }
+        if cache.len() > MAX_CACHED {
+            cache.clear();
+        }
+        let step = publish_pending(&pool, &js, &mut stream_last, config.batch, &mut cache);
         match tokio::time::timeout(STEP_TIMEOUT, step).await {
             Ok(Ok(0)) => {
                 tokio::select! {
                     _ = leading.cancelled() => {}
-                    _ = sequenced.notified() => {}
+                    batch = batches.recv() => cache.extend(batch.unwrap_or_default()),
                     _ = tokio::time::sleep(config.poll * 20) => {}
                 }
             }
@@ -184,7 +200,10 @@ async fn publish_loop(
 }
 
 /// Gives the next committed events their log positions. Returns how many.
-pub async fn sequence_batch(conn: &mut PgConnection, batch: i64) -> Result<usize, sqlx::Error> {
+pub async fn sequence_batch(
+    conn: &mut PgConnection,
+    batch: i64,
+) -> Result<Vec<LoggedEvent>, sqlx::Error> {
     let mut tx = conn.begin().await?;
     let last = sqlx::query(
         "SELECT position, tx_id::text AS tx_id, event_row_id, hash FROM event_log
@@ -219,9 +238,10 @@ pub async fn sequence_batch(conn: &mut PgConnection, batch: i64) -> Result<usize
     .await?;
     if rows.is_empty() {
         tx.rollback().await?;
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let n = rows.len();
+    let mut logged = Vec::with_capacity(n);
     let (mut positions, mut ids, mut txs, mut row_ids, mut prevs, mut hashes) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -232,7 +252,7 @@ pub async fn sequence_batch(conn: &mut PgConnection, batch: i64) -> Result<usize
     );
     for row in &rows {
         position += 1;
-        let event = LoggedEvent {
+        let mut event = LoggedEvent {
             position,
             event_id: row.try_get("event_id")?,
             aggregate_type: row.try_get("aggregate_type")?,
@@ -252,6 +272,8 @@ pub async fn sequence_batch(conn: &mut PgConnection, batch: i64) -> Result<usize
         row_ids.push(row.try_get::<i64, _>("id")?);
         prevs.push(std::mem::replace(&mut prev, hash.to_vec()));
         hashes.push(hash.to_vec());
+        event.hash = hex::encode(hash);
+        logged.push(event);
     }
     sqlx::query(
         "INSERT INTO event_log (position, event_id, tx_id, event_row_id, prev_hash, hash)
@@ -268,7 +290,7 @@ pub async fn sequence_batch(conn: &mut PgConnection, batch: i64) -> Result<usize
     .await?;
     tx.commit().await?;
     tracing::debug!(count = n, head = position, "sequenced");
-    Ok(n)
+    Ok(logged)
 }
 
 /// Publishes log rows the EVENTS stream does not have yet. Returns how many.
@@ -277,6 +299,7 @@ pub async fn publish_pending(
     js: &Context,
     stream_last: &mut Option<u64>,
     batch: i64,
+    cache: &mut VecDeque<LoggedEvent>,
 ) -> Result<usize, RelayError> {
     let last = match *stream_last {
         Some(s) => s,
@@ -294,7 +317,26 @@ pub async fn publish_pending(
             s
         }
     };
-    let events = log::read_range(pool, last as i64, None, batch).await?;
+    while cache.front().is_some_and(|e| e.position as u64 <= last) {
+        cache.pop_front();
+    }
+    let events = if cache.front().is_some_and(|e| e.position as u64 == last + 1) {
+        // Take the consecutive run; anything after a gap is dropped and read from the log.
+        let mut run = Vec::with_capacity(cache.len().min(batch as usize));
+        while run.len() < batch as usize {
+            match cache.pop_front() {
+                Some(e) if e.position as u64 == last + 1 + run.len() as u64 => run.push(e),
+                Some(_) => {
+                    cache.clear();
+                    break;
+                }
+                None => break,
+            }
+        }
+        run
+    } else {
+        log::read_range(pool, last as i64, None, batch).await?
+    };
     if events.is_empty() {
         let head = log::head(pool).await?;
         if (last as i64) > head {
