@@ -230,44 +230,43 @@ async fn phases(
     };
     tracing::info!(rate = raw.per_sec, "raw insert measured");
 
-    // 2. HTTP commands against a full serve.
-    let mut settings = Settings::new(db_url, nats.url());
-    settings.http_addr = "127.0.0.1:0".parse()?;
-    settings.db_max_connections = args.concurrency as u32 + 8;
-    let (port, stop_app, app_task) = start_app(settings.clone()).await?;
+    // 2. HTTP commands: against the API role alone, then against a full serve whose relay,
+    // projector and NATS share the same two cores.
     let token = issue_token(&pool, TokenRole::Operator, "bench").await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
+    let mut settings = Settings::new(db_url, nats.url());
+    settings.http_addr = "127.0.0.1:0".parse()?;
+    settings.db_max_connections = args.concurrency as u32 + 8;
+    let mut api_only = settings.clone();
+    api_only.roles = vec![Role::Api];
+    let (port, stop_api, api_task) = start_app(api_only).await?;
+    let alone = http_phase(&http, port, &token, args).await;
+    stop_api.cancel();
+    api_task.await??;
+    let (port, stop_app, app_task) = start_app(settings.clone()).await?;
     let url = format!("http://127.0.0.1:{port}/devices");
-    let commands = {
-        let (http, url, token) = (http.clone(), url.clone(), token.clone());
-        closed_loop(args.concurrency, args.seconds, move |i| {
-            let (http, url, token) = (http.clone(), url.clone(), token.clone());
-            async move {
-                http.post(&url)
-                    .bearer_auth(&token)
-                    .json(&serde_json::json!({"kind": "vending", "site": "BENCH", "label": format!("d{i}")}))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 201)
-            }
-        })
-        .await
-    };
-    tracing::info!(rate = commands.per_sec, "http commands measured");
-    report.rows.push(Row {
-        what: format!("commands/s over HTTP, {} clients", args.concurrency),
-        value: format!(
-            "{:.0}/s ({}; {} errors)",
-            commands.per_sec,
-            commands.latency(),
-            commands.errors
-        ),
-        baseline: format!("raw INSERT {:.0}/s ({})", raw.per_sec, raw.latency()),
-        ratio: format!("{:.2}x", commands.per_sec / raw.per_sec),
-        target: ">= 0.5x".into(),
-    });
+    let commands = http_phase(&http, port, &token, args).await;
+    tracing::info!(
+        alone = alone.per_sec,
+        full = commands.per_sec,
+        "http commands measured"
+    );
+    for (what, rate) in [("API role alone", &alone), ("full serve", &commands)] {
+        report.rows.push(Row {
+            what: format!("commands/s over HTTP, {} clients, {what}", args.concurrency),
+            value: format!(
+                "{:.0}/s ({}; {} errors)",
+                rate.per_sec,
+                rate.latency(),
+                rate.errors
+            ),
+            baseline: format!("raw INSERT {:.0}/s ({})", raw.per_sec, raw.latency()),
+            ratio: format!("{:.2}x", rate.per_sec / raw.per_sec),
+            target: ">= 0.5x".into(),
+        });
+    }
 
     // 5. Lag at a fixed rate, while the full serve is still up.
     let lag = lag_phase(&pool, &http, &url, &token, args.lag_rate, args.seconds).await?;
@@ -393,6 +392,23 @@ async fn phases(
         }
     ));
     Ok(())
+}
+
+async fn http_phase(http: &reqwest::Client, port: u16, token: &str, args: &PipelineArgs) -> Rate {
+    let url = format!("http://127.0.0.1:{port}/devices");
+    let (http, token) = (http.clone(), token.to_owned());
+    closed_loop(args.concurrency, args.seconds, move |i| {
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+        async move {
+            http.post(&url)
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"kind": "vending", "site": "BENCH", "label": format!("d{i}")}))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 201)
+        }
+    })
+    .await
 }
 
 async fn start_app(

@@ -12,8 +12,12 @@
 //! 3. the events it appended come back to the caller, so a response can be built from them the
 //!    same way whether it is the first answer or a replay.
 
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistedEventStore, PersistenceError, ReplayStream, SerializedEvent,
+    SerializedSnapshot,
+};
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventEnvelope, Query};
-use postgres_es::{PostgresCqrs, PostgresEventRepository};
+use postgres_es::PostgresEventRepository;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgPoolOptions;
@@ -190,10 +194,119 @@ impl<A: Aggregate> Query<A> for CaptureQuery<A> {
     }
 }
 
+/// postgres-es for every read; one statement for every append.
+///
+/// postgres-es appends inside an explicit transaction (BEGIN, one INSERT per event, COMMIT):
+/// three round trips and three statements for the usual one-event command. A single multi-row
+/// INSERT is just as atomic, so appends take one. Snapshots are refused: Latch runs cqrs-es in
+/// event-sourced mode only (DESIGN.md section 4).
+pub struct EventRepository {
+    pool: PgPool,
+    reads: PostgresEventRepository,
+}
+
+impl EventRepository {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            reads: PostgresEventRepository::new(pool.clone()),
+            pool,
+        }
+    }
+}
+
+impl PersistedEventRepository for EventRepository {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.reads.get_events::<A>(aggregate_id).await
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.reads
+            .get_last_events::<A>(aggregate_id, last_sequence)
+            .await
+    }
+
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        _aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        Ok(None)
+    }
+
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        snapshot_update: Option<(String, serde_json::Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        if snapshot_update.is_some() {
+            return Err(PersistenceError::UnknownError(
+                "snapshots are not used: event-sourced mode only".into(),
+            ));
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(events.len());
+        let mut sequences = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut versions = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
+        let mut metadata = Vec::with_capacity(events.len());
+        for e in events {
+            ids.push(e.aggregate_id.as_str());
+            sequences.push(e.sequence as i64);
+            types.push(e.event_type.as_str());
+            versions.push(e.event_version.as_str());
+            payloads.push(&e.payload);
+            metadata.push(&e.metadata);
+        }
+        let result = sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])",
+        )
+        .bind(A::TYPE)
+        .bind(&ids)
+        .bind(&sequences)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&metadata)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
+                Err(PersistenceError::OptimisticLockError)
+            }
+            Err(e) if is_unavailable(&e) => Err(PersistenceError::ConnectionError(Box::new(e))),
+            Err(e) => Err(PersistenceError::UnknownError(Box::new(e))),
+        }
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        self.reads.stream_events::<A>(aggregate_id).await
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        self.reads.stream_all_events::<A>().await
+    }
+}
+
+type Framework<A> = CqrsFramework<A, PersistedEventStore<EventRepository, A>>;
+
 /// One aggregate type's command entry point.
 pub struct AggregateStore<A: Aggregate> {
     pool: PgPool,
-    cqrs: PostgresCqrs<A>,
+    cqrs: Framework<A>,
     capture: Arc<Capture<A>>,
     retries: usize,
     _a: PhantomData<A>,
@@ -210,8 +323,7 @@ where
         let capture = Arc::new(Capture {
             by_request: Mutex::new(HashMap::new()),
         });
-        let repo = PostgresEventRepository::new(pool.clone());
-        let store = cqrs_es::persist::PersistedEventStore::new_event_store(repo);
+        let store = PersistedEventStore::new_event_store(EventRepository::new(pool.clone()));
         let cqrs = CqrsFramework::new(
             store,
             vec![Box::new(CaptureQuery(capture.clone()))],

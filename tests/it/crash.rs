@@ -16,7 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A `latch serve` child process running only the given roles.
+/// A `latch serve` child process running only the given roles. Set CRASH_LOG_DIR to keep
+/// their logs (one file per role, appended across restarts).
 struct Worker {
     roles: &'static str,
     db: String,
@@ -108,7 +109,7 @@ async fn killing_relay_and_projector_20_times_loses_and_doubles_nothing() {
     let store = Arc::new(Store::new(pool.clone()));
 
     // Two relays (one leads, one waits) and one projector, all as real processes.
-    let mut workers = vec![
+    let mut workers = [
         Worker::new("relay", &db, &nats),
         Worker::new("relay", &db, &nats),
         Worker::new("projector", &db, &nats),
@@ -175,32 +176,35 @@ async fn killing_relay_and_projector_20_times_loses_and_doubles_nothing() {
         (DEVICES * (PER_DEVICE + 1)) as i64,
         "every command appended its event"
     );
-    let polls = std::sync::atomic::AtomicUsize::new(0);
-    let polls = &polls;
-    let (pool_ref, js_ref) = (&pool, &js);
-    eventually(Duration::from_secs(60), "log, stream and projection caught up", || async move {
-        let head = latch_projections::log::head(pool_ref).await.unwrap();
-        let checkpoint = latch_projections::projector::checkpoint(pool_ref, device_status::NAME)
-            .await
-            .unwrap();
-        let mut stream = js_ref.get_stream(EVENTS_STREAM).await.ok()?;
-        let last = stream.info().await.ok()?.state.last_sequence as i64;
-        let n = polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if std::env::var("CRASH_DEBUG").is_ok() && n == 300 {
-            eprintln!("head {head} checkpoint {checkpoint} stream {last} of {events}");
-            let rows: Vec<(Option<String>, Option<String>, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
-                "SELECT datname::text, state, backend_xid::text, backend_xmin::text, left(query, 80) FROM pg_stat_activity WHERE backend_type = 'client backend'",
-            )
-            .fetch_all(pool_ref)
-            .await
-            .unwrap();
-            let (snap,): (String,) = sqlx::query_as("SELECT pg_current_snapshot()::text").fetch_one(pool_ref).await.unwrap();
-            eprintln!("snapshot {snap}");
-            for r in rows { eprintln!("  {r:?}"); }
+    // On failure, say where each part stopped.
+    let state = std::sync::Mutex::new(String::new());
+    let caught_up = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let head = latch_projections::log::head(&pool).await.unwrap();
+            let checkpoint = latch_projections::projector::checkpoint(&pool, device_status::NAME)
+                .await
+                .unwrap();
+            let last = match js.get_stream(EVENTS_STREAM).await {
+                Ok(mut stream) => stream
+                    .info()
+                    .await
+                    .map_or(-1, |i| i.state.last_sequence as i64),
+                Err(_) => -1,
+            };
+            *state.lock().unwrap() =
+                format!("log head {head}, checkpoint {checkpoint}, stream {last}, events {events}");
+            if head == events && checkpoint == events && last == events {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        (head == events && checkpoint == events && last == events).then_some(())
     })
     .await;
+    assert!(
+        caught_up.is_ok(),
+        "did not catch up in 60 s: {}",
+        state.lock().unwrap()
+    );
 
     let table = device_status::load_all(&pool).await.unwrap();
     let fold = device_status::fold_log(&pool).await.unwrap();

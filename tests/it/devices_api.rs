@@ -176,7 +176,9 @@ async fn error_of(res: reqwest::Response) -> (u16, Value) {
 async fn client_mistakes_get_clear_errors_and_write_nothing() {
     let app = spawn_app().await;
     let url = format!("{}/devices", app.address);
-    let cases: Vec<(Option<&str>, &str, u16, &str, Option<&str>)> = vec![
+    // (body, who sends it, status, code, field)
+    type Case<'a> = (Option<&'a str>, &'a str, u16, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             Some(r#"{"kind":"fridge","site":"S1","label":"x"}"#),
             "operator",

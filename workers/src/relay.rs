@@ -45,7 +45,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             poll: Duration::from_millis(5),
-            batch: 1000,
+            batch: 5000,
         }
     }
 }
