@@ -239,6 +239,7 @@ async fn phases(
     let mut settings = Settings::new(db_url, nats.url());
     settings.http_addr = "127.0.0.1:0".parse()?;
     settings.db_max_connections = args.concurrency as u32 + 8;
+    let bare = bare_axum_phase(&http, args).await?;
     let mut api_only = settings.clone();
     api_only.roles = vec![Role::Api];
     let (port, stop_api, api_task) = start_app(api_only).await?;
@@ -253,6 +254,16 @@ async fn phases(
         full = commands.per_sec,
         "http commands measured"
     );
+    report.rows.push(Row {
+        what: format!(
+            "bare axum handler (JSON in, 201 out), {} clients",
+            args.concurrency
+        ),
+        value: format!("{:.0}/s ({})", bare.per_sec, bare.latency()),
+        baseline: "-".into(),
+        ratio: "-".into(),
+        target: "(HTTP ceiling on this machine)".into(),
+    });
     for (what, rate) in [("API role alone", &alone), ("full serve", &commands)] {
         report.rows.push(Row {
             what: format!("commands/s over HTTP, {} clients, {what}", args.concurrency),
@@ -340,7 +351,11 @@ async fn phases(
     let started = Instant::now();
     let (_, stop_relay, relay_task) = start_app(relay_settings).await?;
     let mut events_stream = js.get_stream(latch_nats::subjects::EVENTS_STREAM).await?;
+    let mut sequenced_in = None;
     loop {
+        if sequenced_in.is_none() && latch_projections::log::head(&pool).await? >= target {
+            sequenced_in = Some(started.elapsed());
+        }
         if events_stream.info().await?.state.last_sequence as i64 >= target {
             break;
         }
@@ -349,12 +364,16 @@ async fn phases(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let sequenced_in = sequenced_in.unwrap_or_else(|| started.elapsed());
     let relay_rate = args.events as f64 / started.elapsed().as_secs_f64();
     stop_relay.cancel();
     relay_task.await??;
     report.rows.push(Row {
         what: format!("relay: sequence + chain + publish, {} events", args.events),
-        value: format!("{relay_rate:.0} events/s"),
+        value: format!(
+            "{relay_rate:.0} events/s (sequencing alone reached the head at {:.0}/s)",
+            args.events as f64 / sequenced_in.as_secs_f64()
+        ),
         baseline: format!("raw JetStream publish {raw_publish:.0}/s"),
         ratio: format!("{:.2}x", relay_rate / raw_publish),
         target: ">= 0.5x".into(),
@@ -392,6 +411,26 @@ async fn phases(
         }
     ));
     Ok(())
+}
+
+/// The same requests against an axum handler that does nothing: what HTTP alone costs here.
+async fn bare_axum_phase(
+    http: &reqwest::Client,
+    args: &PipelineArgs,
+) -> Result<Rate, Box<dyn std::error::Error>> {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/devices",
+        post(|axum::Json(v): axum::Json<serde_json::Value>| async move {
+            (axum::http::StatusCode::CREATED, axum::Json(v))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let rate = http_phase(http, port, "bare", args).await;
+    server.abort();
+    Ok(rate)
 }
 
 async fn http_phase(http: &reqwest::Client, port: u16, token: &str, args: &PipelineArgs) -> Rate {

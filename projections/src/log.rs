@@ -1,6 +1,6 @@
 //! The event log: events in the order the relay gave them positions, with the hash chain.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -26,13 +26,40 @@ pub struct LoggedEvent {
 
 pub const GENESIS: [u8; 32] = [0; 32];
 
-impl LoggedEvent {
-    /// The bytes the hash chain covers for this event: every stored field except the hash itself,
-    /// length-prefixed so that no two different events give the same byte string, JSON in
-    /// canonical form (object keys sorted) so the hash does not depend on how a reader ordered
-    /// keys.
-    pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
+pub fn chain_hash(prev: &[u8], canonical: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(canonical);
+    h.finalize().into()
+}
+
+/// One log entry as stored, with payload and metadata in Postgres's own `jsonb` text form.
+///
+/// This is what the hash chain covers and what goes on the wire: `jsonb` output is canonical
+/// (keys ordered, duplicates removed, fixed spacing), so the stored value hashes the same however
+/// it is read, and the relay never has to parse a payload to chain or publish it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRow {
+    pub position: i64,
+    pub event_id: Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload_json: String,
+    pub metadata_json: String,
+    pub recorded_at: DateTime<Utc>,
+    pub hash: [u8; 32],
+}
+
+impl LogRow {
+    /// The bytes the hash chain covers: every stored field except the hash itself, each
+    /// length-prefixed so no two different events give the same byte string.
+    pub fn chain_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            160 + self.payload_json.len() + self.metadata_json.len() + self.aggregate_id.len(),
+        );
         let mut field = |bytes: &[u8]| {
             out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
             out.extend_from_slice(bytes);
@@ -44,55 +71,88 @@ impl LoggedEvent {
         field(&self.sequence.to_be_bytes());
         field(self.event_type.as_bytes());
         field(self.event_version.as_bytes());
-        field(canonical_json(&self.payload).as_bytes());
-        field(canonical_json(&self.metadata).as_bytes());
+        field(self.payload_json.as_bytes());
+        field(self.metadata_json.as_bytes());
         field(&self.recorded_at.timestamp_micros().to_be_bytes());
+        out
+    }
+
+    /// The EVENTS message body: a [`LoggedEvent`] in JSON, payload and metadata embedded as
+    /// stored.
+    pub fn to_message(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            256 + self.payload_json.len() + self.metadata_json.len() + self.aggregate_id.len(),
+        );
+        let string = |out: &mut Vec<u8>, key: &str, value: &str| {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            serde_json::to_writer(&mut *out, value).expect("writing to a Vec cannot fail");
+        };
+        out.extend_from_slice(format!("{{\"position\":{}", self.position).as_bytes());
+        string(&mut out, "event_id", &self.event_id.to_string());
+        string(&mut out, "aggregate_type", &self.aggregate_type);
+        string(&mut out, "aggregate_id", &self.aggregate_id);
+        out.extend_from_slice(format!(",\"sequence\":{}", self.sequence).as_bytes());
+        string(&mut out, "event_type", &self.event_type);
+        string(&mut out, "event_version", &self.event_version);
+        out.extend_from_slice(b",\"payload\":");
+        out.extend_from_slice(self.payload_json.as_bytes());
+        out.extend_from_slice(b",\"metadata\":");
+        out.extend_from_slice(self.metadata_json.as_bytes());
+        string(
+            &mut out,
+            "recorded_at",
+            &self
+                .recorded_at
+                .to_rfc3339_opts(SecondsFormat::Micros, true),
+        );
+        string(&mut out, "hash", &hex::encode(self.hash));
+        out.push(b'}');
         out
     }
 }
 
-pub fn chain_hash(prev: &[u8], canonical: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(prev);
-    h.update(canonical);
-    h.finalize().into()
-}
-
-/// JSON with object keys sorted at every level and no insignificant whitespace.
-pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(value, &mut out);
-    out
-}
-
-fn write_canonical(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(&map[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(v, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
+/// Log rows with position in (after, up_to], in order, as stored.
+pub async fn read_rows<'e>(
+    db: impl PgExecutor<'e>,
+    after: i64,
+    up_to: Option<i64>,
+    limit: i64,
+) -> Result<Vec<LogRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT l.position, e.event_id, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type,
+                e.event_version, e.payload::text AS payload_json, e.metadata::text AS metadata_json,
+                e.recorded_at, l.hash
+           FROM event_log l JOIN events e ON e.event_id = l.event_id
+          WHERE l.position > $1 AND l.position <= $2
+          ORDER BY l.position LIMIT $3",
+    )
+    .bind(after)
+    .bind(up_to.unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let hash: Vec<u8> = row.try_get("hash")?;
+            Ok(LogRow {
+                position: row.try_get("position")?,
+                event_id: row.try_get("event_id")?,
+                aggregate_type: row.try_get("aggregate_type")?,
+                aggregate_id: row.try_get("aggregate_id")?,
+                sequence: row.try_get("sequence")?,
+                event_type: row.try_get("event_type")?,
+                event_version: row.try_get("event_version")?,
+                payload_json: row.try_get("payload_json")?,
+                metadata_json: row.try_get("metadata_json")?,
+                recorded_at: row.try_get("recorded_at")?,
+                hash: hash
+                    .try_into()
+                    .map_err(|_| sqlx::Error::Decode("event_log.hash is not 32 bytes".into()))?,
+            })
+        })
+        .collect()
 }
 
 const SELECT_LOGGED: &str = "
@@ -147,41 +207,43 @@ pub async fn head<'e>(db: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    #[test]
-    fn canonical_json_sorts_keys_at_every_level() {
-        let a = json!({"b": 1, "a": {"y": [1, {"d": 2, "c": 3}], "x": "快"}});
-        assert_eq!(
-            canonical_json(&a),
-            r#"{"a":{"x":"快","y":[1,{"c":3,"d":2}]},"b":1}"#
-        );
+    fn row(position: i64, payload: &str) -> LogRow {
+        LogRow {
+            position,
+            event_id: Uuid::from_u128(1),
+            aggregate_type: "device".into(),
+            aggregate_id: "d1".into(),
+            sequence: 1,
+            event_type: "DoorOpened".into(),
+            event_version: "1".into(),
+            payload_json: payload.into(),
+            metadata_json: r#"{"actor": "运营"}"#.into(),
+            recorded_at: DateTime::from_timestamp(1_700_000_000, 123_456_000).unwrap(),
+            hash: [7; 32],
+        }
     }
 
     #[test]
     fn the_chain_depends_on_every_link() {
-        let e = |position: i64, payload: Value| {
-            LoggedEvent {
-                position,
-                event_id: Uuid::from_u128(1),
-                aggregate_type: "device".into(),
-                aggregate_id: "d1".into(),
-                sequence: 1,
-                event_type: "DoorOpened".into(),
-                event_version: "1".into(),
-                payload,
-                metadata: json!({}),
-                recorded_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-                hash: String::new(),
-            }
-            .canonical_bytes()
-        };
-        let h1 = chain_hash(&GENESIS, &e(1, json!({"a": 1})));
-        let h1b = chain_hash(&GENESIS, &e(1, json!({"a": 2})));
+        let h1 = chain_hash(&GENESIS, &row(1, r#"{"a": 1}"#).chain_bytes());
+        let h1b = chain_hash(&GENESIS, &row(1, r#"{"a": 2}"#).chain_bytes());
         assert_ne!(h1, h1b);
-        assert_ne!(
-            chain_hash(&h1, &e(2, json!({}))),
-            chain_hash(&h1b, &e(2, json!({})))
+        let next = row(2, "{}").chain_bytes();
+        assert_ne!(chain_hash(&h1, &next), chain_hash(&h1b, &next));
+    }
+
+    #[test]
+    fn a_message_reads_back_as_the_logged_event() {
+        let r = row(
+            3,
+            r#"{"DoorOpened": {"at": "2026-01-01T00:00:00Z", "request_id": null}}"#,
         );
+        let e: LoggedEvent = serde_json::from_slice(&r.to_message()).unwrap();
+        assert_eq!(e.position, 3);
+        assert_eq!(e.payload["DoorOpened"]["at"], "2026-01-01T00:00:00Z");
+        assert_eq!(e.metadata["actor"], "运营");
+        assert_eq!(e.recorded_at, r.recorded_at);
+        assert_eq!(e.hash, hex::encode([7; 32]));
     }
 }

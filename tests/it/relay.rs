@@ -132,20 +132,144 @@ async fn the_hash_chain_links_every_position() {
         (log_head(&app).await == 5).then_some(())
     })
     .await;
-    let events = latch_projections::log::read_range(&app.pool, 0, None, 100)
+    let rows = latch_projections::log::read_rows(&app.pool, 0, None, 100)
         .await
         .unwrap();
+    assert_eq!(rows.len(), 5);
     let mut prev = latch_projections::log::GENESIS.to_vec();
-    for e in &events {
+    for r in &rows {
         let (stored_prev,): (Vec<u8>,) =
             sqlx::query_as("SELECT prev_hash FROM event_log WHERE position = $1")
-                .bind(e.position)
+                .bind(r.position)
                 .fetch_one(&app.pool)
                 .await
                 .unwrap();
         assert_eq!(stored_prev, prev);
-        let expect = latch_projections::log::chain_hash(&prev, &e.canonical_bytes());
-        assert_eq!(e.hash, hex::encode(expect));
+        let expect = latch_projections::log::chain_hash(&prev, &r.chain_bytes());
+        assert_eq!(r.hash, expect);
         prev = expect.to_vec();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_relay_takes_over_when_the_leader_goes() {
+    use latch::config::Role;
+    use latch::Application;
+    // The app itself runs no relay; two relay-only instances compete for the lead.
+    let app = spawn_app_with(|s| s.roles.retain(|r| *r != Role::Relay)).await;
+    let relay = |label: &'static str| {
+        let mut s = test_settings(&app.db, &app.nats_server, &app.clock);
+        s.roles = vec![Role::Relay];
+        async move {
+            let instance = Application::build(s).await.expect(label);
+            let stop = latch_workers::CancellationToken::new();
+            let token = stop.clone();
+            let task = tokio::spawn(async move {
+                instance
+                    .run_until_stopped(async move { token.cancelled().await })
+                    .await
+                    .unwrap()
+            });
+            (stop, task)
+        }
+    };
+    let (stop_a, task_a) = relay("relay a").await;
+    let (stop_b, task_b) = relay("relay b").await;
+    let leaders = || async {
+        count(
+            &app.pool,
+            &format!(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND ((classid::bigint << 32) | objid::bigint) = {}",
+                latch_workers::relay::LEADER_LOCK
+            ),
+        )
+        .await
+    };
+    for i in 0..3 {
+        app.register_device("vending", "S1", &format!("first {i}"))
+            .await;
+    }
+    eventually(
+        Duration::from_secs(10),
+        "published by the leader",
+        || async {
+            let mut s = app.js.get_stream(EVENTS_STREAM).await.ok()?;
+            (s.info().await.ok()?.state.last_sequence == 3).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(leaders().await, 1, "exactly one relay leads");
+
+    // Whichever leads, stop both in turn: the other must carry on alone.
+    stop_a.cancel();
+    task_a.await.unwrap();
+    for i in 0..3 {
+        app.register_device("vending", "S1", &format!("second {i}"))
+            .await;
+    }
+    eventually(
+        Duration::from_secs(15),
+        "published after the first relay left",
+        || async {
+            let mut s = app.js.get_stream(EVENTS_STREAM).await.ok()?;
+            (s.info().await.ok()?.state.last_sequence == 6).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(leaders().await, 1);
+    stop_b.cancel();
+    task_b.await.unwrap();
+    eventually(Duration::from_secs(5), "lock released", || async {
+        (leaders().await == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_order_is_numeric_transaction_order_not_text_order() {
+    use sqlx::Connection;
+    // Transaction ids 9 and 10 sort the other way round as text; the relay must order by the
+    // xid8 value. (Regression: an alias once made it sort by the text form.)
+    let db = TestDb::new().await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_stamp")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for (aggregate, tx) in [("ten", "10"), ("nine", "9"), ("hundred", "100")] {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                                 payload, metadata, tx_id)
+             VALUES ('probe', $1, 1, 'Probed', '1', '{}',
+                     '{\"correlation_id\":\"c\",\"causation_id\":\"c\",\"actor\":\"t\",\"request_id\":\"r\"}',
+                     $2::text::xid8)",
+        )
+        .bind(aggregate)
+        .bind(tx)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let first = latch_workers::relay::sequence_batch(&mut conn, 2)
+        .await
+        .unwrap();
+    let rest = latch_workers::relay::sequence_batch(&mut conn, 10)
+        .await
+        .unwrap();
+    let order: Vec<&str> = first
+        .iter()
+        .chain(rest.iter())
+        .map(|r| r.aggregate_id.as_str())
+        .collect();
+    assert_eq!(order, ["nine", "ten", "hundred"]);
+    assert_eq!(
+        latch_workers::relay::sequence_batch(&mut conn, 10)
+            .await
+            .unwrap()
+            .len(),
+        0,
+        "nothing is sequenced twice"
+    );
 }
