@@ -31,8 +31,9 @@ CREATE TABLE events
     -- idempotency_key when the command had them.
     metadata       jsonb                        NOT NULL
         CHECK (metadata ?& ARRAY ['correlation_id', 'causation_id', 'actor', 'request_id']),
-    -- Insertion order inside one transaction; only meaningful together with tx_id.
-    id             bigserial                    NOT NULL UNIQUE,
+    -- Insertion order inside one transaction; only meaningful together with tx_id (and indexed
+    -- that way, below). Unique by construction, so it carries no index of its own.
+    id             bigserial                    NOT NULL,
     event_id       uuid                         NOT NULL UNIQUE DEFAULT latch_uuid_v7(),
     -- The writing transaction. The relay reads only below the oldest running transaction, so an
     -- event that commits late is still picked up before anything that committed after it.

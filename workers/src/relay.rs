@@ -375,8 +375,7 @@ pub async fn publish_pending(
         let message = PublishMessage::build()
             .payload(Bytes::from(body))
             .message_id(event.event_id.to_string())
-            .expected_last_sequence(event.position as u64 - 1)
-            .header("Latch-Position", event.position.to_string().as_str());
+            .expected_last_sequence(event.position as u64 - 1);
         let ack = js
             .send_publish(subject, message)
             .await
