@@ -188,7 +188,7 @@ async fn seed(store: &Store, count: usize) -> Result<Vec<Uuid>, Box<dyn std::err
         let ctx = CommandContext::new("system:dev-seed");
         store
             .devices
-            .execute(&device_id.to_string(), command.name(), command, &ctx)
+            .create(&device_id.to_string(), command.name(), command, &ctx)
             .await
             .map_err(|e| e.to_string())?;
         ids.push(device_id.as_uuid());

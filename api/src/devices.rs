@@ -90,7 +90,7 @@ pub async fn register(
     let done = state
         .store
         .devices
-        .execute(&device_id.to_string(), command.name(), command, &ctx)
+        .create(&device_id.to_string(), command.name(), command, &ctx)
         .await?;
     // Built from the events, so a replayed request answers exactly as the first one did.
     match done.events.first() {

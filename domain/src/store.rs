@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -205,16 +205,26 @@ impl<A: Aggregate> Query<A> for CaptureQuery<A> {
 /// three round trips and three statements for the usual one-event command. A single multi-row
 /// INSERT is just as atomic, so appends take one. Snapshots are refused: Latch runs cqrs-es in
 /// event-sourced mode only (DESIGN.md section 4).
+///
+/// Ids announced as fresh (just generated for a creation command) load as empty streams without
+/// a query. That is safe: were the id somehow taken, the append would hit the primary key and
+/// come back as an optimistic conflict, whose retry loads for real.
 pub struct EventRepository {
     pool: PgPool,
     reads: PostgresEventRepository,
+    fresh: Arc<Mutex<HashSet<String>>>,
 }
 
 impl EventRepository {
     pub fn new(pool: PgPool) -> Self {
+        Self::with_fresh_ids(pool, Arc::default())
+    }
+
+    fn with_fresh_ids(pool: PgPool, fresh: Arc<Mutex<HashSet<String>>>) -> Self {
         Self {
             reads: PostgresEventRepository::new(pool.clone()),
             pool,
+            fresh,
         }
     }
 }
@@ -224,6 +234,9 @@ impl PersistedEventRepository for EventRepository {
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        if self.fresh.lock().expect("fresh ids").remove(aggregate_id) {
+            return Ok(Vec::new());
+        }
         self.reads.get_events::<A>(aggregate_id).await
     }
 
@@ -313,6 +326,7 @@ pub struct AggregateStore<A: Aggregate> {
     pool: PgPool,
     cqrs: Framework<A>,
     capture: Arc<Capture<A>>,
+    fresh: Arc<Mutex<HashSet<String>>>,
     retries: usize,
     _a: PhantomData<A>,
 }
@@ -328,7 +342,9 @@ where
         let capture = Arc::new(Capture {
             by_request: Mutex::new(HashMap::new()),
         });
-        let store = PersistedEventStore::new_event_store(EventRepository::new(pool.clone()));
+        let fresh: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let repo = EventRepository::with_fresh_ids(pool.clone(), fresh.clone());
+        let store = PersistedEventStore::new_event_store(repo);
         let cqrs = CqrsFramework::new(
             store,
             vec![Box::new(CaptureQuery(capture.clone()))],
@@ -338,6 +354,7 @@ where
             pool,
             cqrs,
             capture,
+            fresh,
             retries,
             _a: PhantomData,
         }
@@ -355,6 +372,36 @@ where
         command: A::Command,
         ctx: &CommandContext,
     ) -> Result<Executed<A::Event>, CommandError<A::Error>> {
+        self.run(aggregate_id, command_name, command, ctx, false)
+            .await
+    }
+
+    /// As [`execute`](Self::execute), for a command that starts a new stream under an id the
+    /// caller has just generated (a UUIDv7): the empty stream is not read back from the database.
+    #[tracing::instrument(
+        name = "command",
+        skip_all,
+        fields(aggregate = A::TYPE, id = %aggregate_id, command = command_name, actor = %ctx.actor, request_id = %ctx.request_id)
+    )]
+    pub async fn create(
+        &self,
+        aggregate_id: &str,
+        command_name: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Executed<A::Event>, CommandError<A::Error>> {
+        self.run(aggregate_id, command_name, command, ctx, true)
+            .await
+    }
+
+    async fn run(
+        &self,
+        aggregate_id: &str,
+        command_name: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+        fresh: bool,
+    ) -> Result<Executed<A::Event>, CommandError<A::Error>> {
         if let Some(key) = &ctx.idempotency {
             if let Some(done) = self.replay(key).await? {
                 tracing::debug!("answered from an earlier request with the same key");
@@ -364,10 +411,18 @@ where
         let metadata = ctx.metadata(command_name);
         let request = ctx.request_id.to_string();
         for attempt in 0..=self.retries {
+            if fresh && attempt == 0 {
+                self.fresh
+                    .lock()
+                    .expect("fresh ids")
+                    .insert(aggregate_id.to_owned());
+            }
             let result = self
                 .cqrs
                 .execute_with_metadata(aggregate_id, command.clone(), metadata.clone())
                 .await;
+            // Only the first load may skip the database.
+            self.fresh.lock().expect("fresh ids").remove(aggregate_id);
             match result {
                 Ok(()) => {
                     let events = self

@@ -132,3 +132,41 @@ async fn an_idempotent_retry_returns_the_first_outcome_and_appends_nothing() {
     assert_eq!(res.status(), 201);
     assert_eq!(app.event_count().await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_under_a_taken_id_falls_back_to_a_real_load() {
+    use latch_domain::device::{DeviceCommand, DeviceError, DeviceId, DeviceKind, Label, SiteCode};
+    use latch_domain::store::{CommandContext, CommandError, Store};
+    let db = TestDb::new().await;
+    let store = Store::new(db.pool().await);
+    let id = DeviceId::generate();
+    let register = || DeviceCommand::Register {
+        device_id: id,
+        kind: DeviceKind::Vending,
+        site: SiteCode::parse("site", "S1").unwrap(),
+        label: Label::parse("label", "x", 80).unwrap(),
+        at: start_time(),
+    };
+    let key = id.to_string();
+    let ctx = CommandContext::new("test");
+    let first = store
+        .devices
+        .create(&key, "Register", register(), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(first.events.len(), 1);
+    // The same id again: the shortcut's empty stream meets the primary key, and the retry
+    // reads the real stream and refuses.
+    let again = store
+        .devices
+        .create(&key, "Register", register(), &CommandContext::new("test"))
+        .await;
+    assert!(
+        matches!(
+            again,
+            Err(CommandError::Rejected(DeviceError::AlreadyRegistered))
+        ),
+        "{again:?}"
+    );
+    assert_eq!(count(&store.pool, "SELECT count(*) FROM events").await, 1);
+}

@@ -2,7 +2,7 @@
 //! is not (and at start-up), exactly once in effect either way.
 
 use crate::consume::{next_batch, pause, Next};
-use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::Context;
 use latch_nats::{streams, subjects};
 use latch_projections::projector::{apply_batch, catch_up, checkpoint};
@@ -49,6 +49,9 @@ async fn consume<P: Projection>(
 ) -> Result<(), async_nats::Error> {
     let from = checkpoint(pool, projection.name()).await? as u64 + 1;
     let mut config = streams::durable(projection.name(), subjects::EVENTS_ALL);
+    // Batches are applied whole and in order, so acknowledging the last message of a batch
+    // acknowledges the batch: one ack per transaction instead of one per event.
+    config.ack_policy = AckPolicy::All;
     config.deliver_policy = DeliverPolicy::ByStartSequence {
         start_sequence: from,
     };
@@ -77,8 +80,8 @@ async fn consume<P: Projection>(
         }
         let position = apply_batch(pool, projection, &events).await?;
         tracing::debug!(count = events.len(), position, "applied");
-        for message in &batch {
-            if let Err(e) = message.ack().await {
+        if let Some(last) = batch.last() {
+            if let Err(e) = last.ack().await {
                 tracing::debug!(error = %e, "ack lost; the redelivery will be skipped");
             }
         }
