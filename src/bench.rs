@@ -41,8 +41,8 @@ pub struct PipelineArgs {
     /// Seconds each throughput phase runs.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
-    /// Events for the relay and raw-publish phases.
-    #[arg(long, default_value_t = 20_000)]
+    /// Events for the relay and raw-publish phases (enough that start-up is amortised).
+    #[arg(long, default_value_t = 50_000)]
     pub events: usize,
     /// Commands per second offered during the lag phase.
     #[arg(long, default_value_t = 1000)]
