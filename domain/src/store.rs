@@ -360,11 +360,6 @@ where
         }
     }
 
-    #[tracing::instrument(
-        name = "command",
-        skip_all,
-        fields(aggregate = A::TYPE, id = %aggregate_id, command = command_name, actor = %ctx.actor, request_id = %ctx.request_id)
-    )]
     pub async fn execute(
         &self,
         aggregate_id: &str,
@@ -378,11 +373,6 @@ where
 
     /// As [`execute`](Self::execute), for a command that starts a new stream under an id the
     /// caller has just generated (a UUIDv7): the empty stream is not read back from the database.
-    #[tracing::instrument(
-        name = "command",
-        skip_all,
-        fields(aggregate = A::TYPE, id = %aggregate_id, command = command_name, actor = %ctx.actor, request_id = %ctx.request_id)
-    )]
     pub async fn create(
         &self,
         aggregate_id: &str,
@@ -394,6 +384,11 @@ where
             .await
     }
 
+    #[tracing::instrument(
+        name = "command",
+        skip_all,
+        fields(aggregate = A::TYPE, id = %aggregate_id, command = command_name, actor = %ctx.actor, request_id = %ctx.request_id, fresh)
+    )]
     async fn run(
         &self,
         aggregate_id: &str,

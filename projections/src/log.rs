@@ -4,6 +4,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
 use uuid::Uuid;
 
@@ -54,6 +55,24 @@ pub struct LogRow {
 }
 
 impl LogRow {
+    /// From a row with the `events` columns (payload and metadata selected `::text` as
+    /// `payload_json` and `metadata_json`), at `position`, hash not yet known.
+    pub fn from_event_row(row: &PgRow, position: i64) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            position,
+            event_id: row.try_get("event_id")?,
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+            event_type: row.try_get("event_type")?,
+            event_version: row.try_get("event_version")?,
+            payload_json: row.try_get("payload_json")?,
+            metadata_json: row.try_get("metadata_json")?,
+            recorded_at: row.try_get("recorded_at")?,
+            hash: [0; 32],
+        })
+    }
+
     /// The bytes the hash chain covers: every stored field except the hash itself, each
     /// length-prefixed so no two different events give the same byte string.
     pub fn chain_bytes(&self) -> Vec<u8> {
@@ -135,22 +154,12 @@ pub async fn read_rows<'e>(
     .await?;
     rows.iter()
         .map(|row| {
+            let mut log_row = LogRow::from_event_row(row, row.try_get("position")?)?;
             let hash: Vec<u8> = row.try_get("hash")?;
-            Ok(LogRow {
-                position: row.try_get("position")?,
-                event_id: row.try_get("event_id")?,
-                aggregate_type: row.try_get("aggregate_type")?,
-                aggregate_id: row.try_get("aggregate_id")?,
-                sequence: row.try_get("sequence")?,
-                event_type: row.try_get("event_type")?,
-                event_version: row.try_get("event_version")?,
-                payload_json: row.try_get("payload_json")?,
-                metadata_json: row.try_get("metadata_json")?,
-                recorded_at: row.try_get("recorded_at")?,
-                hash: hash
-                    .try_into()
-                    .map_err(|_| sqlx::Error::Decode("event_log.hash is not 32 bytes".into()))?,
-            })
+            log_row.hash = hash
+                .try_into()
+                .map_err(|_| sqlx::Error::Decode("event_log.hash is not 32 bytes".into()))?;
+            Ok(log_row)
         })
         .collect()
 }
@@ -160,7 +169,7 @@ SELECT l.position, e.event_id, e.aggregate_type, e.aggregate_id, e.sequence, e.e
        e.event_version, e.payload, e.metadata, e.recorded_at, l.hash
   FROM event_log l JOIN events e ON e.event_id = l.event_id";
 
-fn from_row(row: &sqlx::postgres::PgRow) -> Result<LoggedEvent, sqlx::Error> {
+fn from_row(row: &PgRow) -> Result<LoggedEvent, sqlx::Error> {
     let hash: Vec<u8> = row.try_get("hash")?;
     Ok(LoggedEvent {
         position: row.try_get("position")?,

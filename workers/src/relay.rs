@@ -261,19 +261,7 @@ pub async fn sequence_batch(
     );
     for row in &rows {
         position += 1;
-        let mut event = LogRow {
-            position,
-            event_id: row.try_get("event_id")?,
-            aggregate_type: row.try_get("aggregate_type")?,
-            aggregate_id: row.try_get("aggregate_id")?,
-            sequence: row.try_get("sequence")?,
-            event_type: row.try_get("event_type")?,
-            event_version: row.try_get("event_version")?,
-            payload_json: row.try_get("payload_json")?,
-            metadata_json: row.try_get("metadata_json")?,
-            recorded_at: row.try_get("recorded_at")?,
-            hash: [0; 32],
-        };
+        let mut event = LogRow::from_event_row(row, position)?;
         let hash = log::chain_hash(&prev, &event.chain_bytes());
         positions.push(position);
         ids.push(event.event_id);
