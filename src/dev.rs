@@ -91,8 +91,10 @@ pub async fn run(
 
     let shutdown = CancellationToken::new();
     let client = latch_nats::connect(&nats_url, "latch-sim").await?;
+    let js = latch_nats::jetstream(client.clone());
+    reset_foreign_events_stream(&js, &store).await?;
     // The cabinets' first messages need the TELEMETRY stream to exist.
-    latch_nats::streams::ensure_streams(&latch_nats::jetstream(client.clone()))
+    latch_nats::streams::ensure_streams(&js)
         .await
         .map_err(|e| e.to_string())?;
     let sim = tokio::spawn(sim::run(
@@ -135,6 +137,31 @@ pub async fn run(
     let _ = sim.await;
     drop(private_nats);
     drop(private_pg);
+    Ok(())
+}
+
+/// A dev NATS server outlives dev databases: if its EVENTS stream is ahead of this database's
+/// log, it holds another database's history and the relay would rightly refuse to publish.
+/// In dev (only) that history is disposable, so the stream is recreated.
+async fn reset_foreign_events_stream(
+    js: &async_nats::jetstream::Context,
+    store: &Store,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let Ok(mut stream) = js.get_stream(latch_nats::subjects::EVENTS_STREAM).await else {
+        return Ok(());
+    };
+    let last = stream.info().await.map_err(|e| e.to_string())?.state.last_sequence;
+    let head = latch_projections::log::head(&store.pool).await?;
+    if last as i64 > head {
+        tracing::warn!(
+            stream = last,
+            log = head,
+            "the NATS server's EVENTS stream belongs to another database; recreating it for this dev database"
+        );
+        js.delete_stream(latch_nats::subjects::EVENTS_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
