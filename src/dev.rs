@@ -150,7 +150,12 @@ async fn reset_foreign_events_stream(
     let Ok(mut stream) = js.get_stream(latch_nats::subjects::EVENTS_STREAM).await else {
         return Ok(());
     };
-    let last = stream.info().await.map_err(|e| e.to_string())?.state.last_sequence;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
     let head = latch_projections::log::head(&store.pool).await?;
     if last as i64 > head {
         tracing::warn!(
