@@ -27,6 +27,25 @@ async fn online_device(app: &TestApp, label: &str) -> (Uuid, SimDevice) {
     (id, sim)
 }
 
+async fn open(app: &TestApp, id: Uuid) -> reqwest::Response {
+    app.post(&format!("/devices/{id}/open"), &app.operator, None)
+        .await
+}
+
+/// Asks the device to open and returns the request id.
+async fn request_open(app: &TestApp, id: Uuid) -> Uuid {
+    let res = open(app, id).await;
+    assert_eq!(res.status(), 202);
+    let body: Value = res.json().await.unwrap();
+    Uuid::parse_str(body["request_id"].as_str().unwrap()).unwrap()
+}
+
+async fn assert_open_refused(app: &TestApp, id: Uuid, code: &str) {
+    let res = open(app, id).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], code);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_command_reaches_the_device_and_its_door_event_confirms_it() {
     let app = spawn_app().await;
@@ -38,12 +57,7 @@ async fn an_open_command_reaches_the_device_and_its_door_event_confirms_it() {
         .unwrap();
     app.nats.flush().await.unwrap();
 
-    let res = app
-        .post(&format!("/devices/{id}/open"), &app.operator, None)
-        .await;
-    assert_eq!(res.status(), 202);
-    let body: Value = res.json().await.unwrap();
-    let request_id = Uuid::parse_str(body["request_id"].as_str().unwrap()).unwrap();
+    let request_id = request_open(&app, id).await;
     let pending = eventually(
         Duration::from_secs(10),
         "pending open projected",
@@ -64,12 +78,7 @@ async fn an_open_command_reaches_the_device_and_its_door_event_confirms_it() {
     assert_eq!(command.request_id, request_id);
 
     // A second open while one is pending is refused.
-    let res = app
-        .post(&format!("/devices/{id}/open"), &app.operator, None)
-        .await;
-    assert_eq!(res.status(), 409);
-    let err: Value = res.json().await.unwrap();
-    assert_eq!(err["error"]["code"], "open_already_pending");
+    assert_open_refused(&app, id, "open_already_pending").await;
 
     sim.door(true, Some(request_id)).await.unwrap();
     eventually(Duration::from_secs(10), "opening confirmed", || async {
@@ -81,24 +90,14 @@ async fn an_open_command_reaches_the_device_and_its_door_event_confirms_it() {
     })
     .await;
     // The door is open: another open is refused with its own code.
-    let res = app
-        .post(&format!("/devices/{id}/open"), &app.operator, None)
-        .await;
-    assert_eq!(res.status(), 409);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["error"]["code"],
-        "door_already_open"
-    );
+    assert_open_refused(&app, id, "door_already_open").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answer_before_the_deadline_records_a_failure_and_silence_means_offline() {
     let app = spawn_app().await;
     let (id, _sim) = online_device(&app, "quiet").await;
-    let res = app
-        .post(&format!("/devices/{id}/open"), &app.operator, None)
-        .await;
-    assert_eq!(res.status(), 202);
+    request_open(&app, id).await;
     eventually(Duration::from_secs(10), "pending", || async {
         app.device(id).await?["pending_open_request"]
             .is_string()
@@ -122,29 +121,14 @@ async fn no_answer_before_the_deadline_records_a_failure_and_silence_means_offli
         (app.device(id).await?["online"] == false).then_some(())
     })
     .await;
-    let res = app
-        .post(&format!("/devices/{id}/open"), &app.operator, None)
-        .await;
-    assert_eq!(res.status(), 409);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["error"]["code"],
-        "device_offline"
-    );
+    assert_open_refused(&app, id, "device_offline").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_faulty_device_refuses_and_the_refusal_is_recorded() {
     let app = spawn_app().await;
     let (id, sim) = online_device(&app, "faulty").await;
-    let res = app
-        .post(&format!("/devices/{id}/open"), &app.operator, None)
-        .await;
-    let request_id = Uuid::parse_str(
-        res.json::<Value>().await.unwrap()["request_id"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let request_id = request_open(&app, id).await;
     sim.refuse(request_id, "motor stalled").await.unwrap();
     eventually(Duration::from_secs(10), "refusal recorded", || async {
         let d = app.device(id).await?;
@@ -156,14 +140,7 @@ async fn a_faulty_device_refuses_and_the_refusal_is_recorded() {
         (app.device(id).await?["fault_code"] == "motor").then_some(())
     })
     .await;
-    let res = app
-        .post(&format!("/devices/{id}/open"), &app.operator, None)
-        .await;
-    assert_eq!(res.status(), 409);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["error"]["code"],
-        "device_faulted"
-    );
+    assert_open_refused(&app, id, "device_faulted").await;
 }
 
 async fn error_of(res: reqwest::Response) -> (u16, Value) {
