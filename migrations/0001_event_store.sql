@@ -130,7 +130,8 @@ CREATE TABLE event_log
     tx_id        xid8   NOT NULL,
     event_row_id bigint NOT NULL,
     -- hash = sha256(prev_hash || canonical bytes of the event); prev_hash of position 1 is 32 zero
-    -- bytes. See latch_projections::log::chain_hash for the canonical form.
+    -- bytes. The canonical bytes are latch_projections::log::LogRow::chain_bytes (payload and
+    -- metadata in their jsonb text form).
     prev_hash    bytea  NOT NULL CHECK (length(prev_hash) = 32),
     hash         bytea  NOT NULL CHECK (length(hash) = 32)
 );
