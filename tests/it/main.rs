@@ -3,6 +3,7 @@
 
 mod common;
 mod crash;
+mod dev;
 mod devices_api;
 mod event_store;
 mod nats_auth;

@@ -1,0 +1,99 @@
+//! README's first command: `latch dev` comes up with demo data, simulated cabinets heartbeat,
+//! and it stops cleanly.
+
+use crate::common::*;
+use latch_nats::server::NatsServer;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latch_dev_serves_demo_cabinets_that_come_online() {
+    let db = TestDb::new().await;
+    let nats = NatsServer::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_latch"))
+        .args(["dev", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("DATABASE_URL", &db.url)
+        .env("NATS_URL", nats.url())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // The banner names the API address and the tokens.
+    let banner = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let line = line.unwrap();
+                let done = line.contains("Ctrl-C stops everything");
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            lines
+        }),
+    )
+    .await
+    .expect("banner within 60 s")
+    .unwrap();
+    let field = |label: &str| {
+        banner
+            .iter()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(label)
+                    .map(|v| v.split_whitespace().next().unwrap().to_owned())
+            })
+            .unwrap_or_else(|| panic!("{label} in banner: {banner:?}"))
+    };
+    let api = field("API");
+    let user = field("user token");
+    let http = reqwest::Client::new();
+    eventually(
+        Duration::from_secs(30),
+        "four demo cabinets online",
+        || async {
+            let res = http
+                .get(format!("{api}/devices"))
+                .bearer_auth(&user)
+                .send()
+                .await
+                .ok()?;
+            let rows: Vec<Value> = res.json().await.ok()?;
+            (rows.len() == 4
+                && rows
+                    .iter()
+                    .all(|r| r["online"] == true && r["door"] == "closed"))
+            .then_some(())
+        },
+    )
+    .await;
+
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.expect("dev stops within 20 s of SIGTERM").success());
+}
