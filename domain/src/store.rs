@@ -321,6 +321,24 @@ impl PersistedEventRepository for EventRepository {
 
 type Framework<A> = CqrsFramework<A, PersistedEventStore<EventRepository, A>>;
 
+struct Cleanup<'a, E> {
+    capture: &'a Mutex<HashMap<String, Vec<E>>>,
+    fresh: &'a Mutex<HashSet<String>>,
+    request: &'a str,
+    aggregate_id: &'a str,
+}
+
+impl<E> Drop for Cleanup<'_, E> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.capture.lock() {
+            map.remove(self.request);
+        }
+        if let Ok(mut fresh) = self.fresh.lock() {
+            fresh.remove(self.aggregate_id);
+        }
+    }
+}
+
 /// One aggregate type's command entry point.
 pub struct AggregateStore<A: Aggregate> {
     pool: PgPool,
@@ -405,6 +423,14 @@ where
         }
         let metadata = ctx.metadata(command_name);
         let request = ctx.request_id.to_string();
+        // If the caller stops waiting (an HTTP client hangs up mid-command), whatever the capture
+        // or the fresh-id shortcut holds for this command must not stay behind.
+        let _cleanup = Cleanup {
+            capture: &self.capture.by_request,
+            fresh: &self.fresh,
+            request: &request,
+            aggregate_id,
+        };
         for attempt in 0..=self.retries {
             if fresh && attempt == 0 {
                 self.fresh
