@@ -268,3 +268,29 @@ pub async fn stream_messages(
     }
     out
 }
+
+/// Sends SIGTERM and waits up to `limit` for the process to exit; kills it and returns None if
+/// it does not.
+pub async fn sigterm_and_wait(
+    mut child: std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap()
+}

@@ -255,24 +255,8 @@ async fn sigterm_stops_serve_cleanly() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(child.try_wait().unwrap().is_none(), "serve keeps running");
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let status = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
-    .await
-    .unwrap();
-    let status = status.expect("serve exits within 20 s of SIGTERM");
+    let status = sigterm_and_wait(child, Duration::from_secs(20))
+        .await
+        .expect("serve exits within 20 s of SIGTERM");
     assert!(status.success(), "clean exit, got {status:?}");
 }

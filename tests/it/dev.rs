@@ -77,23 +77,6 @@ async fn latch_dev_serves_demo_cabinets_that_come_online() {
     )
     .await;
 
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let status = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
-    .await
-    .unwrap();
+    let status = sigterm_and_wait(child, Duration::from_secs(20)).await;
     assert!(status.expect("dev stops within 20 s of SIGTERM").success());
 }
