@@ -12,6 +12,8 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod openapi;
+pub mod pages;
+pub mod qr;
 
 use axum::extract::FromRef;
 use axum::http::Request;
@@ -66,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(devices::router())
         .merge(openapi::router())
+        .merge(pages::router())
         .fallback(|| async {
             error::ApiError::NotFound {
                 code: "no_such_route",

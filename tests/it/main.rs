@@ -1,6 +1,7 @@
 //! Integration tests of the `latch` package: real Postgres (a fresh database per test), a
 //! private nats-server per test, real HTTP.
 
+mod browser;
 mod common;
 mod crash;
 mod dev;
@@ -8,5 +9,6 @@ mod devices_api;
 mod event_store;
 mod nats_auth;
 mod outages;
+mod qr_pages;
 mod relay;
 mod telemetry;

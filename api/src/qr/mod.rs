@@ -1,0 +1,3 @@
+//! QR-code login (placeholder).
+
+pub mod picture;

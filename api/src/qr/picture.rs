@@ -1,0 +1,1 @@
+//! QR images for `/qr/loginpic` (owned by the picture helper; placeholder).

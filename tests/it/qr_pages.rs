@@ -1,0 +1,1 @@
+//! QR login pages end to end in headless Chromium (placeholder).
