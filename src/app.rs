@@ -6,9 +6,12 @@
 
 use crate::config::{Role, Settings};
 use latch_api::auth::Auth;
+use latch_api::qr::hub::Hub;
+use latch_api::qr::QrService;
 use latch_api::AppState;
 use latch_domain::store::{self, Store};
 use latch_projections::device_status::DeviceStatusProjection;
+use latch_projections::qr_login_status::QrLoginStatusProjection;
 use latch_workers::dispatch::Dispatch;
 use latch_workers::ingest::Ingest;
 use latch_workers::relay::{self, RelayConfig};
@@ -139,6 +142,12 @@ impl Application {
                 DeviceStatusProjection,
                 shutdown.clone(),
             ));
+            tasks.spawn(latch_workers::projector::run(
+                self.pool.clone(),
+                js.clone(),
+                QrLoginStatusProjection,
+                shutdown.clone(),
+            ));
         }
         if s.runs(Role::Ingest) {
             let ingest = Ingest {
@@ -169,9 +178,24 @@ impl Application {
             tasks.spawn(sweeper.run(shutdown.clone()));
         }
         if let Some(listener) = self.listener {
+            let hub = Arc::new(Hub::new(self.pool.clone(), s.clock.clone()));
+            tasks.spawn(hub.clone().run(self.nats.clone(), shutdown.clone()));
+            let qr = Arc::new(QrService::new(hub, s.qr.clone(), s.clock.clone()));
+            let tidy = qr.clone();
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                while !stop.is_cancelled() {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(60)) => tidy.tidy(),
+                    }
+                }
+            });
             let state = AppState {
+                qr,
+                shutdown: shutdown.clone(),
                 store: self.store.clone(),
-                auth: Arc::new(Auth::new(self.pool.clone())),
+                auth: Arc::new(Auth::new(self.pool.clone(), s.clock.clone())),
                 nats: self.nats.clone(),
                 clock: s.clock.clone(),
                 open_timeout: chrono::Duration::from_std(s.open_timeout)
@@ -180,6 +204,7 @@ impl Application {
             let app = latch_api::router(state);
             let stop = shutdown.clone();
             tasks.spawn(async move {
+                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
                 let serve = axum::serve(listener, app)
                     .with_graceful_shutdown(async move { stop.cancelled().await });
                 if let Err(e) = serve.await {

@@ -1,6 +1,7 @@
 //! Settings: from flags and environment for the binary, built directly by tests.
 
 use clap::{Args, ValueEnum};
+use latch_api::qr::QrConfig;
 use latch_domain::clock::{SharedClock, SystemClock};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,6 +83,24 @@ pub struct ServeArgs {
     /// Apply database migrations before serving.
     #[arg(long, env = "LATCH_MIGRATE", default_value_t = false)]
     pub migrate: bool,
+    /// Seconds a QR login code can be scanned.
+    #[arg(long, env = "LATCH_QR_TTL_SECS", default_value_t = 120)]
+    pub qr_ttl_secs: u64,
+    /// Shortest interval, in milliseconds, a login page may poll `/qr/login` at.
+    #[arg(long, env = "LATCH_QR_POLL_INTERVAL_MS", default_value_t = 2000)]
+    pub qr_poll_interval_ms: u64,
+    /// QR codes one client IP may mint per minute.
+    #[arg(long, env = "LATCH_QR_MINT_PER_MINUTE", default_value_t = 30)]
+    pub qr_mint_per_minute: u32,
+    /// Lock / confirm / cancel actions one app user may take per minute.
+    #[arg(long, env = "LATCH_QR_APP_ACTIONS_PER_MINUTE", default_value_t = 30)]
+    pub qr_app_actions_per_minute: u32,
+    /// Hours a web session from a QR login lasts.
+    #[arg(long, env = "LATCH_SESSION_TTL_HOURS", default_value_t = 12)]
+    pub session_ttl_hours: u64,
+    /// Mark cookies Secure (serve behind HTTPS).
+    #[arg(long, env = "LATCH_SECURE_COOKIES", default_value_t = false)]
+    pub secure_cookies: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +117,7 @@ pub struct Settings {
     pub db_acquire_timeout: Duration,
     pub migrate: bool,
     pub clock: SharedClock,
+    pub qr: QrConfig,
 }
 
 impl Settings {
@@ -116,6 +136,7 @@ impl Settings {
             db_acquire_timeout: Duration::from_secs(2),
             migrate: false,
             clock: Arc::new(SystemClock),
+            qr: QrConfig::default(),
         }
     }
 
@@ -140,6 +161,15 @@ impl From<ServeArgs> for Settings {
             db_max_connections: a.db_max_connections,
             db_acquire_timeout: Duration::from_millis(a.db_acquire_timeout_ms),
             migrate: a.migrate,
+            qr: QrConfig {
+                code_ttl: chrono::Duration::seconds(a.qr_ttl_secs.clamp(10, 3600) as i64),
+                poll_interval: chrono::Duration::milliseconds(a.qr_poll_interval_ms as i64),
+                mint_per_minute_per_ip: a.qr_mint_per_minute,
+                app_actions_per_minute_per_user: a.qr_app_actions_per_minute,
+                session_ttl: chrono::Duration::hours(a.session_ttl_hours.clamp(1, 24 * 30) as i64),
+                secure_cookies: a.secure_cookies,
+                ..QrConfig::default()
+            },
             ..Self::new(a.connections.database_url, a.connections.nats_url)
         }
     }

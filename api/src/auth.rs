@@ -10,6 +10,8 @@ use axum::http::header;
 use axum::http::request::Parts;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use chrono::{DateTime, Utc};
+use latch_domain::clock::SharedClock;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::fmt;
@@ -73,33 +75,45 @@ impl Actor {
     }
 }
 
+/// The cookie a redeemed QR login leaves in the browser: a token like any other, which ends.
+pub const SESSION_COOKIE: &str = "latch_session";
+
+type Cached = (Actor, Option<DateTime<Utc>>, Instant);
+
 pub struct Auth {
     pool: PgPool,
-    cache: Mutex<HashMap<[u8; 32], (Actor, Instant)>>,
+    clock: SharedClock,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
 }
 
 impl Auth {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, clock: SharedClock) -> Self {
         Self {
             pool,
+            clock,
             cache: Mutex::new(HashMap::new()),
         }
     }
 
     pub async fn authenticate(&self, token: &str) -> Result<Actor, ApiError> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some((actor, at)) = self.cache.lock().expect("auth cache").get(&hash) {
-            if at.elapsed() < CACHE_TTL {
+        let now = self.clock.now();
+        let live = |expires: &Option<DateTime<Utc>>| expires.is_none_or(|e| now < e);
+        if let Some((actor, expires, at)) = self.cache.lock().expect("auth cache").get(&hash) {
+            if at.elapsed() < CACHE_TTL && live(expires) {
                 return Ok(actor.clone());
             }
         }
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT role, subject FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+        let row: Option<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT role, subject, expires_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
         )
         .bind(&hash[..])
         .fetch_optional(&self.pool)
         .await?;
-        let (role, subject) = row.ok_or(ApiError::Unauthorized)?;
+        let (role, subject, expires) = row.ok_or(ApiError::Unauthorized)?;
+        if !live(&expires) {
+            return Err(ApiError::Unauthorized);
+        }
         let actor = Actor {
             role: Role::parse(&role).ok_or(ApiError::Unauthorized)?,
             subject,
@@ -108,22 +122,35 @@ impl Auth {
         if cache.len() > 100_000 {
             cache.clear();
         }
-        cache.insert(hash, (actor.clone(), Instant::now()));
+        cache.insert(hash, (actor.clone(), expires, Instant::now()));
         Ok(actor)
     }
 }
 
 /// Issues a new token and returns it; it cannot be recovered later.
 pub async fn issue_token(pool: &PgPool, role: Role, subject: &str) -> Result<String, sqlx::Error> {
+    issue_token_until(pool, role, subject, None).await
+}
+
+/// As [`issue_token`], for a token that stops working at `expires_at` (a web session).
+pub async fn issue_token_until(
+    pool: &PgPool,
+    role: Role,
+    subject: &str,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<String, sqlx::Error> {
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let token = format!("lt_{}", hex::encode(secret));
     let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    sqlx::query("INSERT INTO api_tokens (token_hash, role, subject) VALUES ($1, $2, $3)")
-        .bind(&hash[..])
-        .bind(role.as_str())
-        .bind(subject)
-        .execute(pool)
+    sqlx::query(
+        "INSERT INTO api_tokens (token_hash, role, subject, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&hash[..])
+    .bind(role.as_str())
+    .bind(subject)
+    .bind(expires_at)
+    .execute(pool)
         .await?;
     Ok(token)
 }
@@ -145,5 +172,35 @@ where
             .filter(|t| !t.is_empty() && t.len() <= 200)
             .ok_or(ApiError::Unauthorized)?;
         Arc::<Auth>::from_ref(state).authenticate(token).await
+    }
+}
+
+/// The caller of a read-only page endpoint: a Bearer token, or the browser's session cookie.
+///
+/// Commands take [`Actor`] (Bearer only), so a cookie can never be ridden cross-site into a
+/// state change.
+pub struct SessionActor(pub Actor);
+
+impl<S> FromRequestParts<S> for SessionActor
+where
+    S: Send + Sync,
+    Arc<Auth>: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.headers.contains_key(header::AUTHORIZATION) {
+            return Actor::from_request_parts(parts, state).await.map(Self);
+        }
+        let jar = axum_extra::extract::CookieJar::from_headers(&parts.headers);
+        let token = jar
+            .get(SESSION_COOKIE)
+            .map(|c| c.value().to_owned())
+            .filter(|t| !t.is_empty() && t.len() <= 200)
+            .ok_or(ApiError::Unauthorized)?;
+        Arc::<Auth>::from_ref(state)
+            .authenticate(&token)
+            .await
+            .map(Self)
     }
 }

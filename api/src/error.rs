@@ -92,10 +92,11 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and body this error answers with; internals are logged here and hidden.
+    pub fn to_body(&self) -> (StatusCode, ErrorBody) {
         let (status, code, field) = self.parts();
-        let message = match &self {
+        let message = match self {
             Self::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 "something went wrong on our side; it has been logged".to_owned()
@@ -106,17 +107,23 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: code.to_owned(),
-                message,
-                field: field.map(str::to_owned),
+        (
+            status,
+            ErrorBody {
+                error: ErrorDetail {
+                    code: code.to_owned(),
+                    message,
+                    field: field.map(str::to_owned),
+                },
             },
-        };
-        let mut response = (status, axum::Json(body)).into_response();
+        )
+    }
+
+    /// Headers that go with the error (Retry-After).
+    pub fn add_headers(&self, response: &mut Response) {
         if let Self::TooManyRequests {
             retry_after_secs, ..
-        } = &self
+        } = self
         {
             if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
@@ -127,6 +134,14 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.to_body();
+        let mut response = (status, axum::Json(body)).into_response();
+        self.add_headers(&mut response);
         response
     }
 }

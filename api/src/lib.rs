@@ -34,6 +34,9 @@ pub struct AppState {
     pub clock: SharedClock,
     /// How long a remote door opening may take before it is recorded as failed.
     pub open_timeout: chrono::Duration,
+    pub qr: Arc<qr::QrService>,
+    /// Cancelled when the process stops: long-lived connections (push channels) end with it.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl FromRef<AppState> for Arc<auth::Auth> {
@@ -69,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .merge(devices::router())
         .merge(openapi::router())
         .merge(pages::router())
+        .merge(qr::router())
         .fallback(|| async {
             error::ApiError::NotFound {
                 code: "no_such_route",

@@ -5,6 +5,8 @@
 //!
 //! - [`device`]: the cabinet / locker aggregate (registration, liveness transitions, door, faults,
 //!   remote door opening) with its commands, events and errors.
+//! - [`qr_login`]: one QR-code login from minting to a redeemed web session, with the code and
+//!   browser-secret types that keep the QR content alone from logging anyone in.
 //! - [`telemetry`]: the wire formats cabinets publish on NATS and the commands sent back to them,
 //!   parsed into domain types (anything that does not parse has a named reason).
 //! - [`store`]: the Postgres event store (cqrs-es + postgres-es, event-sourced mode only) and the
@@ -16,6 +18,7 @@
 
 pub mod clock;
 pub mod device;
+pub mod qr_login;
 pub mod store;
 pub mod telemetry;
 

@@ -29,6 +29,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::device::Device;
+use crate::qr_login::QrLogin;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -540,12 +541,14 @@ where
 pub struct Store {
     pub pool: PgPool,
     pub devices: AggregateStore<Device>,
+    pub qr_logins: AggregateStore<QrLogin>,
 }
 
 impl Store {
     pub fn new(pool: PgPool) -> Self {
         Self {
             devices: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
+            qr_logins: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
             pool,
         }
     }

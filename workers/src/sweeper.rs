@@ -1,11 +1,12 @@
 //! Turning the passage of time into events: devices that fell silent go offline, remote openings
-//! that missed their deadline fail. Time comes from the injected clock, so tests move it instead
+//! that missed their deadline fail, QR login codes past their deadline expire. Time comes from the injected clock, so tests move it instead
 //! of sleeping.
 
 use crate::consume::pause;
 use chrono::Duration as ChronoDuration;
 use latch_domain::clock::SharedClock;
 use latch_domain::device::{DeviceCommand, OpenFailure};
+use latch_domain::qr_login::QrLoginCommand;
 use latch_domain::store::{CommandContext, CommandError, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,7 +76,28 @@ impl Sweeper {
             };
             issued += self.issue(device, command, "system:open-timeout").await;
         }
+        for login in latch_projections::qr_login_status::due(&self.store.pool, now, 500).await? {
+            issued += self.expire_login(login, now).await;
+        }
         Ok(issued)
+    }
+
+    async fn expire_login(&self, login: Uuid, now: chrono::DateTime<chrono::Utc>) -> usize {
+        let id = login.to_string();
+        let ctx = CommandContext::new("system:qr-expiry");
+        let command = QrLoginCommand::Expire { at: now };
+        let name = command.name();
+        match self.store.qr_logins.execute(&id, name, command, &ctx).await {
+            Ok(done) => done.events.len().min(1),
+            Err(CommandError::Rejected(e)) => {
+                tracing::debug!(login = %id, reason = e.code(), "expiry refused");
+                0
+            }
+            Err(e) => {
+                tracing::warn!(login = %id, error = %e, "expiry failed");
+                0
+            }
+        }
     }
 
     async fn issue(&self, device: Uuid, command: DeviceCommand, actor: &str) -> usize {

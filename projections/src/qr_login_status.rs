@@ -1,0 +1,229 @@
+//! QR-login status: where each QR login stands, for the sweeper, operators and audits.
+//!
+//! [`evolve`] is the whole projection as a pure function. Pages are not served from this table
+//! (they need answers within milliseconds of a transition; see latch-api's `qr::hub`), but both
+//! fold the same events with the same meaning.
+
+use crate::log::LoggedEvent;
+use crate::projector::{Projection, ProjectionError};
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use latch_domain::qr_login::{QrLogin, QrLoginEvent};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use std::collections::{BTreeMap, HashMap};
+use uuid::Uuid;
+
+pub const NAME: &str = "qr_login_status";
+
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct QrLoginStatus {
+    pub login_id: Uuid,
+    pub state: String,
+    pub origin_ip: String,
+    pub user_agent: String,
+    pub minted_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub app_user: Option<String>,
+    pub ext: Option<String>,
+    pub locked_at: Option<DateTime<Utc>>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub redeem_by: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub session_id: Option<Uuid>,
+    pub last_position: i64,
+}
+
+pub fn parse_qr_event(event: &LoggedEvent) -> Result<QrLoginEvent, ProjectionError> {
+    serde_json::from_value::<QrLoginEvent>(event.payload.clone()).map_err(|e| {
+        if event.event_version == QrLoginEvent::VERSION
+            && QrLoginEvent::TYPES.contains(&event.event_type.as_str())
+        {
+            ProjectionError::BadPayload {
+                position: event.position,
+                detail: e.to_string(),
+            }
+        } else {
+            ProjectionError::UnknownEvent {
+                position: event.position,
+                aggregate_type: event.aggregate_type.clone(),
+                event_type: event.event_type.clone(),
+                version: event.event_version.clone(),
+            }
+        }
+    })
+}
+
+/// The next state of one login's row after `event`.
+pub fn evolve(
+    current: Option<QrLoginStatus>,
+    event: &LoggedEvent,
+) -> Result<Option<QrLoginStatus>, ProjectionError> {
+    use QrLoginEvent as E;
+    let parsed = parse_qr_event(event)?;
+    let mut row = match (current, parsed) {
+        (
+            None,
+            E::QrCodeMinted {
+                login_id,
+                origin,
+                at,
+                expires_at,
+                ..
+            },
+        ) => QrLoginStatus {
+            login_id: login_id.as_uuid(),
+            state: "waiting".into(),
+            origin_ip: origin.ip,
+            user_agent: origin.user_agent,
+            minted_at: at,
+            expires_at,
+            app_user: None,
+            ext: None,
+            locked_at: None,
+            confirmed_at: None,
+            redeem_by: None,
+            finished_at: None,
+            session_id: None,
+            last_position: event.position,
+        },
+        // The aggregate refuses everything before minting: unreachable for a healthy log.
+        (None, _) => return Ok(None),
+        (Some(mut row), parsed) => {
+            match parsed {
+                E::QrCodeMinted { .. } => {}
+                E::QrCodeLocked { user, ext, at } => {
+                    row.state = "scanned".into();
+                    row.app_user = Some(user);
+                    row.ext = ext.map(|e| e.as_str().to_owned());
+                    row.locked_at = Some(at);
+                }
+                E::QrLoginConfirmed { at, redeem_by, .. } => {
+                    row.state = "confirmed".into();
+                    row.confirmed_at = Some(at);
+                    row.redeem_by = Some(redeem_by);
+                }
+                E::QrLoginCancelled { at, .. } => {
+                    row.state = "cancelled".into();
+                    row.finished_at = Some(at);
+                }
+                E::QrCodeExpired { at } => {
+                    row.state = "expired".into();
+                    row.finished_at = Some(at);
+                }
+                E::QrLoginRedeemed { session_id, at, .. } => {
+                    row.state = "redeemed".into();
+                    row.session_id = Some(session_id);
+                    row.finished_at = Some(at);
+                }
+            }
+            row
+        }
+    };
+    row.last_position = event.position;
+    Ok(Some(row))
+}
+
+fn login_uuid(event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
+    Uuid::parse_str(&event.aggregate_id).map_err(|e| ProjectionError::BadPayload {
+        position: event.position,
+        detail: format!("qr_login aggregate id: {e}"),
+    })
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QrLoginStatusProjection;
+
+impl Projection for QrLoginStatusProjection {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[LoggedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mine: Vec<&LoggedEvent> = events
+            .iter()
+            .filter(|e| e.aggregate_type == QrLogin::TYPE)
+            .collect();
+        if mine.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(mine.len());
+        for e in &mine {
+            ids.push(login_uuid(e)?);
+        }
+        let mut rows: HashMap<Uuid, QrLoginStatus> = sqlx::query_as::<_, QrLoginStatus>(
+            "SELECT * FROM qr_login_status WHERE login_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| (r.login_id, r))
+        .collect();
+        let mut changed = BTreeMap::new();
+        for (event, id) in mine.into_iter().zip(ids) {
+            if let Some(next) = evolve(rows.remove(&id), event)? {
+                rows.insert(id, next.clone());
+                changed.insert(id, next);
+            }
+        }
+        for row in changed.values() {
+            upsert(conn, row).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn upsert(conn: &mut PgConnection, r: &QrLoginStatus) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO qr_login_status (login_id, state, origin_ip, user_agent, minted_at, expires_at,
+             app_user, ext, locked_at, confirmed_at, redeem_by, finished_at, session_id, last_position)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+         ON CONFLICT (login_id) DO UPDATE SET state = EXCLUDED.state, app_user = EXCLUDED.app_user,
+             ext = EXCLUDED.ext, locked_at = EXCLUDED.locked_at, confirmed_at = EXCLUDED.confirmed_at,
+             redeem_by = EXCLUDED.redeem_by, finished_at = EXCLUDED.finished_at,
+             session_id = EXCLUDED.session_id, last_position = EXCLUDED.last_position",
+    )
+    .bind(r.login_id)
+    .bind(&r.state)
+    .bind(&r.origin_ip)
+    .bind(&r.user_agent)
+    .bind(r.minted_at)
+    .bind(r.expires_at)
+    .bind(&r.app_user)
+    .bind(&r.ext)
+    .bind(r.locked_at)
+    .bind(r.confirmed_at)
+    .bind(r.redeem_by)
+    .bind(r.finished_at)
+    .bind(r.session_id)
+    .bind(r.last_position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(pool: &PgPool, login_id: Uuid) -> Result<Option<QrLoginStatus>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM qr_login_status WHERE login_id = $1")
+        .bind(login_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Live logins whose deadline (the code's, or the redeem window's once confirmed) is past `now`.
+pub async fn due(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT login_id FROM qr_login_status
+          WHERE state IN ('waiting', 'scanned', 'confirmed') AND coalesce(redeem_by, expires_at) <= $1
+          ORDER BY coalesce(redeem_by, expires_at) LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
