@@ -202,8 +202,14 @@ impl Ext {
                 format!("may be at most {MAX_EXT_LEN} bytes"),
             ));
         }
-        if raw.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-            return Err(ParseError::new(field, "must not contain control characters"));
+        if raw
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            return Err(ParseError::new(
+                field,
+                "must not contain control characters",
+            ));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -533,8 +539,8 @@ impl QrLogin {
     /// satisfied (an app repeating its own lock or confirmation).
     pub fn decide(&self, command: QrLoginCommand) -> Result<Vec<QrLoginEvent>, QrLoginError> {
         use QrLoginCommand as C;
-        use QrLoginEvent as E;
         use QrLoginError as Err;
+        use QrLoginEvent as E;
         if let C::Mint {
             login_id,
             token_hash,
@@ -791,7 +797,10 @@ mod tests {
         }
     }
 
-    fn when(g: &Given, step: impl Fn(&Given) -> QrLoginCommand) -> Result<Vec<QrLoginEvent>, QrLoginError> {
+    fn when(
+        g: &Given,
+        step: impl Fn(&Given) -> QrLoginCommand,
+    ) -> Result<Vec<QrLoginEvent>, QrLoginError> {
         g.login.decide(step(g))
     }
 
@@ -802,7 +811,14 @@ mod tests {
         let parsed = QrToken::parse("code", token.as_str()).unwrap();
         assert_eq!(parsed.login_id(), id);
         assert_eq!(parsed.hash(), token.hash());
-        for bad in ["", "lq1_", "lq1_short", "xx1_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &format!("{}A", token.as_str()), "lq1_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        for bad in [
+            "",
+            "lq1_",
+            "lq1_short",
+            "xx1_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            &format!("{}A", token.as_str()),
+            "lq1_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
             let err = QrToken::parse("code", bad).unwrap_err();
             assert_eq!(err.field, "code", "{bad}");
         }
@@ -818,7 +834,12 @@ mod tests {
     #[test]
     fn ext_is_bounded() {
         assert!(Ext::parse("ext", &"x".repeat(MAX_EXT_LEN)).is_ok());
-        assert_eq!(Ext::parse("ext", &"x".repeat(MAX_EXT_LEN + 1)).unwrap_err().field, "ext");
+        assert_eq!(
+            Ext::parse("ext", &"x".repeat(MAX_EXT_LEN + 1))
+                .unwrap_err()
+                .field,
+            "ext"
+        );
         assert!(Ext::parse("ext", "a\u{0}b").is_err());
     }
 
@@ -854,12 +875,17 @@ mod tests {
     fn lock_scans_the_code_once() {
         let g = given(&[]);
         let events = when(&g, lock("alice", 5)).unwrap();
-        assert!(matches!(&events[..], [QrLoginEvent::QrCodeLocked { user, .. }] if user == "alice"));
+        assert!(
+            matches!(&events[..], [QrLoginEvent::QrCodeLocked { user, .. }] if user == "alice")
+        );
         let g = given(&[&lock("alice", 5)]);
         assert_eq!(g.login.page_status(t0()), PageStatus::Scanned);
         // The same app repeating itself changes nothing; another app is refused.
         assert_eq!(when(&g, lock("alice", 6)), Ok(vec![]));
-        assert_eq!(when(&g, lock("mallory", 6)), Err(QrLoginError::AlreadyLocked));
+        assert_eq!(
+            when(&g, lock("mallory", 6)),
+            Err(QrLoginError::AlreadyLocked)
+        );
     }
 
     #[test]
@@ -878,8 +904,14 @@ mod tests {
     fn lock_after_expiry_is_refused_before_the_event() {
         let g = given(&[]);
         assert_eq!(when(&g, lock("alice", 120)), Err(QrLoginError::Expired));
-        assert_eq!(g.login.page_status(t0() + Duration::seconds(120)), PageStatus::Expired);
-        assert_eq!(g.login.page_status(t0() + Duration::seconds(119)), PageStatus::Waiting);
+        assert_eq!(
+            g.login.page_status(t0() + Duration::seconds(120)),
+            PageStatus::Expired
+        );
+        assert_eq!(
+            g.login.page_status(t0() + Duration::seconds(119)),
+            PageStatus::Waiting
+        );
     }
 
     #[test]
@@ -887,18 +919,32 @@ mod tests {
         let g = given(&[]);
         assert_eq!(when(&g, confirm("alice", 5)), Err(QrLoginError::NotLocked));
         let g = given(&[&lock("alice", 5)]);
-        assert_eq!(when(&g, confirm("mallory", 6)), Err(QrLoginError::NotLockOwner));
+        assert_eq!(
+            when(&g, confirm("mallory", 6)),
+            Err(QrLoginError::NotLockOwner)
+        );
         let events = when(&g, confirm("alice", 6)).unwrap();
-        assert!(matches!(&events[..], [QrLoginEvent::QrLoginConfirmed { redeem_by, .. }]
-            if *redeem_by == t0() + Duration::seconds(6) + REDEEM_WINDOW));
+        assert!(
+            matches!(&events[..], [QrLoginEvent::QrLoginConfirmed { redeem_by, .. }]
+            if *redeem_by == t0() + Duration::seconds(6) + REDEEM_WINDOW)
+        );
         let g = given(&[&lock("alice", 5), &confirm("alice", 6)]);
         assert_eq!(g.login.page_status(t0()), PageStatus::Confirmed);
         assert_eq!(g.login.ext().map(Ext::as_str), Some("device=phone-7"));
         assert_eq!(when(&g, confirm("alice", 7)), Ok(vec![]));
         // Confirmed never goes back: no lock, no cancel.
-        assert_eq!(when(&g, lock("alice", 7)), Err(QrLoginError::AlreadyConfirmed));
-        assert_eq!(when(&g, lock("bob", 7)), Err(QrLoginError::AlreadyConfirmed));
-        assert_eq!(when(&g, cancel("alice", 7)), Err(QrLoginError::AlreadyConfirmed));
+        assert_eq!(
+            when(&g, lock("alice", 7)),
+            Err(QrLoginError::AlreadyConfirmed)
+        );
+        assert_eq!(
+            when(&g, lock("bob", 7)),
+            Err(QrLoginError::AlreadyConfirmed)
+        );
+        assert_eq!(
+            when(&g, cancel("alice", 7)),
+            Err(QrLoginError::AlreadyConfirmed)
+        );
     }
 
     #[test]
@@ -913,23 +959,41 @@ mod tests {
         assert_eq!(when(&g, lock("alice", 7)), Err(QrLoginError::Cancelled));
         assert_eq!(when(&g, confirm("alice", 7)), Err(QrLoginError::Cancelled));
         // Cancelled and expired are different facts: the sweeper records nothing over a cancel.
-        assert_eq!(g.login.decide(QrLoginCommand::Expire { at: t0() + Duration::hours(1) }), Ok(vec![]));
+        assert_eq!(
+            g.login.decide(QrLoginCommand::Expire {
+                at: t0() + Duration::hours(1)
+            }),
+            Ok(vec![])
+        );
     }
 
     #[test]
     fn expire_only_when_due() {
         let g = given(&[&lock("alice", 5)]);
         assert_eq!(
-            g.login.decide(QrLoginCommand::Expire { at: t0() + Duration::seconds(119) }),
+            g.login.decide(QrLoginCommand::Expire {
+                at: t0() + Duration::seconds(119)
+            }),
             Err(QrLoginError::NotDue)
         );
         let at = t0() + Duration::seconds(120);
-        assert_eq!(g.login.decide(QrLoginCommand::Expire { at }), Ok(vec![QrLoginEvent::QrCodeExpired { at }]));
+        assert_eq!(
+            g.login.decide(QrLoginCommand::Expire { at }),
+            Ok(vec![QrLoginEvent::QrCodeExpired { at }])
+        );
         let g = given(&[&lock("alice", 5), &confirm("alice", 6)]);
         // Confirmed has its own window to be redeemed in, past the code's own expiry.
         let redeem_by = t0() + Duration::seconds(6) + REDEEM_WINDOW;
-        assert_eq!(g.login.decide(QrLoginCommand::Expire { at: redeem_by - Duration::seconds(1) }), Err(QrLoginError::NotDue));
-        assert!(g.login.decide(QrLoginCommand::Expire { at: redeem_by }).is_ok());
+        assert_eq!(
+            g.login.decide(QrLoginCommand::Expire {
+                at: redeem_by - Duration::seconds(1)
+            }),
+            Err(QrLoginError::NotDue)
+        );
+        assert!(g
+            .login
+            .decide(QrLoginCommand::Expire { at: redeem_by })
+            .is_ok());
     }
 
     #[test]
@@ -945,7 +1009,9 @@ mod tests {
         assert_eq!(g.login.decide(stranger), Err(QrLoginError::WrongBrowser));
         assert_eq!(when(&g, redeem(6 + 60)), Err(QrLoginError::Expired));
         let events = when(&g, redeem(7)).unwrap();
-        assert!(matches!(&events[..], [QrLoginEvent::QrLoginRedeemed { user, .. }] if user == "alice"));
+        assert!(
+            matches!(&events[..], [QrLoginEvent::QrLoginRedeemed { user, .. }] if user == "alice")
+        );
         let g = given(&[&lock("alice", 5), &confirm("alice", 6), &redeem(7)]);
         assert_eq!(when(&g, redeem(8)), Err(QrLoginError::AlreadyRedeemed));
         assert_eq!(g.login.page_status(t0()), PageStatus::Redeemed);

@@ -9,6 +9,7 @@ mod devices_api;
 mod event_store;
 mod nats_auth;
 mod outages;
+mod qr_api;
 mod qr_pages;
 mod relay;
 mod telemetry;

@@ -91,7 +91,10 @@ impl Hub {
 
     /// The login's channel, loading it from the event store the first time. `None` when no such
     /// login exists (nothing is kept for it, so random ids cannot fill memory).
-    pub async fn watch(&self, id: LoginId) -> Result<Option<watch::Receiver<Snapshot>>, sqlx::Error> {
+    pub async fn watch(
+        &self,
+        id: LoginId,
+    ) -> Result<Option<watch::Receiver<Snapshot>>, sqlx::Error> {
         let entry = self.entry(id);
         let sender = entry
             .ready
@@ -110,7 +113,12 @@ impl Hub {
     }
 
     /// Whether a poll for `id` at `now` comes too soon after the last one; records it if not.
-    pub fn poll_too_soon(&self, id: LoginId, now: DateTime<Utc>, interval: chrono::Duration) -> bool {
+    pub fn poll_too_soon(
+        &self,
+        id: LoginId,
+        now: DateTime<Utc>,
+        interval: chrono::Duration,
+    ) -> bool {
         let entry = self.entry(id);
         let mut last = entry.last_poll.lock().expect("poll lock");
         if last.is_some_and(|t| now < t + interval) {
@@ -138,7 +146,10 @@ impl Hub {
             return;
         };
         let Ok(parsed) = serde_json::from_value::<QrLoginEvent>(event.payload.clone()) else {
-            tracing::warn!(position = event.position, "unreadable qr_login event on EVENTS");
+            tracing::warn!(
+                position = event.position,
+                "unreadable qr_login event on EVENTS"
+            );
             return;
         };
         let Some(entry) = self.entries.lock().expect("hub lock").get(&id).cloned() else {
@@ -167,7 +178,13 @@ impl Hub {
 
     /// Re-reads one login from the event store and publishes it if it moved on.
     async fn reload(&self, id: LoginId) -> Result<(), sqlx::Error> {
-        let Some(entry) = self.entries.lock().expect("hub lock").get(&id.as_uuid()).cloned() else {
+        let Some(entry) = self
+            .entries
+            .lock()
+            .expect("hub lock")
+            .get(&id.as_uuid())
+            .cloned()
+        else {
             return Ok(());
         };
         let fresh = load(&self.pool, id).await?;
@@ -210,14 +227,17 @@ impl Hub {
     /// Forgets logins whose deadline is long past and that no push channel watches.
     fn evict(&self) {
         let now = self.clock.now();
-        self.entries.lock().expect("hub lock").retain(|_, e| match e.ready.get() {
-            None => true,
-            Some(s) => {
-                let snapshot = s.borrow();
-                let end = snapshot.login.deadline().or(snapshot.login.expires_at);
-                s.receiver_count() > 0 || end.is_none_or(|end| now < end + KEEP_AFTER_DEADLINE)
-            }
-        });
+        self.entries
+            .lock()
+            .expect("hub lock")
+            .retain(|_, e| match e.ready.get() {
+                None => true,
+                Some(s) => {
+                    let snapshot = s.borrow();
+                    let end = snapshot.login.deadline().or(snapshot.login.expires_at);
+                    s.receiver_count() > 0 || end.is_none_or(|end| now < end + KEEP_AFTER_DEADLINE)
+                }
+            });
     }
 
     pub fn len(&self) -> usize {

@@ -73,9 +73,9 @@ impl<K: Hash + Eq + Clone> Limit<K> {
 
     /// `Err(wait)` when `key` is over its limit: how long until it may try again.
     pub fn check(&self, key: &K) -> Result<(), Duration> {
-        self.limiter.check_key(key).map_err(|not_until| {
-            Duration::from(not_until.wait_time_from(self.clock.now()))
-        })
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| Duration::from(not_until.wait_time_from(self.clock.now())))
     }
 
     /// Drops the state of keys that are back to full allowance.

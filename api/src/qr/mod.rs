@@ -384,7 +384,9 @@ async fn code(
 fn browser_secret(jar: &CookieJar) -> Result<BrowserSecret, ApiError> {
     let cookie = jar.get(SECRET_COOKIE).ok_or(ApiError::Unprocessable {
         code: "no_browser_secret",
-        message: "this browser has no QR login in progress (no latch_qr cookie); load a QR code first".into(),
+        message:
+            "this browser has no QR login in progress (no latch_qr cookie); load a QR code first"
+                .into(),
         field: Some(SECRET_COOKIE.into()),
     })?;
     Ok(BrowserSecret::parse(SECRET_COOKIE, cookie.value())?)
@@ -464,7 +466,10 @@ async fn push(
 ) -> Result<Response, QrFail> {
     // Browsers send cookies on cross-site WebSocket handshakes; only our own pages may listen.
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let origin_host = origin.split("://").nth(1).unwrap_or("");
         if origin_host != host {
             return Err(ApiError::Forbidden("cross-origin push channel refused".into()).into());
@@ -594,10 +599,12 @@ pub fn browser_summary(user_agent: &str) -> String {
 /// `POST /qr/lock` (app): claim the scanned code; the answer says where the login comes from.
 async fn lock(
     State(state): State<AppState>,
-    actor: Actor,
-    meta: RequestMeta,
-    body: JsonBody<LockBody>,
+    actor: Result<Actor, ApiError>,
+    meta: Result<RequestMeta, ApiError>,
+    body: Result<JsonBody<LockBody>, ApiError>,
 ) -> Result<Response, QrFail> {
+    // Extractor refusals answer in the seed's shape too.
+    let (actor, meta, body) = (actor?, meta?, body?);
     app_user(&state, &actor)?;
     let token = QrToken::parse("code", &body.value.code)?;
     let ext = body
@@ -641,10 +648,12 @@ async fn lock(
 /// `POST /qr/activate` (app, the user who locked it): log the page in.
 async fn activate(
     State(state): State<AppState>,
-    actor: Actor,
-    meta: RequestMeta,
-    body: JsonBody<CodeBody>,
+    actor: Result<Actor, ApiError>,
+    meta: Result<RequestMeta, ApiError>,
+    body: Result<JsonBody<CodeBody>, ApiError>,
 ) -> Result<Response, QrFail> {
+    // Extractor refusals answer in the seed's shape too.
+    let (actor, meta, body) = (actor?, meta?, body?);
     app_user(&state, &actor)?;
     let token = QrToken::parse("code", &body.value.code)?;
     let command = QrLoginCommand::Confirm {
@@ -659,10 +668,12 @@ async fn activate(
 /// `POST /qr/cancel` (app, the user who locked it): decline; the code is dead for good.
 async fn cancel(
     State(state): State<AppState>,
-    actor: Actor,
-    meta: RequestMeta,
-    body: JsonBody<CodeBody>,
+    actor: Result<Actor, ApiError>,
+    meta: Result<RequestMeta, ApiError>,
+    body: Result<JsonBody<CodeBody>, ApiError>,
 ) -> Result<Response, QrFail> {
+    // Extractor refusals answer in the seed's shape too.
+    let (actor, meta, body) = (actor?, meta?, body?);
     app_user(&state, &actor)?;
     let token = QrToken::parse("code", &body.value.code)?;
     let command = QrLoginCommand::Cancel {
@@ -757,9 +768,14 @@ mod tests {
             "Chrome 156 on Linux"
         );
         assert_eq!(
-            browser_summary("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0"),
+            browser_summary(
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0"
+            ),
             "Firefox 133 on Windows"
         );
-        assert_eq!(browser_summary(""), "an unknown browser on an unknown system");
+        assert_eq!(
+            browser_summary(""),
+            "an unknown browser on an unknown system"
+        );
     }
 }
