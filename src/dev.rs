@@ -122,6 +122,9 @@ pub async fn run(
          \n\n  try:\
          \n    curl -H 'Authorization: Bearer {user}' {base}/devices\
          \n    curl -X POST -H 'Authorization: Bearer {operator}' {base}/devices/{first}/open\
+         \n\n  QR login:\
+         \n    on a PC          {base}/login\
+         \n    the phone's side {base}/app/qr#code=<the QR content>  (asks once for the user token)\
          \n\n  {n} simulated cabinets are heartbeating; publish on/off to latch.sim.<id>.fault to break one.\
          \n  Ctrl-C stops everything.\n",
         n = devices.len()

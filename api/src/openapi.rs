@@ -16,6 +16,15 @@ use utoipa::{Modify, OpenApi};
         crate::devices::list,
         crate::devices::show,
         crate::devices::open,
+        crate::qr::loginpic,
+        crate::qr::code,
+        crate::qr::poll,
+        crate::qr::push,
+        crate::qr::lock,
+        crate::qr::activate,
+        crate::qr::cancel,
+        crate::qr::redeem,
+        crate::qr::me,
     ),
     modifiers(&Bearer)
 )]

@@ -318,7 +318,14 @@ pub struct PictureQuery {
 }
 
 /// `GET /qr/loginpic`: a new code as a PNG, its secret in the cookie.
-async fn loginpic(
+#[utoipa::path(get, path = "/qr/loginpic", tag = "qr login",
+    params(("qrSize" = Option<u32>, Query, description = "pixels, 64-512, default 94"),
+           ("logoSize" = Option<u32>, Query, description = "pixels, 1-256, default 32; drawn at most 40% of the QR side so it still scans"),
+           ("logo" = Option<u32>, Query, description = "a registered logo number")),
+    responses((status = 200, description = "PNG; Set-Cookie latch_qr (HttpOnly, SameSite=Strict, Path=/qr)", content_type = "image/png"),
+              (status = 400, description = "a parameter out of range, named in error.field"),
+              (status = 429, description = "too many codes from this address")))]
+pub async fn loginpic(
     State(state): State<AppState>,
     client: Client,
     meta: RequestMeta,
@@ -359,7 +366,10 @@ pub struct CodeAnswer {
 }
 
 /// `GET /qr/code`: a new code's content, for pages that draw the QR themselves.
-async fn code(
+#[utoipa::path(get, path = "/qr/code", tag = "qr login",
+    responses((status = 200, description = "{code, expiresAt, ttlSeconds}; Set-Cookie latch_qr"),
+              (status = 429, description = "too many codes from this address")))]
+pub async fn code(
     State(state): State<AppState>,
     client: Client,
     meta: RequestMeta,
@@ -428,7 +438,12 @@ fn status_body(login: &QrLogin, secret: &BrowserSecret, now: DateTime<Utc>) -> V
 }
 
 /// `GET /qr/login`: where this browser's login stands.
-async fn poll(State(state): State<AppState>, jar: CookieJar) -> Result<Response, QrFail> {
+#[utoipa::path(get, path = "/qr/login", tag = "qr login",
+    responses((status = 200, description = "{statusflag: 0 waiting | 1 scanned | 2 confirmed (with url, ext) | -2 expired/cancelled/redeemed, state, expiresAt}"),
+              (status = 400, description = "malformed latch_qr cookie"), (status = 403, description = "wrong_browser"),
+              (status = 404, description = "unknown_code"), (status = 422, description = "no_browser_secret"),
+              (status = 429, description = "poll_too_fast, with intervalSeconds")))]
+pub async fn poll(State(state): State<AppState>, jar: CookieJar) -> Result<Response, QrFail> {
     let secret = browser_secret(&jar)?;
     let now = state.clock.now();
     let interval = state.qr.config.poll_interval;
@@ -458,7 +473,10 @@ async fn poll(State(state): State<AppState>, jar: CookieJar) -> Result<Response,
 
 /// `GET /qr/ws`: the same answers as the poll, pushed: the current state first (on every
 /// connect, so a reconnecting page misses nothing), then each change, until the login is over.
-async fn push(
+#[utoipa::path(get, path = "/qr/ws", tag = "qr login",
+    responses((status = 101, description = "WebSocket: the poll body now and at every change, until the login is over"),
+              (status = 403, description = "cross-origin or wrong_browser"), (status = 422, description = "no_browser_secret")))]
+pub async fn push(
     State(state): State<AppState>,
     jar: CookieJar,
     headers: HeaderMap,
@@ -487,11 +505,15 @@ async fn follow(
     mut rx: tokio::sync::watch::Receiver<Snapshot>,
 ) {
     let mut last_sent: Option<Value> = None;
-    // Expiry is a deadline, not only an event: look again every second so the page flips to
-    // "expired" on time even if the sweeper's event is late.
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let body = status_body(&rx.borrow_and_update().login, &secret, state.clock.now());
+        let now = state.clock.now();
+        let (body, deadline) = {
+            let snapshot = rx.borrow_and_update();
+            (
+                status_body(&snapshot.login, &secret, now),
+                snapshot.login.deadline(),
+            )
+        };
         if last_sent.as_ref() != Some(&body) {
             if socket
                 .send(Message::Text(body.to_string().into()))
@@ -506,9 +528,17 @@ async fn follow(
                 break;
             }
         }
+        // Expiry is a deadline, not only an event: wake at it so the page flips to "expired" on
+        // time even if the sweeper's event is late (and otherwise sleep, so idle channels cost
+        // nothing).
+        let until = deadline
+            .and_then(|d| (d - now).to_std().ok())
+            .unwrap_or(Duration::from_secs(60))
+            .min(Duration::from_secs(60))
+            + Duration::from_millis(10);
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { break },
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(until) => {}
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => {}
@@ -597,7 +627,12 @@ pub fn browser_summary(user_agent: &str) -> String {
 }
 
 /// `POST /qr/lock` (app): claim the scanned code; the answer says where the login comes from.
-async fn lock(
+#[utoipa::path(post, path = "/qr/lock", tag = "qr login", request_body = LockBody,
+    responses((status = 200, description = "{statusflag: 0, type, origin: {ip, browser, userAgent, mintedAt}, expiresAt}, or {statusflag: -2, state}"),
+              (status = 400, description = "code or ext malformed"), (status = 404, description = "unknown_code"),
+              (status = 409, description = "already_locked / already_confirmed"), (status = 429, description = "rate_limited")),
+    security(("bearer" = [])))]
+pub async fn lock(
     State(state): State<AppState>,
     actor: Result<Actor, ApiError>,
     meta: Result<RequestMeta, ApiError>,
@@ -646,7 +681,11 @@ async fn lock(
 }
 
 /// `POST /qr/activate` (app, the user who locked it): log the page in.
-async fn activate(
+#[utoipa::path(post, path = "/qr/activate", tag = "qr login", request_body = CodeBody,
+    responses((status = 200, description = "{statusflag: 0}, or {statusflag: -2, state}"),
+              (status = 403, description = "not_lock_owner"), (status = 409, description = "not_locked")),
+    security(("bearer" = [])))]
+pub async fn activate(
     State(state): State<AppState>,
     actor: Result<Actor, ApiError>,
     meta: Result<RequestMeta, ApiError>,
@@ -666,7 +705,11 @@ async fn activate(
 }
 
 /// `POST /qr/cancel` (app, the user who locked it): decline; the code is dead for good.
-async fn cancel(
+#[utoipa::path(post, path = "/qr/cancel", tag = "qr login", request_body = CodeBody,
+    responses((status = 200, description = "{statusflag: 0}, or {statusflag: -2, state}"),
+              (status = 403, description = "not_lock_owner"), (status = 409, description = "not_locked / already_confirmed")),
+    security(("bearer" = [])))]
+pub async fn cancel(
     State(state): State<AppState>,
     actor: Result<Actor, ApiError>,
     meta: Result<RequestMeta, ApiError>,
@@ -693,7 +736,11 @@ pub struct RedeemQuery {
 
 /// `GET /qr/redeem?loginCode=` (the page, following the poll's `url`): the one-time login code
 /// and the browser's secret together buy a session cookie, then a redirect to the landing page.
-async fn redeem(
+#[utoipa::path(get, path = "/qr/redeem", tag = "qr login",
+    params(("loginCode" = String, Query, description = "from the confirmed poll answer's url")),
+    responses((status = 303, description = "Set-Cookie latch_session; Location: the landing page"),
+              (status = 403, description = "not this browser's login"), (status = 409, description = "login_code_used / not_confirmed")))]
+pub async fn redeem(
     State(state): State<AppState>,
     meta: RequestMeta,
     jar: CookieJar,
@@ -753,7 +800,9 @@ async fn redeem(
 }
 
 /// `GET /me`: who this session (cookie or Bearer token) belongs to.
-async fn me(SessionActor(actor): SessionActor) -> Json<Value> {
+#[utoipa::path(get, path = "/me", tag = "qr login",
+    responses((status = 200, description = "{userId, role}"), (status = 401, description = "no session")))]
+pub async fn me(SessionActor(actor): SessionActor) -> Json<Value> {
     Json(json!({ "userId": actor.subject, "role": actor.role.as_str() }))
 }
 
