@@ -158,6 +158,15 @@ async fn with_postgres_unreachable_commands_answer_503_and_write_nothing() {
         .post(&format!("/devices/{device}/open"), &app.operator, None)
         .await;
     assert_eq!(res.status(), 503);
+    // The QR API answers a system fault in the seed's shape, and sets no secret for a code
+    // that was never minted.
+    let res = app.get("/qr/code", &app.user).await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().get("set-cookie").is_none());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["errorCode"], -1, "{body}");
+    assert_eq!(body["statusflag"], -1, "{body}");
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
     let res = app.get("/healthz", &app.user).await;
     assert_eq!(res.status(), 200, "the process itself is alive");
     let res = app.get("/readyz", &app.user).await;

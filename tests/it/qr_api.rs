@@ -269,7 +269,9 @@ async fn bad_input_gets_its_answer_and_changes_nothing() {
     let events = || async { count(&app.pool, "SELECT count(*) FROM events").await };
     let before = events().await;
 
-    let cases: Vec<(&str, &str, Value, StatusCode, &str, Option<&str>)> = vec![
+    // (path, token, body, status, error code, field)
+    type Case<'a> = (&'a str, &'a str, Value, StatusCode, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "/qr/lock",
             &app.user,

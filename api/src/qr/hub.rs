@@ -288,7 +288,7 @@ impl Hub {
                         self.reload_live().await;
                     }
                     was_connected = connected;
-                    if ticks % 30 == 0 {
+                    if ticks.is_multiple_of(30) {
                         self.evict();
                     }
                 }

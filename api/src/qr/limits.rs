@@ -75,7 +75,7 @@ impl<K: Hash + Eq + Clone> Limit<K> {
     pub fn check(&self, key: &K) -> Result<(), Duration> {
         self.limiter
             .check_key(key)
-            .map_err(|not_until| Duration::from(not_until.wait_time_from(self.clock.now())))
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
     /// Drops the state of keys that are back to full allowance.

@@ -319,7 +319,7 @@ pub struct PictureQuery {
 
 /// `GET /qr/loginpic`: a new code as a PNG, its secret in the cookie.
 #[utoipa::path(get, path = "/qr/loginpic", tag = "qr login",
-    params(("qrSize" = Option<u32>, Query, description = "pixels, 64-512, default 94"),
+    params(("qrSize" = Option<u32>, Query, description = "pixels, 90-512, default 94"),
            ("logoSize" = Option<u32>, Query, description = "pixels, 1-256, default 32; drawn at most 40% of the QR side so it still scans"),
            ("logo" = Option<u32>, Query, description = "a registered logo number")),
     responses((status = 200, description = "PNG; Set-Cookie latch_qr (HttpOnly, SameSite=Strict, Path=/qr)", content_type = "image/png"),
