@@ -8,10 +8,10 @@ use crate::error::ApiError;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use chrono::{DateTime, Utc};
 use latch_domain::clock::SharedClock;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::fmt;
@@ -151,7 +151,7 @@ pub async fn issue_token_until(
     .bind(subject)
     .bind(expires_at)
     .execute(pool)
-        .await?;
+    .await?;
     Ok(token)
 }
 

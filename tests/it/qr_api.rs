@@ -270,7 +270,14 @@ async fn bad_input_gets_its_answer_and_changes_nothing() {
     let before = events().await;
 
     // (path, token, body, status, error code, field)
-    type Case<'a> = (&'a str, &'a str, Value, StatusCode, &'a str, Option<&'a str>);
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Value,
+        StatusCode,
+        &'a str,
+        Option<&'a str>,
+    );
     let cases: Vec<Case> = vec![
         (
             "/qr/lock",
