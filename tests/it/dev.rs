@@ -76,6 +76,21 @@ async fn latch_dev_serves_demo_cabinets_that_come_online() {
         },
     )
     .await;
+    // The QR login page the banner points at is served, and the user token is an app user.
+    let login = field("on a PC");
+    let page = http.get(&login).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("id=\"qr\""));
+    let me: Value = http
+        .get(format!("{api}/me"))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "user");
 
     let status = sigterm_and_wait(child, Duration::from_secs(20)).await;
     assert!(status.expect("dev stops within 20 s of SIGTERM").success());
