@@ -64,12 +64,10 @@ impl Application {
             .await
             .map_err(|e| StartError::Nats(e.to_string()))?;
         let (listener, port) = if settings.runs(Role::Api) {
-            let listener = TcpListener::bind(settings.http_addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: settings.http_addr,
-                    source,
-                })?;
+            let listener = bind(settings.http_addr).map_err(|source| StartError::Bind {
+                addr: settings.http_addr,
+                source,
+            })?;
             let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
             (Some(listener), port)
         } else {
@@ -230,6 +228,20 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Listens with a deep accept queue: after a deploy thousands of login pages reconnect their
+/// push channels at once, and with the default 128 the overflow waits a full second for the
+/// SYN to be resent (measured by `latch bench qr`).
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

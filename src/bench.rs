@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 pub enum Which {
     /// HTTP commands, relay publishing and commit-to-read-model lag.
     Pipeline(PipelineArgs),
+    /// QR login pages: poll throughput beside a bare handler, memory of open push connections.
+    Qr(crate::bench_qr::QrArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -52,6 +54,7 @@ pub struct PipelineArgs {
 pub async fn run(which: Which) -> Result<Report, Box<dyn std::error::Error>> {
     match which {
         Which::Pipeline(args) => pipeline(args).await,
+        Which::Qr(args) => crate::bench_qr::run(args).await,
     }
 }
 
@@ -90,14 +93,14 @@ impl fmt::Display for Report {
     }
 }
 
-struct Rate {
-    per_sec: f64,
-    hist: Histogram<u64>,
-    errors: u64,
+pub(crate) struct Rate {
+    pub(crate) per_sec: f64,
+    pub(crate) hist: Histogram<u64>,
+    pub(crate) errors: u64,
 }
 
 impl Rate {
-    fn latency(&self) -> String {
+    pub(crate) fn latency(&self) -> String {
         format!(
             "p50 {:.2} ms, p99 {:.2} ms",
             self.hist.value_at_quantile(0.5) as f64 / 1000.0,
@@ -106,12 +109,12 @@ impl Rate {
     }
 }
 
-fn hist() -> Histogram<u64> {
+pub(crate) fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Runs `op` from `clients` concurrent loops for `secs`; latencies in microseconds.
-async fn closed_loop<F, Fut>(clients: usize, secs: u64, op: F) -> Rate
+pub(crate) async fn closed_loop<F, Fut>(clients: usize, secs: u64, op: F) -> Rate
 where
     F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -155,7 +158,7 @@ where
     }
 }
 
-fn rss_kib(pid: &str, field: &str) -> Option<u64> {
+pub(crate) fn rss_kib(pid: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -166,7 +169,7 @@ fn rss_kib(pid: &str, field: &str) -> Option<u64> {
         .ok()
 }
 
-fn mib(kib: Option<u64>) -> String {
+pub(crate) fn mib(kib: Option<u64>) -> String {
     kib.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
 }
 
@@ -489,7 +492,7 @@ async fn http_phase(http: &reqwest::Client, port: u16, token: &str, args: &Pipel
     .await
 }
 
-async fn start_app(
+pub(crate) async fn start_app(
     settings: Settings,
 ) -> Result<
     (

@@ -3,12 +3,15 @@
 //! The domain, read side, API and workers live in their own crates (`latch-domain`,
 //! `latch-projections`, `latch-api`, `latch-workers`, `latch-nats`); this crate wires them into
 //! one [`app::Application`] and provides the command-line tools around it:
-//! [`sim`] (simulated cabinets), [`dev`] (the one-command demo), [`bench`] (measurements).
+//! [`sim`] (simulated cabinets), [`dev`] (the one-command demo), [`bench`] and [`bench_qr`]
+//! (measurements).
 
 pub mod app;
 pub mod bench;
+pub mod bench_qr;
 pub mod config;
 pub mod dev;
+pub mod kazaya_sandbox;
 pub mod sim;
 pub mod telemetry;
 

@@ -495,7 +495,12 @@ pub async fn push(
     }
     let secret = browser_secret(&jar)?;
     let rx = page_login(&state, &secret).await?;
-    Ok(ws.on_upgrade(move |socket| follow(socket, state, secret, rx)))
+    // Frames are ~100 bytes each way; the default 128 KiB read buffer per channel would cost
+    // over a gigabyte for 10,000 open pages (measured by `latch bench qr`).
+    Ok(ws
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
+        .on_upgrade(move |socket| follow(socket, state, secret, rx)))
 }
 
 async fn follow(
