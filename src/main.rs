@@ -83,6 +83,8 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         device: Vec<String>,
     },
+    /// A test-mode Kazaya (member login + payments) speaking the real protocol over HTTP.
+    KazayaSandbox(latch::kazaya_sandbox::SandboxArgs),
     /// Measure throughput and latency against baselines taken in the same run.
     Bench {
         #[command(subcommand)]
@@ -205,6 +207,9 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
                 "{}",
                 latch_nats::auth::authorization_config(&service_user, &service_password, &devices)
             );
+        }
+        Cmd::KazayaSandbox(args) => {
+            latch::kazaya_sandbox::serve(args, app::shutdown_signal()).await?;
         }
         Cmd::Bench { which } => {
             let report = bench::run(which).await?;

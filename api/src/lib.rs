@@ -11,6 +11,7 @@ pub mod devices;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod kazaya;
 pub mod openapi;
 pub mod pages;
 pub mod qr;

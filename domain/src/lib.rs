@@ -7,6 +7,9 @@
 //!   remote door opening) with its commands, events and errors.
 //! - [`qr_login`]: one QR-code login from minting to a redeemed web session, with the code and
 //!   browser-secret types that keep the QR content alone from logging anyone in.
+//! - [`vending`]: scan-to-open vending: money, planograms, settling shelf weights into an order
+//!   (or a review that names each doubtful shelf), and the shopping-session aggregate from door
+//!   opening to payment and refunds.
 //! - [`telemetry`]: the wire formats cabinets publish on NATS and the commands sent back to them,
 //!   parsed into domain types (anything that does not parse has a named reason).
 //! - [`store`]: the Postgres event store (cqrs-es + postgres-es, event-sourced mode only) and the
@@ -21,5 +24,6 @@ pub mod device;
 pub mod qr_login;
 pub mod store;
 pub mod telemetry;
+pub mod vending;
 
 pub use clock::{Clock, ManualClock, SystemClock};

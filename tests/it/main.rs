@@ -7,6 +7,7 @@ mod crash;
 mod dev;
 mod devices_api;
 mod event_store;
+mod kazaya;
 mod nats_auth;
 mod outages;
 mod qr_api;
