@@ -316,7 +316,8 @@ fn page_interval() -> Duration {
 }
 
 /// Every session polls `url` once per `interval`, the sessions' turns spread evenly over the
-/// interval (an open loop: a slow answer does not slow the offered load); for `secs`.
+/// interval (an open loop: a slow answer does not slow the offered load); for `secs`, the first
+/// interval unmeasured.
 async fn paced_phase(
     http: &reqwest::Client,
     url: &str,
@@ -346,6 +347,10 @@ async fn paced_phase(
                     Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
                     Err(_) => false,
                 };
+                // The first round re-opens each session's connection; pages keep theirs open.
+                if tick < started + interval {
+                    continue;
+                }
                 if ok {
                     h.saturating_record(sent.elapsed().as_micros() as u64);
                 } else {
@@ -364,7 +369,7 @@ async fn paced_phase(
         }
     }
     Rate {
-        per_sec: total.len() as f64 / secs.max(1) as f64,
+        per_sec: total.len() as f64 / (secs as f64 - interval.as_secs_f64()).max(1.0),
         hist: total,
         errors,
     }
