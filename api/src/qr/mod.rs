@@ -696,17 +696,14 @@ pub async fn activate(
     meta: Result<RequestMeta, ApiError>,
     body: Result<JsonBody<CodeBody>, ApiError>,
 ) -> Result<Response, QrFail> {
-    // Extractor refusals answer in the seed's shape too.
-    let (actor, meta, body) = (actor?, meta?, body?);
-    app_user(&state, &actor)?;
-    let token = QrToken::parse("code", &body.value.code)?;
-    let command = QrLoginCommand::Confirm {
-        token_hash: token.hash(),
-        user: actor.subject.clone(),
-        at: state.clock.now(),
-    };
-    run(&state, &actor, &meta, &body.raw, &token, command).await?;
-    Ok(Json(json!({ "statusflag": 0 })).into_response())
+    decide_as_locker(state, actor, meta, body, |token_hash, user, at| {
+        QrLoginCommand::Confirm {
+            token_hash,
+            user,
+            at,
+        }
+    })
+    .await
 }
 
 /// `POST /qr/cancel` (app, the user who locked it): decline; the code is dead for good.
@@ -720,15 +717,29 @@ pub async fn cancel(
     meta: Result<RequestMeta, ApiError>,
     body: Result<JsonBody<CodeBody>, ApiError>,
 ) -> Result<Response, QrFail> {
+    decide_as_locker(state, actor, meta, body, |token_hash, user, at| {
+        QrLoginCommand::Cancel {
+            token_hash,
+            user,
+            at,
+        }
+    })
+    .await
+}
+
+/// Confirm and cancel: the same checks, then the command the locking user chose.
+async fn decide_as_locker(
+    state: AppState,
+    actor: Result<Actor, ApiError>,
+    meta: Result<RequestMeta, ApiError>,
+    body: Result<JsonBody<CodeBody>, ApiError>,
+    command: impl FnOnce(String, String, DateTime<Utc>) -> QrLoginCommand,
+) -> Result<Response, QrFail> {
     // Extractor refusals answer in the seed's shape too.
     let (actor, meta, body) = (actor?, meta?, body?);
     app_user(&state, &actor)?;
     let token = QrToken::parse("code", &body.value.code)?;
-    let command = QrLoginCommand::Cancel {
-        token_hash: token.hash(),
-        user: actor.subject.clone(),
-        at: state.clock.now(),
-    };
+    let command = command(token.hash(), actor.subject.clone(), state.clock.now());
     run(&state, &actor, &meta, &body.raw, &token, command).await?;
     Ok(Json(json!({ "statusflag": 0 })).into_response())
 }
