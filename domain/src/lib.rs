@@ -21,6 +21,7 @@
 
 pub mod clock;
 pub mod device;
+pub mod group_commit;
 pub mod qr_login;
 pub mod store;
 pub mod telemetry;

@@ -29,6 +29,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::device::Device;
+use crate::group_commit::{self, Appended, GroupCommit};
 use crate::qr_login::QrLogin;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -204,7 +205,8 @@ impl<A: Aggregate> Query<A> for CaptureQuery<A> {
 ///
 /// postgres-es appends inside an explicit transaction (BEGIN, one INSERT per event, COMMIT):
 /// three round trips and three statements for the usual one-event command. A single multi-row
-/// INSERT is just as atomic, so appends take one. Snapshots are refused: Latch runs cqrs-es in
+/// INSERT is just as atomic, so appends take one; and one-event commands without an idempotency
+/// key share it with whatever else is being appended at that moment ([`GroupCommit`]). Snapshots are refused: Latch runs cqrs-es in
 /// event-sourced mode only (DESIGN.md section 4).
 ///
 /// Ids announced as fresh (just generated for a creation command) load as empty streams without
@@ -214,6 +216,7 @@ pub struct EventRepository {
     pool: PgPool,
     reads: PostgresEventRepository,
     fresh: Arc<Mutex<HashSet<String>>>,
+    group: GroupCommit,
 }
 
 impl EventRepository {
@@ -224,6 +227,7 @@ impl EventRepository {
     fn with_fresh_ids(pool: PgPool, fresh: Arc<Mutex<HashSet<String>>>) -> Self {
         Self {
             reads: PostgresEventRepository::new(pool.clone()),
+            group: GroupCommit::new(pool.clone()),
             pool,
             fresh,
         }
@@ -270,6 +274,27 @@ impl PersistedEventRepository for EventRepository {
         }
         if events.is_empty() {
             return Ok(());
+        }
+        if let [e] = events {
+            if e.metadata.get("idempotency_key").is_none() {
+                let row = group_commit::Row {
+                    aggregate_type: A::TYPE.to_owned(),
+                    aggregate_id: e.aggregate_id.clone(),
+                    sequence: e.sequence as i64,
+                    event_type: e.event_type.clone(),
+                    event_version: e.event_version.clone(),
+                    payload: e.payload.clone(),
+                    metadata: e.metadata.clone(),
+                };
+                return match self.group.append(row).await {
+                    Ok(Appended::Inserted) => Ok(()),
+                    Ok(Appended::Conflict) => Err(PersistenceError::OptimisticLockError),
+                    Err(e) if is_unavailable(&e) => {
+                        Err(PersistenceError::ConnectionError(Box::new(e)))
+                    }
+                    Err(e) => Err(PersistenceError::UnknownError(Box::new(e))),
+                };
+            }
         }
         let mut ids = Vec::with_capacity(events.len());
         let mut sequences = Vec::with_capacity(events.len());

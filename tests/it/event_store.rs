@@ -170,3 +170,76 @@ async fn a_creation_under_a_taken_id_falls_back_to_a_real_load() {
     );
     assert_eq!(count(&store.pool, "SELECT count(*) FROM events").await, 1);
 }
+
+fn row(id: &str, sequence: i64, metadata: Value) -> latch_domain::group_commit::Row {
+    latch_domain::group_commit::Row {
+        aggregate_type: "test".into(),
+        aggregate_id: id.into(),
+        sequence,
+        event_type: "Tested".into(),
+        event_version: "1".into(),
+        payload: json!({"Tested": {}}),
+        metadata,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_reports_each_row_on_its_own() {
+    use latch_domain::group_commit::{Appended, GroupCommit};
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    latch_domain::store::MIGRATOR.run(&pool).await.unwrap();
+    let group = std::sync::Arc::new(GroupCommit::new(pool.clone()));
+    let meta = json!({"correlation_id": "c", "causation_id": "c", "actor": "t", "request_id": "r"});
+
+    // Twenty writers race for one sequence number: one wins, nineteen hear of a conflict,
+    // while a hundred unrelated rows and one the database refuses are appended beside them.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (group, meta) = (group.clone(), meta.clone());
+        tasks.spawn(async move { ("race", i, group.append(row("same", 1, meta)).await) });
+    }
+    for i in 0..100 {
+        let (group, meta) = (group.clone(), meta.clone());
+        tasks.spawn(async move {
+            (
+                "own",
+                i,
+                group.append(row(&format!("own-{i}"), 1, meta)).await,
+            )
+        });
+    }
+    let group2 = group.clone();
+    tasks.spawn(async move {
+        (
+            "bad",
+            0,
+            group2
+                .append(row("bad", 1, json!({"actor": "no ids"})))
+                .await,
+        )
+    });
+    let (mut won, mut lost, mut own, mut refused) = (0, 0, 0, 0);
+    while let Some(done) = tasks.join_next().await {
+        match done.unwrap() {
+            ("race", _, Ok(Appended::Inserted)) => won += 1,
+            ("race", _, Ok(Appended::Conflict)) => lost += 1,
+            ("own", _, Ok(Appended::Inserted)) => own += 1,
+            ("bad", _, Err(_)) => refused += 1,
+            other => panic!(
+                "unexpected outcome {:?}",
+                (other.0, other.1, other.2.map(|_| ()))
+            ),
+        }
+    }
+    assert_eq!((won, lost, own, refused), (1, 19, 100, 1));
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 101);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events WHERE aggregate_id = 'bad'"
+        )
+        .await,
+        0
+    );
+}
