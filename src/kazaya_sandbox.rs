@@ -535,16 +535,17 @@ pub async fn serve(
         settings.webhook_secret = secret;
     }
     let sandbox = KazayaSandbox::build(settings).await?;
-    println!("Kazaya sandbox (test mode) on {}", sandbox.base_url());
+    tracing::info!(url = %sandbox.base_url(), "Kazaya sandbox (test mode) is serving");
     for client in sandbox.shared.clients.values() {
-        println!(
-            "  client {} -> {}",
-            client.client_id,
-            client.redirect_uris.join(", ")
+        tracing::info!(
+            client_id = %client.client_id,
+            redirect_uris = %client.redirect_uris.join(", "),
+            "client registered"
         );
     }
     if generated {
-        println!("  webhook secret: {}", sandbox.webhook_secret());
+        // Generated for this run only: the operator needs it to configure Latch's side.
+        tracing::info!(webhook_secret = %sandbox.webhook_secret(), "webhook secret generated");
     }
     sandbox.run_until_stopped(shutdown).await?;
     Ok(())
