@@ -146,6 +146,12 @@ impl Application {
                 QrLoginStatusProjection,
                 shutdown.clone(),
             ));
+            tasks.spawn(latch_workers::projector::run(
+                self.pool.clone(),
+                js.clone(),
+                latch_projections::orders::OrdersProjection,
+                shutdown.clone(),
+            ));
         }
         if s.runs(Role::Ingest) {
             let ingest = Ingest {

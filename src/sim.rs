@@ -62,6 +62,9 @@ impl SimDevice {
             code: None,
             message: None,
             active: None,
+            session_id: None,
+            phase: None,
+            shelves: None,
         }
     }
 

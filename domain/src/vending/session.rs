@@ -60,6 +60,12 @@ pub enum ShoppingCommand {
         weighing_after: Weighing,
         at: DateTime<Utc>,
     },
+    /// The door never opened after the baseline was taken (the cabinet refused, or the open
+    /// request ran out of time): nothing can have been taken, so nothing is owed.
+    Abandon {
+        reason: Label,
+        at: DateTime<Utc>,
+    },
     ResolveReview {
         operator: OperatorId,
         /// The final order; empty means no charge.
@@ -96,6 +102,7 @@ impl ShoppingCommand {
             Self::Start { .. } => "StartShoppingSession",
             Self::RecordWeighing { .. } => "RecordWeighing",
             Self::Close { .. } => "CloseShoppingSession",
+            Self::Abandon { .. } => "AbandonShoppingSession",
             Self::ResolveReview { .. } => "ResolveReview",
             Self::RequestPayment { .. } => "RequestPayment",
             Self::RecordPaymentSucceeded { .. } => "RecordPaymentSucceeded",
@@ -134,6 +141,10 @@ pub enum ShoppingEvent {
     SessionClosedEmpty {
         at: DateTime<Utc>,
     },
+    SessionAbandoned {
+        reason: Label,
+        at: DateTime<Utc>,
+    },
     ReviewResolved {
         operator: OperatorId,
         lines: Vec<OrderLine>,
@@ -166,12 +177,13 @@ pub enum ShoppingEvent {
 
 impl ShoppingEvent {
     pub const VERSION: &'static str = "1";
-    pub const TYPES: [&'static str; 10] = [
+    pub const TYPES: [&'static str; 11] = [
         "SessionStarted",
         "WeighingRecorded",
         "OrderPlaced",
         "OrderNeedsReview",
         "SessionClosedEmpty",
+        "SessionAbandoned",
         "ReviewResolved",
         "PaymentRequested",
         "PaymentSucceeded",
@@ -186,6 +198,7 @@ impl ShoppingEvent {
             | Self::OrderPlaced { at, .. }
             | Self::OrderNeedsReview { at, .. }
             | Self::SessionClosedEmpty { at }
+            | Self::SessionAbandoned { at, .. }
             | Self::ReviewResolved { at, .. }
             | Self::PaymentRequested { at, .. }
             | Self::PaymentSucceeded { at, .. }
@@ -203,6 +216,7 @@ impl DomainEvent for ShoppingEvent {
             Self::OrderPlaced { .. } => "OrderPlaced",
             Self::OrderNeedsReview { .. } => "OrderNeedsReview",
             Self::SessionClosedEmpty { .. } => "SessionClosedEmpty",
+            Self::SessionAbandoned { .. } => "SessionAbandoned",
             Self::ReviewResolved { .. } => "ReviewResolved",
             Self::PaymentRequested { .. } => "PaymentRequested",
             Self::PaymentSucceeded { .. } => "PaymentSucceeded",
@@ -309,6 +323,8 @@ pub enum SessionStage {
     NeedsReview,
     Resolved,
     ClosedEmpty,
+    /// The door never opened.
+    Abandoned,
 }
 
 /// The order as it stands: settled at close, or set by the operator's resolution.
@@ -418,6 +434,7 @@ impl Aggregate for ShoppingSession {
                 self.provisional = provisional;
             }
             E::SessionClosedEmpty { .. } => self.stage = SessionStage::ClosedEmpty,
+            E::SessionAbandoned { .. } => self.stage = SessionStage::Abandoned,
             E::ReviewResolved { lines, total, .. } => {
                 self.stage = SessionStage::Resolved;
                 self.order = Some(Order { lines, total });
@@ -544,6 +561,11 @@ impl ShoppingSession {
                     outcome,
                 ])
             }
+            C::Abandon { reason, at } => match self.stage {
+                SessionStage::Open => Ok(vec![E::SessionAbandoned { reason, at }]),
+                SessionStage::Abandoned => Ok(vec![]),
+                _ => Err(Err::AlreadyClosed),
+            },
             C::ResolveReview {
                 operator,
                 lines,
@@ -706,7 +728,10 @@ impl ShoppingSession {
                 self.payable_total().is_some()
                     && !matches!(self.payment, PaymentState::Succeeded { .. })
             }
-            SessionStage::NotStarted | SessionStage::Open | SessionStage::ClosedEmpty => false,
+            SessionStage::NotStarted
+            | SessionStage::Open
+            | SessionStage::ClosedEmpty
+            | SessionStage::Abandoned => false,
         }
     }
 
