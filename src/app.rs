@@ -195,7 +195,18 @@ impl Application {
                     }
                 }
             });
+            let kazaya: Option<Arc<dyn latch_api::kazaya::Kazaya>> = match &s.kazaya {
+                Some(config) => match latch_api::kazaya::HttpKazaya::new(config.clone()) {
+                    Ok(k) => Some(Arc::new(k)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "Kazaya configuration unusable; shopper login disabled");
+                        None
+                    }
+                },
+                None => None,
+            };
             let state = AppState {
+                vending: Arc::new(latch_api::vending::Vending::new(s.vending.clone(), kazaya)),
                 qr,
                 shutdown: shutdown.clone(),
                 store: self.store.clone(),

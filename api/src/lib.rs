@@ -15,6 +15,7 @@ pub mod kazaya;
 pub mod openapi;
 pub mod pages;
 pub mod qr;
+pub mod vending;
 
 use axum::extract::FromRef;
 use axum::http::Request;
@@ -38,6 +39,7 @@ pub struct AppState {
     pub qr: Arc<qr::QrService>,
     /// Cancelled when the process stops: long-lived connections (push channels) end with it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    pub vending: Arc<vending::Vending>,
 }
 
 impl FromRef<AppState> for Arc<auth::Auth> {
@@ -74,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(pages::router())
         .merge(qr::router())
+        .merge(vending::router())
         .fallback(|| async {
             error::ApiError::NotFound {
                 code: "no_such_route",

@@ -707,7 +707,7 @@ impl ShoppingSession {
     }
 
     /// The total the shopper has to pay, if the order is decided and not free (paid or not).
-    fn payable_total(&self) -> Option<Money> {
+    pub fn payable_total(&self) -> Option<Money> {
         match (self.stage, &self.order) {
             (SessionStage::Placed | SessionStage::Resolved, Some(order))
                 if order.total.is_positive() =>
