@@ -14,3 +14,4 @@ mod qr_api;
 mod qr_pages;
 mod relay;
 mod telemetry;
+mod vending;

@@ -613,6 +613,12 @@ pub async fn open(
         .await?
         .is_some_and(|p| p.current.is_some());
     if !has_planogram {
+        if !state.store.exists("device", &device.to_string()).await? {
+            return Err(ApiError::NotFound {
+                code: "cabinet_not_found",
+                message: format!("no vending cabinet {device}"),
+            });
+        }
         return Err(ApiError::Conflict {
             code: "cabinet_not_stocked",
             message: "this cabinet has no products set up yet".into(),
