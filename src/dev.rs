@@ -9,12 +9,12 @@ use crate::app::{shutdown_signal, Application};
 use crate::config::{Settings, DEFAULT_NATS_URL};
 use crate::kazaya_sandbox::{ClientRegistration, KazayaSandbox, SandboxSettings};
 use crate::sim::{self, SimConfig};
+use latch_api::auth::{issue_token, Role as TokenRole};
 use latch_api::kazaya::KazayaConfig;
 use latch_api::vending::{sticker, VendingConfig};
-use latch_domain::vending::{OperatorId, Planogram, PlanogramCommand, RawSlot};
-use latch_api::auth::{issue_token, Role as TokenRole};
 use latch_domain::device::{DeviceCommand, DeviceId, DeviceKind, Label, SiteCode};
 use latch_domain::store::{self, CommandContext, Store};
+use latch_domain::vending::{OperatorId, Planogram, PlanogramCommand, RawSlot};
 use latch_nats::server::NatsServer;
 use latch_workers::CancellationToken;
 use sqlx::{Connection, PgConnection};
@@ -142,6 +142,8 @@ pub async fn run(
             heartbeat: Duration::from_secs(5),
             hold_open: Duration::from_secs(3),
             faulty: vec![],
+            store: Some(store.clone()),
+            ..SimConfig::default()
         },
         shutdown.clone(),
     ));
@@ -165,7 +167,9 @@ pub async fn run(
          \n    the phone's side {base}/app/qr#code=<the QR content>  (asks once for the user token)\
          \n\n  Scan-to-open vending (open on a phone, or a browser in phone view):\
          \n{stickers}         \n    Kazaya sandbox {kazaya_url}  (register any phone number; pay or decline on its page)\
-         \n\n  {n} simulated cabinets are heartbeating; publish on/off to latch.sim.<id>.fault to break one.\
+         \n\n  {n} simulated cabinets are heartbeating; publish on/off to latch.sim.<id>.fault to break one,\
+         \n  a script like {{\"take\":[{{\"shelf\":1,\"count\":2}}]}} to latch.sim.<id>.shopper for the next shopper,\
+         \n  anything to latch.sim.<id>.restock to refill.\
          \n  Ctrl-C stops everything.\n",
         n = devices.len(),
         stickers = stickers
@@ -325,7 +329,12 @@ async fn seed_planograms(
             };
             store
                 .planograms
-                .execute(&did, command.name(), command, &CommandContext::new("system:dev-seed"))
+                .execute(
+                    &did,
+                    command.name(),
+                    command,
+                    &CommandContext::new("system:dev-seed"),
+                )
                 .await
                 .map_err(|e| e.to_string())?;
         }

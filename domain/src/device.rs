@@ -501,7 +501,11 @@ impl Aggregate for Device {
                 self.last_resolved_open = Some(request_id);
             }
             DeviceEvent::ShoppingSessionEnded { session_id, .. } => {
-                if self.session.as_ref().is_some_and(|s| s.session_id == session_id) {
+                if self
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| s.session_id == session_id)
+                {
                     self.session = None;
                 }
             }

@@ -354,7 +354,10 @@ mod tests {
         ));
         assert!(matches!(
             parse("weights", &ok).unwrap().body,
-            TelemetryBody::Weights { phase: WeighingPhase::Before, .. }
+            TelemetryBody::Weights {
+                phase: WeighingPhase::Before,
+                ..
+            }
         ));
         assert_eq!(
             parse("weights", &weights(r#","phase":"before","shelves":[]"#))
@@ -363,9 +366,12 @@ mod tests {
             "schema"
         );
         assert_eq!(
-            parse("weights", &weights(&format!(r#"{sid},"phase":"during","shelves":[]"#)))
-                .unwrap_err()
-                .reason,
+            parse(
+                "weights",
+                &weights(&format!(r#"{sid},"phase":"during","shelves":[]"#))
+            )
+            .unwrap_err()
+            .reason,
             "schema"
         );
         let twice = format!(

@@ -48,8 +48,7 @@ pub struct OrderRow {
 
 fn parse(event: &LoggedEvent) -> Result<ShoppingEvent, ProjectionError> {
     serde_json::from_value::<ShoppingEvent>(event.payload.clone()).map_err(|e| {
-        if ShoppingEvent::TYPES.contains(&event.event_type.as_str()) && event.event_version == "1"
-        {
+        if ShoppingEvent::TYPES.contains(&event.event_type.as_str()) && event.event_version == "1" {
             ProjectionError::BadPayload {
                 position: event.position,
                 detail: e.to_string(),
@@ -140,7 +139,12 @@ pub fn evolve(
                     row.closed_at = Some(*at);
                 }
                 E::ReviewResolved { lines, total, .. } => {
-                    row.status = if total.is_zero() { "no_charge" } else { "placed" }.into();
+                    row.status = if total.is_zero() {
+                        "no_charge"
+                    } else {
+                        "placed"
+                    }
+                    .into();
                     row.lines = json(lines);
                     row.total_minor = Some(total.minor());
                 }

@@ -15,3 +15,4 @@ mod qr_pages;
 mod relay;
 mod telemetry;
 mod vending;
+mod vending_pages;

@@ -112,7 +112,10 @@ impl World {
     /// A vending cabinet with a two-shelf planogram (cola 350 g at ¥3.50, chips 80 g at ¥6.00,
     /// water 550 g at ¥2.00 on shelf 2), online with its door closed.
     pub async fn cabinet(&self) -> Cabinet {
-        let id = self.app.register_device("vending", "610091A01", "一号柜").await;
+        let id = self
+            .app
+            .register_device("vending", "610091A01", "一号柜")
+            .await;
         let res = self
             .app
             .http
@@ -214,7 +217,13 @@ pub struct Cabinet {
     pub sim: SimDevice,
 }
 
-fn weights(device: Uuid, session: Uuid, phase: &str, shelves: &[(i64, i64)], n: u32) -> WireTelemetry {
+fn weights(
+    device: Uuid,
+    session: Uuid,
+    phase: &str,
+    shelves: &[(i64, i64)],
+    n: u32,
+) -> WireTelemetry {
     serde_json::from_value(json!({
         "v": 1,
         "msg_id": format!("w-{session}-{phase}-{n}").replace('-', "_"),
@@ -231,7 +240,12 @@ fn weights(device: Uuid, session: Uuid, phase: &str, shelves: &[(i64, i64)], n: 
 impl Cabinet {
     /// Plays the cabinet's side of one opening: waits for the open command, reports the
     /// baseline, opens, lets the shopper take goods, closes and reports the weights after.
-    pub async fn serve_one(&self, nats: &async_nats::Client, before: Vec<(i64, i64)>, after: Vec<(i64, i64)>) -> tokio::task::JoinHandle<Uuid> {
+    pub async fn serve_one(
+        &self,
+        nats: &async_nats::Client,
+        before: Vec<(i64, i64)>,
+        after: Vec<(i64, i64)>,
+    ) -> tokio::task::JoinHandle<Uuid> {
         let mut commands = nats
             .subscribe(subjects::device_commands_all(&self.id.to_string()))
             .await
@@ -245,11 +259,17 @@ impl Cabinet {
                 .expect("an open command")
                 .unwrap();
             let open: OpenCommand = serde_json::from_slice(&msg.payload).unwrap();
-            let session = open.session_id.expect("a shopper's opening names its session");
-            sim.send(weights(id, session, "before", &before, 0)).await.unwrap();
+            let session = open
+                .session_id
+                .expect("a shopper's opening names its session");
+            sim.send(weights(id, session, "before", &before, 0))
+                .await
+                .unwrap();
             sim.door(true, Some(open.request_id)).await.unwrap();
             sim.door(false, None).await.unwrap();
-            sim.send(weights(id, session, "after", &after, 0)).await.unwrap();
+            sim.send(weights(id, session, "after", &after, 0))
+                .await
+                .unwrap();
             session
         })
     }
@@ -288,28 +308,59 @@ async fn sticker(world: &World, cabinet: Uuid) -> String {
 }
 
 /// Scan -> Kazaya login page -> register -> consent -> back to Latch with a session cookie.
-async fn register_through_kazaya(world: &World, cabinet: Uuid, phone: &str, nickname: &str) -> String {
+async fn register_through_kazaya(
+    world: &World,
+    cabinet: Uuid,
+    phone: &str,
+    nickname: &str,
+) -> String {
     let b = &world.browser;
     let scan = b.get(sticker(world, cabinet).await).send().await.unwrap();
-    assert_eq!(scan.status(), 303, "the sticker sends a new shopper to Kazaya");
+    assert_eq!(
+        scan.status(),
+        303,
+        "the sticker sends a new shopper to Kazaya"
+    );
     let oauth = set_cookies(&scan)["latch_oauth"].clone();
     let authorize = location(&scan);
     assert!(authorize.starts_with(&world.kazaya_url), "{authorize}");
-    let page = b.get(&authorize).send().await.unwrap().text().await.unwrap();
+    let page = b
+        .get(&authorize)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let txn = hidden(&page, "txn");
     let form = |path: &str, fields: Vec<(&str, &str)>| {
-        b.post(format!("{}{path}", world.kazaya_url)).form(&fields).send()
+        b.post(format!("{}{path}", world.kazaya_url))
+            .form(&fields)
+            .send()
     };
-    let page = form("/oauth/login", vec![("txn", &txn), ("phone", phone)]).await.unwrap();
-    assert!(page.text().await.unwrap().contains("Become a Kazaya member"));
+    let page = form("/oauth/login", vec![("txn", &txn), ("phone", phone)])
+        .await
+        .unwrap();
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("Become a Kazaya member"));
     let page = form(
         "/oauth/register",
-        vec![("txn", &txn), ("phone", phone), ("nickname", nickname), ("avatar", "")],
+        vec![
+            ("txn", &txn),
+            ("phone", phone),
+            ("nickname", nickname),
+            ("avatar", ""),
+        ],
     )
     .await
     .unwrap();
     assert!(page.text().await.unwrap().contains("Allow access?"));
-    let back = form("/oauth/consent", vec![("txn", &txn), ("decision", "allow")]).await.unwrap();
+    let back = form("/oauth/consent", vec![("txn", &txn), ("decision", "allow")])
+        .await
+        .unwrap();
     let callback = location(&back);
     assert!(callback.contains("/m/auth/callback?"), "{callback}");
     let landed = b
@@ -356,7 +407,12 @@ async fn a_new_member_registers_opens_takes_three_items_pays_and_gets_a_receipt(
             .header("cookie", format!("latch_session={session_cookie}"))
             .send()
     };
-    let me: Value = cookie_get("/m/api/me".into()).await.unwrap().json().await.unwrap();
+    let me: Value = cookie_get("/m/api/me".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(me["nickname"], "小李");
     let home: Value = cookie_get(format!("/m/api/cabinets/{}", cabinet.id))
         .await
@@ -371,7 +427,10 @@ async fn a_new_member_registers_opens_takes_three_items_pays_and_gets_a_receipt(
     let forged = world
         .app
         .http
-        .post(format!("{}/m/api/cabinets/{}/open", world.app.address, cabinet.id))
+        .post(format!(
+            "{}/m/api/cabinets/{}/open",
+            world.app.address, cabinet.id
+        ))
         .header("cookie", format!("latch_session={session_cookie}"))
         .send()
         .await
@@ -379,12 +438,19 @@ async fn a_new_member_registers_opens_takes_three_items_pays_and_gets_a_receipt(
     assert_eq!(forged.status(), 403);
 
     let serve = cabinet
-        .serve_one(&world.app.nats, vec![(1, 1700), (2, 2100)], vec![(1, 1000), (2, 1550)])
+        .serve_one(
+            &world.app.nats,
+            vec![(1, 1700), (2, 2100)],
+            vec![(1, 1000), (2, 1550)],
+        )
         .await;
     let opened = world
         .app
         .http
-        .post(format!("{}/m/api/cabinets/{}/open", world.app.address, cabinet.id))
+        .post(format!(
+            "{}/m/api/cabinets/{}/open",
+            world.app.address, cabinet.id
+        ))
         .header("cookie", format!("latch_session={session_cookie}"))
         .header("x-latch-client", "test")
         .send()
@@ -393,11 +459,18 @@ async fn a_new_member_registers_opens_takes_three_items_pays_and_gets_a_receipt(
     assert_eq!(opened.status(), 202, "{:?}", opened.text().await);
     let opening: Value = opened.json().await.unwrap();
     let session = Uuid::parse_str(opening["session_id"].as_str().unwrap()).unwrap();
-    assert_eq!(tokio::time::timeout(WAIT, serve).await.unwrap().unwrap(), session);
+    assert_eq!(
+        tokio::time::timeout(WAIT, serve).await.unwrap().unwrap(),
+        session
+    );
 
-    let token = issue_token(&world.app.pool, Role::User, &format!("kazaya:{}", me["user_id"].as_str().unwrap()))
-        .await
-        .unwrap();
+    let token = issue_token(
+        &world.app.pool,
+        Role::User,
+        &format!("kazaya:{}", me["user_id"].as_str().unwrap()),
+    )
+    .await
+    .unwrap();
     let order = world.order_status(session, &token, "placed").await;
     assert_eq!(order["total_minor"], 900, "2 x 350 + 1 x 200: {order}");
     let lines = order["lines"].as_array().unwrap();
@@ -422,7 +495,10 @@ async fn a_new_member_registers_opens_takes_three_items_pays_and_gets_a_receipt(
         .post(&format!("/m/api/orders/{session}/pay"), &token, None)
         .await;
     assert_eq!(pay.status(), 200, "{:?}", pay.text().await);
-    let pay_url = pay.json::<Value>().await.unwrap()["pay_url"].as_str().unwrap().to_owned();
+    let pay_url = pay.json::<Value>().await.unwrap()["pay_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let done = world
         .browser
         .post(&pay_url)
@@ -483,9 +559,15 @@ async fn an_offline_faulty_or_busy_cabinet_refuses_to_open_and_changes_nothing()
     let before = world.app.event_count().await;
     let res = world.open(silent, &token).await;
     assert_eq!(res.status(), 409);
-    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "device_offline");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "device_offline"
+    );
     let home: Value = eventually(WAIT, "the silent cabinet is projected", || async {
-        let res = world.app.get(&format!("/m/api/cabinets/{silent}"), &token).await;
+        let res = world
+            .app
+            .get(&format!("/m/api/cabinets/{silent}"), &token)
+            .await;
         if res.status() == 200 {
             res.json().await.ok()
         } else {
@@ -494,7 +576,11 @@ async fn an_offline_faulty_or_busy_cabinet_refuses_to_open_and_changes_nothing()
     })
     .await;
     assert_eq!(home["can_open"], false);
-    assert!(home["blocked"].as_array().unwrap().iter().any(|b| b["code"] == "device_offline"));
+    assert!(home["blocked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["code"] == "device_offline"));
 
     let cabinet = world.cabinet().await;
     cabinet.sim.fault(true, "scale_jam").await.unwrap();
@@ -506,7 +592,10 @@ async fn an_offline_faulty_or_busy_cabinet_refuses_to_open_and_changes_nothing()
     let before_fault = world.app.event_count().await;
     let res = world.open(cabinet.id, &token).await;
     assert_eq!(res.status(), 409);
-    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "device_faulted");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "device_faulted"
+    );
     cabinet.sim.fault(false, "scale_jam").await.unwrap();
     eventually(WAIT, "fault cleared", || async {
         let d = world.app.device(cabinet.id).await?;
@@ -521,7 +610,10 @@ async fn an_offline_faulty_or_busy_cabinet_refuses_to_open_and_changes_nothing()
     let res = world.open(cabinet.id, &token).await;
     assert_eq!(res.status(), 409);
     let code = res.json::<Value>().await.unwrap()["error"]["code"].clone();
-    assert!(code == "open_already_pending" || code == "cabinet_busy", "{code}");
+    assert!(
+        code == "open_already_pending" || code == "cabinet_busy",
+        "{code}"
+    );
 
     // A locker is not a vending cabinet; an unknown one is not found.
     let locker = world.app.register_device("locker", "S1", "locker").await;
@@ -531,7 +623,10 @@ async fn an_offline_faulty_or_busy_cabinet_refuses_to_open_and_changes_nothing()
     let res = world.open(Uuid::now_v7(), &token).await;
     assert_eq!(res.status(), 404);
     // Operators are not shoppers.
-    assert_eq!(world.open(cabinet.id, &world.app.operator).await.status(), 403);
+    assert_eq!(
+        world.open(cabinet.id, &world.app.operator).await.status(),
+        403
+    );
 
     assert_eq!(before, before); // the silent cabinet's refusal appended nothing:
     assert_eq!(world.events_of_type("DoorOpenRequested").await, 1);
@@ -547,7 +642,10 @@ async fn a_forged_or_swapped_sticker_gets_a_clear_page_and_no_login() {
     let link_a = sticker(&world, a.id).await;
     let sig = link_a.split("k=").nth(1).unwrap();
     let swapped = format!("{}/m/c/{b}?k={sig}", world.app.address);
-    let forged = format!("{}/m/c/{}?k=AAAAAAAAAAAAAAAAAAAAAA", world.app.address, a.id);
+    let forged = format!(
+        "{}/m/c/{}?k=AAAAAAAAAAAAAAAAAAAAAA",
+        world.app.address, a.id
+    );
     let unsigned = format!("{}/m/c/{}", world.app.address, a.id);
     let garbage = format!("{}/m/c/not-a-cabinet?k=x", world.app.address);
     for url in [swapped, forged, unsigned, garbage] {
@@ -569,7 +667,11 @@ async fn tampered_stale_and_replayed_payment_callbacks_change_nothing() {
     // Kazaya takes payments only from its members.
     let token = member_token(&world, cabinet.id, "13466666666").await;
     let serve = cabinet
-        .serve_one(&world.app.nats, vec![(1, 1700), (2, 2100)], vec![(1, 1350), (2, 2100)])
+        .serve_one(
+            &world.app.nats,
+            vec![(1, 1700), (2, 2100)],
+            vec![(1, 1350), (2, 2100)],
+        )
         .await;
     let opening: Value = world.open(cabinet.id, &token).await.json().await.unwrap();
     let session = Uuid::parse_str(opening["session_id"].as_str().unwrap()).unwrap();
@@ -598,12 +700,31 @@ async fn tampered_stale_and_replayed_payment_callbacks_change_nothing() {
     let tampered = body.replace("\"amount\":350", "\"amount\":1");
     assert_eq!(world.callback("msg_1", now, &sig, &tampered).await, 400);
     let stale = now - 3600;
-    assert_eq!(world.callback("msg_1", stale, &world.sign("msg_1", stale, &body), &body).await, 400);
+    assert_eq!(
+        world
+            .callback("msg_1", stale, &world.sign("msg_1", stale, &body), &body)
+            .await,
+        400
+    );
     let cheap = body.replace("\"amount\":350", "\"amount\":1");
-    assert_eq!(world.callback("msg_2", now, &world.sign("msg_2", now, &cheap), &cheap).await, 409);
+    assert_eq!(
+        world
+            .callback("msg_2", now, &world.sign("msg_2", now, &cheap), &cheap)
+            .await,
+        409
+    );
     let unknown = body.replace(&payment_id, &Uuid::now_v7().to_string());
-    assert_eq!(world.callback("msg_3", now, &world.sign("msg_3", now, &unknown), &unknown).await, 404);
-    assert_eq!(world.app.event_count().await, before, "refused callbacks wrote nothing");
+    assert_eq!(
+        world
+            .callback("msg_3", now, &world.sign("msg_3", now, &unknown), &unknown)
+            .await,
+        404
+    );
+    assert_eq!(
+        world.app.event_count().await,
+        before,
+        "refused callbacks wrote nothing"
+    );
 
     // A genuine one is recorded once; its replay (same id) and a second delivery change nothing.
     let sig = world.sign("msg_ok", now, &body);
@@ -614,7 +735,11 @@ async fn tampered_stale_and_replayed_payment_callbacks_change_nothing() {
     assert_eq!(world.callback("msg_ok", now, &sig, &body).await, 204);
     let other = world.sign("msg_again", now, &body);
     assert_eq!(world.callback("msg_again", now, &other, &body).await, 204);
-    assert_eq!(world.app.event_count().await, after, "replays appended nothing");
+    assert_eq!(
+        world.app.event_count().await,
+        after,
+        "replays appended nothing"
+    );
     assert_eq!(world.events_of_type("PaymentSucceeded").await, 1);
 }
 
@@ -625,21 +750,36 @@ async fn weights_for_a_missing_session_or_from_another_cabinet_are_dead_lettered
     let b = world.cabinet().await;
     let token = world.shopper("ky_w").await;
     let serve = a
-        .serve_one(&world.app.nats, vec![(1, 1700), (2, 2100)], vec![(1, 1700), (2, 2100)])
+        .serve_one(
+            &world.app.nats,
+            vec![(1, 1700), (2, 2100)],
+            vec![(1, 1700), (2, 2100)],
+        )
         .await;
     let opening: Value = world.open(a.id, &token).await.json().await.unwrap();
     let session = Uuid::parse_str(opening["session_id"].as_str().unwrap()).unwrap();
     tokio::time::timeout(WAIT, serve).await.unwrap().unwrap();
     world.order_status(session, &token, "no_charge").await;
     let before = world.app.event_count().await;
-    let dead_before = stream_messages(&world.app.js, subjects::DEADLETTER_STREAM).await.len();
+    let dead_before = stream_messages(&world.app.js, subjects::DEADLETTER_STREAM)
+        .await
+        .len();
 
     // After-weights for a session that never existed.
-    b.sim.send(weights(b.id, Uuid::now_v7(), "after", &[(1, 1000)], 1)).await.unwrap();
+    b.sim
+        .send(weights(b.id, Uuid::now_v7(), "after", &[(1, 1000)], 1))
+        .await
+        .unwrap();
     // Cabinet B reporting on cabinet A's session.
-    b.sim.send(weights(b.id, session, "after", &[(1, 1000)], 2)).await.unwrap();
+    b.sim
+        .send(weights(b.id, session, "after", &[(1, 1000)], 2))
+        .await
+        .unwrap();
     // A baseline for a session no opening asked for.
-    b.sim.send(weights(b.id, Uuid::now_v7(), "before", &[(1, 1000)], 3)).await.unwrap();
+    b.sim
+        .send(weights(b.id, Uuid::now_v7(), "before", &[(1, 1000)], 3))
+        .await
+        .unwrap();
     // Cabinet B publishing under A's name: the payload and the subject disagree.
     let mut spoof = weights(a.id, session, "after", &[(1, 1)], 4);
     spoof.device_id = a.id.to_string();
@@ -664,9 +804,18 @@ async fn weights_for_a_missing_session_or_from_another_cabinet_are_dead_lettered
         .collect();
     assert_eq!(
         reasons,
-        vec!["unknown_session", "session_of_another_cabinet", "unknown_session", "device_mismatch"]
+        vec![
+            "unknown_session",
+            "session_of_another_cabinet",
+            "unknown_session",
+            "device_mismatch"
+        ]
     );
-    assert_eq!(world.app.event_count().await, before, "nothing was recorded");
+    assert_eq!(
+        world.app.event_count().await,
+        before,
+        "nothing was recorded"
+    );
     let order = world.order(session, &token).await.unwrap();
     assert_eq!(order["status"], "no_charge");
 }
@@ -678,15 +827,27 @@ async fn an_ambiguous_change_waits_for_an_operator_and_is_charged_as_resolved() 
     let token = world.shopper("ky_r").await;
     // 170 g off shelf 1 is half a cola: no whole quantity explains it.
     let serve = cabinet
-        .serve_one(&world.app.nats, vec![(1, 1700), (2, 2100)], vec![(1, 1530), (2, 2100)])
+        .serve_one(
+            &world.app.nats,
+            vec![(1, 1700), (2, 2100)],
+            vec![(1, 1530), (2, 2100)],
+        )
         .await;
     let opening: Value = world.open(cabinet.id, &token).await.json().await.unwrap();
     let session = Uuid::parse_str(opening["session_id"].as_str().unwrap()).unwrap();
     tokio::time::timeout(WAIT, serve).await.unwrap().unwrap();
     let order = world.order_status(session, &token, "needs_review").await;
-    assert!(order["review_reasons"].to_string().contains("out_of_tolerance"), "{order}");
+    assert!(
+        order["review_reasons"]
+            .to_string()
+            .contains("out_of_tolerance"),
+        "{order}"
+    );
     // Nothing to pay while in review, and no new opening either.
-    let pay = world.app.post(&format!("/m/api/orders/{session}/pay"), &token, None).await;
+    let pay = world
+        .app
+        .post(&format!("/m/api/orders/{session}/pay"), &token, None)
+        .await;
     assert_eq!(pay.status(), 409);
     assert_eq!(world.open(cabinet.id, &token).await.status(), 409);
     // Operators see it in their queue and resolve it; bad lines are refused by field.
@@ -707,7 +868,10 @@ async fn an_ambiguous_change_waits_for_an_operator_and_is_charged_as_resolved() 
         )
         .await;
     assert_eq!(bad.status(), 400);
-    assert_eq!(bad.json::<Value>().await.unwrap()["error"]["field"], "lines[0].quantity");
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["error"]["field"],
+        "lines[0].quantity"
+    );
     let ok = world
         .app
         .post(
@@ -722,10 +886,21 @@ async fn an_ambiguous_change_waits_for_an_operator_and_is_charged_as_resolved() 
     // A shopper cannot resolve reviews.
     let res = world
         .app
-        .post(&format!("/orders/{session}/review"), &token, Some(json!({"lines": []})))
+        .post(
+            &format!("/orders/{session}/review"),
+            &token,
+            Some(json!({"lines": []})),
+        )
         .await;
     assert_eq!(res.status(), 403);
-    assert_eq!(count(&world.app.pool, "SELECT count(*) FROM events WHERE event_type = 'ReviewResolved'").await, 1);
+    assert_eq!(
+        count(
+            &world.app.pool,
+            "SELECT count(*) FROM events WHERE event_type = 'ReviewResolved'"
+        )
+        .await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -745,10 +920,23 @@ async fn an_opening_that_times_out_abandons_its_session_and_frees_the_cabinet() 
     assert_eq!(res.status(), 202);
     let opening: Value = res.json().await.unwrap();
     let session = Uuid::parse_str(opening["session_id"].as_str().unwrap()).unwrap();
-    let msg = tokio::time::timeout(WAIT, commands.next()).await.unwrap().unwrap();
+    let msg = tokio::time::timeout(WAIT, commands.next())
+        .await
+        .unwrap()
+        .unwrap();
     let open: OpenCommand = serde_json::from_slice(&msg.payload).unwrap();
     assert_eq!(open.session_id, Some(session));
-    cabinet.sim.send(weights(cabinet.id, session, "before", &[(1, 1700), (2, 2100)], 0)).await.unwrap();
+    cabinet
+        .sim
+        .send(weights(
+            cabinet.id,
+            session,
+            "before",
+            &[(1, 1700), (2, 2100)],
+            0,
+        ))
+        .await
+        .unwrap();
     world.order_status(session, &token, "abandoned").await;
     eventually(WAIT, "cabinet free", || async {
         let d = world.app.device(cabinet.id).await?;
@@ -769,7 +957,10 @@ async fn planograms_are_operator_only_and_bad_slots_name_their_field() {
         world
             .app
             .http
-            .put(format!("{}/devices/{}/planogram", world.app.address, cabinet.id))
+            .put(format!(
+                "{}/devices/{}/planogram",
+                world.app.address, cabinet.id
+            ))
             .bearer_auth(who)
             .json(&body)
             .send()

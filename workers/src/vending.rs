@@ -102,7 +102,14 @@ pub async fn weights(
                 return step;
             }
             // Settled: the cabinet is free for the next shopper.
-            end_session(store, device, session_id, at, device_ctx(device, msg_id, "end")).await
+            end_session(
+                store,
+                device,
+                session_id,
+                at,
+                device_ctx(device, msg_id, "end"),
+            )
+            .await
         }
     }
 }
@@ -121,11 +128,11 @@ async fn start(
         Ok(None) => return Step::Refused("unknown_device", format!("device {did}")),
         Err(e) => return retry(e),
     };
-    let Some(pending) = cabinet
-        .pending_open
-        .as_ref()
-        .filter(|p| p.shopper.as_ref().is_some_and(|s| s.session_id == session_id))
-    else {
+    let Some(pending) = cabinet.pending_open.as_ref().filter(|p| {
+        p.shopper
+            .as_ref()
+            .is_some_and(|s| s.session_id == session_id)
+    }) else {
         return Step::Refused(
             "unknown_session",
             format!("no opening for shopping session {session_id} is pending at this cabinet"),
@@ -144,7 +151,10 @@ async fn start(
         KazayaUserId::parse("user", &shopper.user),
         cabinet.site.clone(),
     ) else {
-        return Step::Refused("invalid_session", "the opening names no valid shopper".into());
+        return Step::Refused(
+            "invalid_session",
+            "the opening names no valid shopper".into(),
+        );
     };
     let command = ShoppingCommand::Start {
         session_id: SessionId::from(session_id),
@@ -247,5 +257,11 @@ pub async fn fail_open(
     if let Some(d) = &ctx.device {
         abandon_ctx = abandon_ctx.with_device(d.clone());
     }
-    run_session(store, &sid, ShoppingCommand::Abandon { reason, at }, &abandon_ctx).await
+    run_session(
+        store,
+        &sid,
+        ShoppingCommand::Abandon { reason, at },
+        &abandon_ctx,
+    )
+    .await
 }

@@ -222,7 +222,10 @@ pub async fn publish_planogram(
     current_planogram(&state, device_id).await.map(Json)
 }
 
-async fn current_planogram(state: &AppState, device_id: DeviceId) -> Result<PlanogramView, ApiError> {
+async fn current_planogram(
+    state: &AppState,
+    device_id: DeviceId,
+) -> Result<PlanogramView, ApiError> {
     let did = device_id.to_string();
     let found = state.store.planograms.load(&did).await?;
     match found.and_then(|p| p.current.map(|c| (p.version, c))) {
@@ -478,13 +481,20 @@ pub async fn refund(
             message: "only a paid order can be refunded".into(),
         });
     };
-    let amount = Money::parse("amount_minor", body.value.amount_minor, paid.currency().as_str())?;
+    let amount = Money::parse(
+        "amount_minor",
+        body.value.amount_minor,
+        paid.currency().as_str(),
+    )?;
     let left = session.refundable().unwrap_or(*paid);
     if !amount.is_positive() || amount.minor() > left.minor() {
         return Err(ApiError::bad_request(
             "invalid_field",
             "amount_minor",
-            format!("amount_minor: 1 to {} (what is left of the payment)", left.minor()),
+            format!(
+                "amount_minor: 1 to {} (what is left of the payment)",
+                left.minor()
+            ),
         ));
     }
     // The request's own id keys the refund at Kazaya, so a retried request cannot refund twice.
@@ -498,7 +508,11 @@ pub async fn refund(
     });
     let kazaya = state.vending.kazaya()?;
     kazaya
-        .refund(&refund_id.to_string(), provider_ref.as_str(), amount.minor())
+        .refund(
+            &refund_id.to_string(),
+            provider_ref.as_str(),
+            amount.minor(),
+        )
         .await?;
     let command = ShoppingCommand::Refund {
         refund_id,

@@ -31,8 +31,8 @@ use hmac::{Hmac, Mac};
 use latch_domain::device::{DeviceCommand, DeviceError, DeviceId, Label, ShopperOpen};
 use latch_domain::store::{CommandContext, CommandError, IdempotencyKey};
 use latch_domain::vending::{
-    KazayaUserId, MemberCommand, PaymentState, Profile, ProviderRef, SessionStage,
-    ShoppingCommand, ShoppingSession,
+    KazayaUserId, MemberCommand, PaymentState, Profile, ProviderRef, SessionStage, ShoppingCommand,
+    ShoppingSession,
 };
 use latch_projections::device_status;
 use latch_projections::orders::{self, OrderRow};
@@ -91,8 +91,14 @@ fn secure_headers(h: &mut HeaderMap) {
         HeaderValue::from_static(crate::pages::CONTENT_SECURITY_POLICY),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
 }
 
 fn escape(s: &str) -> String {
@@ -313,10 +319,16 @@ pub async fn auth_callback(
     if let Some(error) = q.error.as_deref() {
         return failed(
             "login_declined",
-            &format!("Kazaya did not authorize the login ({error}). Scan the cabinet to try again."),
+            &format!(
+                "Kazaya did not authorize the login ({error}). Scan the cabinet to try again."
+            ),
         );
     }
-    let Some(code) = q.code.as_deref().filter(|c| !c.is_empty() && c.len() <= 512) else {
+    let Some(code) = q
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty() && c.len() <= 512)
+    else {
         return failed("login_code_missing", "Kazaya sent no authorization code.");
     };
     let Ok(device) = DeviceId::parse("device", device) else {
@@ -538,7 +550,9 @@ async fn cabinet_view(
         if s.pending_open_request == Some(r) {
             "pending".to_owned()
         } else if s.last_open_request == Some(r) {
-            s.last_open_outcome.clone().unwrap_or_else(|| "unknown".into())
+            s.last_open_outcome
+                .clone()
+                .unwrap_or_else(|| "unknown".into())
         } else {
             "unknown".to_owned()
         }
@@ -577,7 +591,9 @@ pub async fn cabinet(
             })
         })
         .transpose()?;
-    cabinet_view(&state, &device, &shopper, request).await.map(Json)
+    cabinet_view(&state, &device, &shopper, request)
+        .await
+        .map(Json)
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -784,15 +800,24 @@ pub async fn pay(
         }
     };
     let request = payment_request(&state, sid, &session, payment_id, amount, &shopper.user);
-    match kazaya.create_payment(&payment_id.to_string(), &request).await {
+    match kazaya
+        .create_payment(&payment_id.to_string(), &request)
+        .await
+    {
         Ok(created) => Ok(Json(PayRedirect {
             payment_id,
             pay_url: created.pay_url,
         })),
         Err(e) => {
             // Kazaya said no, or could not be reached: free the order for another attempt.
-            let reason = Label::parse("reason", &e.to_string().chars().take(200).collect::<String>(), 200)
-                .unwrap_or_else(|_| Label::parse("reason", "payment could not start", 200).expect("label"));
+            let reason = Label::parse(
+                "reason",
+                &e.to_string().chars().take(200).collect::<String>(),
+                200,
+            )
+            .unwrap_or_else(|_| {
+                Label::parse("reason", "payment could not start", 200).expect("label")
+            });
             let command = ShoppingCommand::RecordPaymentFailed {
                 payment_id,
                 reason,
@@ -871,13 +896,11 @@ async fn record_outcome(
     use crate::kazaya::PaymentState as K;
     let now = state.clock.now();
     let command = match payment.status {
-        K::Succeeded | K::Refunded => {
-            ShoppingCommand::RecordPaymentSucceeded {
-                payment_id,
-                provider_ref: ProviderRef::parse("payment_id", &payment.payment_id)?,
-                at: now,
-            }
-        }
+        K::Succeeded | K::Refunded => ShoppingCommand::RecordPaymentSucceeded {
+            payment_id,
+            provider_ref: ProviderRef::parse("payment_id", &payment.payment_id)?,
+            at: now,
+        },
         K::Failed => ShoppingCommand::RecordPaymentFailed {
             payment_id,
             reason: Label::parse("reason", "declined at Kazaya", 200)?,
@@ -906,10 +929,14 @@ pub async fn webhook(
 ) -> Result<StatusCode, ApiError> {
     let kazaya = state.vending.kazaya()?;
     let event = kazaya.verify_webhook(&headers, &body, state.clock.now())?;
-    let span = tracing::info_span!("kazaya_webhook", webhook_id = %event.id, kind = event.kind.as_str());
+    let span =
+        tracing::info_span!("kazaya_webhook", webhook_id = %event.id, kind = event.kind.as_str());
     let _guard = span.enter();
     let data = &event.data;
-    if matches!(event.kind, WebhookKind::RefundSucceeded | WebhookKind::Other(_)) {
+    if matches!(
+        event.kind,
+        WebhookKind::RefundSucceeded | WebhookKind::Other(_)
+    ) {
         // Refunds are recorded when we ask for them; unknown kinds are for a newer build.
         return Ok(StatusCode::NO_CONTENT);
     }
@@ -939,13 +966,24 @@ pub async fn webhook(
         .await?
         .unwrap_or_default();
     let requested = match &session.payment {
-        PaymentState::Pending { payment_id: p, amount } if *p == payment_id => Some(*amount),
-        PaymentState::Succeeded { payment_id: p, amount, .. } if *p == payment_id => Some(*amount),
+        PaymentState::Pending {
+            payment_id: p,
+            amount,
+        } if *p == payment_id => Some(*amount),
+        PaymentState::Succeeded {
+            payment_id: p,
+            amount,
+            ..
+        } if *p == payment_id => Some(*amount),
         _ => None,
     };
     if let Some(amount) = requested {
         if amount.minor() != data.amount || amount.currency().as_str() != data.currency {
-            tracing::error!(expected = amount.minor(), got = data.amount, "callback amount differs");
+            tracing::error!(
+                expected = amount.minor(),
+                got = data.amount,
+                "callback amount differs"
+            );
             return Err(ApiError::Conflict {
                 code: "amount_mismatch",
                 message: "the callback's amount is not what was requested".into(),
@@ -960,7 +998,7 @@ pub async fn webhook(
         currency: data.currency.clone(),
         status: match event.kind {
             WebhookKind::PaymentFailed => crate::kazaya::PaymentState::Failed,
-            _ => data.status.clone(),
+            _ => data.status,
         },
         refunded_amount: data.refunded_amount,
         user_id: String::new(),

@@ -52,8 +52,14 @@ mod tests {
         let b = DeviceId::from(Uuid::from_u128(2));
         let sig = signature(b"key", &a);
         assert!(verify(b"key", &a, &sig));
-        assert!(!verify(b"key", &b, &sig), "a sticker moved to another cabinet");
-        assert!(!verify(b"other", &a, &sig), "a sticker signed with another key");
+        assert!(
+            !verify(b"key", &b, &sig),
+            "a sticker moved to another cabinet"
+        );
+        assert!(
+            !verify(b"other", &a, &sig),
+            "a sticker signed with another key"
+        );
         assert!(!verify(b"key", &a, &sig[..sig.len() - 1]));
         assert!(!verify(b"key", &a, "not base64!"));
         assert!(!verify(b"key", &a, ""));

@@ -62,10 +62,7 @@ pub enum ShoppingCommand {
     },
     /// The door never opened after the baseline was taken (the cabinet refused, or the open
     /// request ran out of time): nothing can have been taken, so nothing is owed.
-    Abandon {
-        reason: Label,
-        at: DateTime<Utc>,
-    },
+    Abandon { reason: Label, at: DateTime<Utc> },
     ResolveReview {
         operator: OperatorId,
         /// The final order; empty means no charge.
