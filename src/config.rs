@@ -108,7 +108,11 @@ pub struct ServeArgs {
     #[arg(long, env = "LATCH_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Key that signs cabinet sticker links (any string; keep it secret and stable).
-    #[arg(long, env = "LATCH_STICKER_KEY", default_value = "latch-dev-sticker-key-change-me")]
+    #[arg(
+        long,
+        env = "LATCH_STICKER_KEY",
+        default_value = "latch-dev-sticker-key-change-me"
+    )]
     pub sticker_key: String,
     /// Kazaya's base URL; without it shopper login and payments answer 503.
     #[arg(long, env = "LATCH_KAZAYA_URL")]
