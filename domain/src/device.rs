@@ -1027,4 +1027,122 @@ mod tests {
         assert!(FaultCode::parse("code", "Door").is_err());
         assert!(DeviceId::parse("device_id", "nope").is_err());
     }
+
+    fn shopper(n: u128) -> ShopperOpen {
+        ShopperOpen {
+            session_id: Uuid::from_u128(5000 + n),
+            user: format!("ky_{n}"),
+        }
+    }
+    fn shopper_opens(n: u128) -> DeviceCommand {
+        DeviceCommand::RequestOpen {
+            request_id: req(n),
+            deadline: t(20),
+            shopper: Some(shopper(n)),
+            at: t(10),
+        }
+    }
+    fn shopper_requested(n: u128) -> DeviceEvent {
+        DeviceEvent::DoorOpenRequested {
+            request_id: req(n),
+            deadline: t(20),
+            shopper: Some(shopper(n)),
+            at: t(10),
+        }
+    }
+
+    #[test]
+    fn a_shoppers_opening_holds_the_cabinet_until_the_session_ends() {
+        DeviceTest::with(())
+            .given(ready())
+            .when(shopper_opens(1))
+            .then_expect_events(vec![shopper_requested(1)]);
+        // Confirmed: the door opened, the session still holds the cabinet.
+        let mut held = ready();
+        held.push(shopper_requested(1));
+        held.push(DeviceEvent::DoorOpened {
+            request_id: Some(req(1)),
+            at: t(11),
+        });
+        held.push(DeviceEvent::DoorOpenConfirmed {
+            request_id: req(1),
+            at: t(11),
+        });
+        held.push(DeviceEvent::DoorClosed { at: t(12) });
+        DeviceTest::with(())
+            .given(held.clone())
+            .when(shopper_opens(2))
+            .then_expect_error(DeviceError::SessionInProgress);
+        // An operator may still open it (to restock or help).
+        DeviceTest::with(())
+            .given(held.clone())
+            .when(DeviceCommand::RequestOpen {
+                request_id: req(3),
+                deadline: t(30),
+                shopper: None,
+                at: t(13),
+            })
+            .then_expect_events(vec![DeviceEvent::DoorOpenRequested {
+                request_id: req(3),
+                deadline: t(30),
+                shopper: None,
+                at: t(13),
+            }]);
+        let end = |n: u128| DeviceCommand::EndSession {
+            session_id: shopper(n).session_id,
+            at: t(14),
+        };
+        let ended = DeviceEvent::ShoppingSessionEnded {
+            session_id: shopper(1).session_id,
+            at: t(14),
+        };
+        // Ending another session changes nothing; ending this one frees the cabinet, once.
+        DeviceTest::with(())
+            .given(held.clone())
+            .when(end(9))
+            .then_expect_events(vec![]);
+        DeviceTest::with(())
+            .given(held.clone())
+            .when(end(1))
+            .then_expect_events(vec![ended.clone()]);
+        held.push(ended);
+        DeviceTest::with(())
+            .given(held.clone())
+            .when(end(1))
+            .then_expect_events(vec![]);
+        DeviceTest::with(())
+            .given(held)
+            .when(shopper_opens(2))
+            .then_expect_events(vec![shopper_requested(2)]);
+    }
+
+    #[test]
+    fn a_failed_shopper_opening_frees_the_cabinet() {
+        let mut given = ready();
+        given.push(shopper_requested(1));
+        given.push(DeviceEvent::DoorOpenFailed {
+            request_id: req(1),
+            failure: OpenFailure::Timeout,
+            at: t(21),
+        });
+        DeviceTest::with(())
+            .given(given)
+            .when(shopper_opens(2))
+            .then_expect_events(vec![shopper_requested(2)]);
+    }
+
+    #[test]
+    fn shoppers_open_only_vending_cabinets() {
+        let locker = DeviceEvent::DeviceRegistered {
+            device_id: id(),
+            kind: DeviceKind::Locker,
+            site: SiteCode::parse("site", "610091A01").unwrap(),
+            label: Label::parse("label", "柜", 80).unwrap(),
+            at: t(0),
+        };
+        DeviceTest::with(())
+            .given(vec![locker, online(), closed()])
+            .when(shopper_opens(1))
+            .then_expect_error(DeviceError::NotVending);
+    }
 }

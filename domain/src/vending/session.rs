@@ -1461,6 +1461,37 @@ mod tests {
     }
 
     #[test]
+    fn a_session_whose_door_never_opened_is_abandoned_once_and_owes_nothing() {
+        let abandon = || ShoppingCommand::Abandon {
+            reason: Label::parse("reason", "timeout", 200).unwrap(),
+            at: t(30),
+        };
+        let abandoned = ShoppingEvent::SessionAbandoned {
+            reason: Label::parse("reason", "timeout", 200).unwrap(),
+            at: t(30),
+        };
+        SessionTest::with(())
+            .given(started())
+            .when(abandon())
+            .then_expect_events(vec![abandoned.clone()]);
+        let mut given = started();
+        given.push(abandoned);
+        assert!(!state(given.clone()).unpaid());
+        SessionTest::with(())
+            .given(given)
+            .when(abandon())
+            .then_expect_events(vec![]);
+        SessionTest::with(())
+            .given(placed())
+            .when(abandon())
+            .then_expect_error(ShoppingError::AlreadyClosed);
+        SessionTest::with(())
+            .given_no_previous_events()
+            .when(abandon())
+            .then_expect_error(ShoppingError::NotStarted);
+    }
+
+    #[test]
     fn unpaid_across_the_life_of_a_session() {
         assert!(!ShoppingSession::default().unpaid());
         assert!(!state(started()).unpaid());
@@ -1477,6 +1508,10 @@ mod tests {
         all.extend(in_review()[3..].to_vec());
         all.extend(resolved(vec![], 0)[4..].to_vec());
         all.push(ShoppingEvent::SessionClosedEmpty { at: t(1) });
+        all.push(ShoppingEvent::SessionAbandoned {
+            reason: Label::parse("reason", "the cabinet did not open in time", 200).unwrap(),
+            at: t(1),
+        });
         all.push(failed(vec![], 3).remove(0));
         all = refunded(all, 1, 10);
         let mut names: Vec<String> = all.iter().map(|e| e.event_type()).collect();
