@@ -30,6 +30,8 @@ pub enum Which {
     Pipeline(PipelineArgs),
     /// QR login pages: poll throughput beside a bare handler, memory of open push connections.
     Qr(crate::bench_qr::QrArgs),
+    /// Vending: door-open latency, openings/s and settlement under many cabinets, with memory.
+    Vending(crate::bench_vending::VendingArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -55,6 +57,7 @@ pub async fn run(which: Which) -> Result<Report, Box<dyn std::error::Error>> {
     match which {
         Which::Pipeline(args) => pipeline(args).await,
         Which::Qr(args) => crate::bench_qr::run(args).await,
+        Which::Vending(args) => crate::bench_vending::run(args).await,
     }
 }
 

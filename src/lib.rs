@@ -9,6 +9,7 @@
 pub mod app;
 pub mod bench;
 pub mod bench_qr;
+pub mod bench_vending;
 pub mod config;
 pub mod dev;
 pub mod kazaya_sandbox;
