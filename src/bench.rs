@@ -30,6 +30,8 @@ pub enum Which {
     Pipeline(PipelineArgs),
     /// QR login pages: poll throughput beside a bare handler, memory of open push connections.
     Qr(crate::bench_qr::QrArgs),
+    /// Audit: rebuild rate beside a raw ordered read of the same log, and `audit verify`.
+    Audit(crate::bench_audit::AuditArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -55,6 +57,7 @@ pub async fn run(which: Which) -> Result<Report, Box<dyn std::error::Error>> {
     match which {
         Which::Pipeline(args) => pipeline(args).await,
         Which::Qr(args) => crate::bench_qr::run(args).await,
+        Which::Audit(args) => crate::bench_audit::run(args).await,
     }
 }
 
