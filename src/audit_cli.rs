@@ -134,7 +134,10 @@ pub async fn audit(cmd: AuditCmd) -> Result<(), Error> {
             let report = verify::walk(&pool, None, &|p| pb.set_position(p as u64)).await?;
             pb.finish_and_clear();
             println!("{report}");
-            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "verify done");
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "verify done"
+            );
             if report.intact() {
                 Ok(())
             } else {

@@ -95,12 +95,14 @@ async fn phases(
     tracing::info!(rows = n, bytes, raw_rate, "raw ordered read measured");
 
     let t = Instant::now();
-    let done =
-        latch_audit::rebuild::rebuild_named(&pool, "device_status", &|_| {}).await?;
+    let done = latch_audit::rebuild::rebuild_named(&pool, "device_status", &|_| {}).await?;
     let rebuild_secs = t.elapsed().as_secs_f64();
     let rebuild_rate = done.events as f64 / rebuild_secs;
     report.rows.push(Row {
-        what: format!("`latch projections rebuild device_status`, {} events, {} devices", args.events, args.devices),
+        what: format!(
+            "`latch projections rebuild device_status`, {} events, {} devices",
+            args.events, args.devices
+        ),
         value: format!(
             "{:.0} events/s ({:.2} s; {} rows; projector held off {} ms)",
             rebuild_rate,
@@ -150,7 +152,11 @@ async fn phases(
     report.notes.push(format!(
         "machine: {} cores; build: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        if cfg!(debug_assertions) { "debug" } else { "release" }
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     ));
     pool.close().await;
     Ok(())

@@ -71,9 +71,13 @@ fn time(field: &'static str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>,
 
 fn text(field: &'static str, raw: Option<String>) -> Result<Option<String>, ApiError> {
     match raw {
-        Some(v) if v.is_empty() || v.len() > 200 || v.chars().any(char::is_control) => Err(
-            ApiError::bad_request("invalid_field", field, "must be 1 to 200 printable characters"),
-        ),
+        Some(v) if v.is_empty() || v.len() > 200 || v.chars().any(char::is_control) => {
+            Err(ApiError::bad_request(
+                "invalid_field",
+                field,
+                "must be 1 to 200 printable characters",
+            ))
+        }
         other => Ok(other),
     }
 }
@@ -115,7 +119,11 @@ pub async fn events(
     let from = match p.from.as_deref() {
         None => 0,
         Some(raw) => raw.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-            ApiError::bad_request("invalid_field", "from", "must be a log position (0 or more)")
+            ApiError::bad_request(
+                "invalid_field",
+                "from",
+                "must be a log position (0 or more)",
+            )
         })?,
     };
     let follow = match p.follow.as_deref() {

@@ -422,7 +422,14 @@ async fn run<M: Model>(
         head: position,
         events: folder.events,
     });
-    tracing::info!(name, position, rows, events = folder.events, swap_ms = swap.as_millis() as u64, "rebuild swapped in");
+    tracing::info!(
+        name,
+        position,
+        rows,
+        events = folder.events,
+        swap_ms = swap.as_millis() as u64,
+        "rebuild swapped in"
+    );
     Ok(Rebuilt {
         name: name.to_owned(),
         position,

@@ -287,9 +287,7 @@ pub async fn check(
     } else if report.problem.is_some() {
         (
             false,
-            format!(
-                "the stored chain is broken before position {position}; see problem",
-            ),
+            format!("the stored chain is broken before position {position}; see problem",),
         )
     } else if recomputed == hex::encode(head) {
         (

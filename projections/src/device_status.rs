@@ -220,12 +220,10 @@ pub async fn load_rows(
     table: &str,
     ids: &[Uuid],
 ) -> Result<Vec<DeviceStatus>, sqlx::Error> {
-    sqlx::query_as::<_, DeviceStatus>(&format!(
-        "SELECT * FROM {table} WHERE device_id = ANY($1)"
-    ))
-    .bind(ids)
-    .fetch_all(conn)
-    .await
+    sqlx::query_as::<_, DeviceStatus>(&format!("SELECT * FROM {table} WHERE device_id = ANY($1)"))
+        .bind(ids)
+        .fetch_all(conn)
+        .await
 }
 
 /// Inserts or replaces `rows` in `table` (the live `device_status` or a rebuild's shadow copy).

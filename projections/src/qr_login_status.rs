@@ -180,12 +180,10 @@ pub async fn load_rows(
     table: &str,
     ids: &[Uuid],
 ) -> Result<Vec<QrLoginStatus>, sqlx::Error> {
-    sqlx::query_as::<_, QrLoginStatus>(&format!(
-        "SELECT * FROM {table} WHERE login_id = ANY($1)"
-    ))
-    .bind(ids)
-    .fetch_all(conn)
-    .await
+    sqlx::query_as::<_, QrLoginStatus>(&format!("SELECT * FROM {table} WHERE login_id = ANY($1)"))
+        .bind(ids)
+        .fetch_all(conn)
+        .await
 }
 
 /// Inserts or replaces `rows` in `table` (the live `qr_login_status` or a rebuild's shadow copy).

@@ -86,7 +86,10 @@ async fn only_auditors_read_history_and_bad_input_is_a_4xx() {
             ("/audit/events?follow=maybe", "follow"),
             ("/audit/as-of", "at"),
             ("/audit/as-of?at=noon", "at"),
-            ("/audit/as-of?at=2026-01-01T00:00:00Z&device_id=nope", "device_id"),
+            (
+                "/audit/as-of?at=2026-01-01T00:00:00Z&device_id=nope",
+                "device_id",
+            ),
         ] {
             let res = app.get(path, &auditor).await;
             assert_eq!(res.status(), 400, "{path}");
@@ -138,7 +141,9 @@ async fn history_streams_in_log_order_with_metadata_and_filters() {
         let auditor = auditor(&app).await;
         let a = app.register_device("vending", "S1", "a").await;
         let b = app.register_device("locker", "S1", "b").await;
-        let res = app.post(&format!("/devices/{a}/open"), &app.operator, None).await;
+        let res = app
+            .post(&format!("/devices/{a}/open"), &app.operator, None)
+            .await;
         assert_eq!(res.status(), 409, "offline: refused, nothing appended");
         app.register_device("vending", "S2", "c").await;
         settled(&app).await;
@@ -167,7 +172,13 @@ async fn history_streams_in_log_order_with_metadata_and_filters() {
             .unwrap();
         assert_eq!(all[1]["hash"], hex::encode(stored));
 
-        let from = lines(&app.get("/audit/events?from=1", &auditor).await.text().await.unwrap());
+        let from = lines(
+            &app.get("/audit/events?from=1", &auditor)
+                .await
+                .text()
+                .await
+                .unwrap(),
+        );
         assert_eq!(from.first().unwrap()["position"], 2);
         let only_b = lines(
             &app.get(&format!("/audit/events?aggregate_id={b}"), &auditor)
@@ -328,7 +339,11 @@ async fn as_of_agrees_with_the_live_model_now_and_differs_in_the_past() {
             .into_values()
             .map(|r| serde_json::to_value(r).unwrap())
             .collect();
-        assert_eq!(now["devices"], json!(live), "as of now == the live read model");
+        assert_eq!(
+            now["devices"],
+            json!(live),
+            "as of now == the live read model"
+        );
         assert_eq!(now["position"], json!(head(&app.pool).await));
 
         let past = at(t1).await;
@@ -351,10 +366,16 @@ async fn as_of_agrees_with_the_live_model_now_and_differs_in_the_past() {
 
 // ---------------------------------------------------------------- verifiable history
 
-const META: &str =
-    r#"{"correlation_id":"c","causation_id":"c","actor":"test","request_id":"r"}"#;
+const META: &str = r#"{"correlation_id":"c","causation_id":"c","actor":"test","request_id":"r"}"#;
 
-async fn insert_event(pool: &PgPool, id: &str, seq: i64, event_type: &str, version: &str, payload: Value) {
+async fn insert_event(
+    pool: &PgPool,
+    id: &str,
+    seq: i64,
+    event_type: &str,
+    version: &str,
+    payload: Value,
+) {
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
          VALUES ('device', $1, $2, $3, $4, $5, $6::jsonb)",
@@ -374,13 +395,23 @@ fn registered(id: Uuid, label: &str) -> Value {
     json!({"DeviceRegistered": {"device_id": id, "kind": "vending", "site": "S1", "label": label, "at": "2026-11-21T08:00:00Z"}})
 }
 
+/// Sequences every event, as the relay would (the transaction horizon is cluster-wide, so other
+/// tests' open transactions can hold it back for a moment).
 async fn sequence_all(pool: &PgPool) {
     let mut conn = pool.acquire().await.unwrap();
-    while !latch_workers::relay::sequence_batch(&mut conn, 1000)
-        .await
-        .unwrap()
-        .is_empty()
-    {}
+    loop {
+        latch_workers::relay::sequence_batch(&mut conn, 1000)
+            .await
+            .unwrap();
+        let (events,): (i64,) = sqlx::query_as("SELECT count(*) FROM events")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if head(pool).await >= events {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A database with `n` logged device events (two devices, door opening and closing).
@@ -388,14 +419,40 @@ async fn logged_db(n: i64) -> (TestDb, PgPool) {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let (d1, d2) = (Uuid::now_v7(), Uuid::now_v7());
-    insert_event(&pool, &d1.to_string(), 1, "DeviceRegistered", "1", registered(d1, "one")).await;
-    insert_event(&pool, &d2.to_string(), 1, "DeviceRegistered", "1", registered(d2, "two")).await;
+    insert_event(
+        &pool,
+        &d1.to_string(),
+        1,
+        "DeviceRegistered",
+        "1",
+        registered(d1, "one"),
+    )
+    .await;
+    insert_event(
+        &pool,
+        &d2.to_string(),
+        1,
+        "DeviceRegistered",
+        "1",
+        registered(d2, "two"),
+    )
+    .await;
     for i in 2..n {
-        let (id, seq) = if i % 2 == 0 { (d1, i / 2 + 1) } else { (d2, i / 2 + 1) };
-        let (t, p) = if seq % 2 == 0 {
-            ("DoorOpened", json!({"DoorOpened": {"request_id": null, "at": "2026-11-21T08:00:01Z"}}))
+        let (id, seq) = if i % 2 == 0 {
+            (d1, i / 2 + 1)
         } else {
-            ("DoorClosed", json!({"DoorClosed": {"at": "2026-11-21T08:00:02Z"}}))
+            (d2, i / 2 + 1)
+        };
+        let (t, p) = if seq % 2 == 0 {
+            (
+                "DoorOpened",
+                json!({"DoorOpened": {"request_id": null, "at": "2026-11-21T08:00:01Z"}}),
+            )
+        } else {
+            (
+                "DoorClosed",
+                json!({"DoorClosed": {"at": "2026-11-21T08:00:02Z"}}),
+            )
         };
         insert_event(&pool, &id.to_string(), seq, t, "1", p).await;
     }
@@ -532,10 +589,16 @@ async fn splice_forged(pool: &PgPool, at: i64, careful: bool) {
         [9; 32]
     };
     let id: Uuid = row.try_get("event_id").unwrap();
-    tamper(pool, &format!(
-        "INSERT INTO event_log (position, event_id, tx_id, event_row_id, prev_hash, hash)
+    tamper(
+        pool,
+        &format!(
+            "INSERT INTO event_log (position, event_id, tx_id, event_row_id, prev_hash, hash)
          VALUES ({at}, '{id}', '3'::xid8, 100000, '\\x{}', '\\x{}')",
-        hex::encode(prev), hex::encode(hash))).await;
+            hex::encode(prev),
+            hex::encode(hash)
+        ),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,7 +665,14 @@ async fn rebuild_equals_the_live_model_while_readers_keep_being_served() {
         let app = spawn_app().await;
         let mut ids = Vec::new();
         for i in 0..30 {
-            ids.push(app.register_device(if i % 2 == 0 { "vending" } else { "locker" }, "S1", &format!("d{i}")).await);
+            ids.push(
+                app.register_device(
+                    if i % 2 == 0 { "vending" } else { "locker" },
+                    "S1",
+                    &format!("d{i}"),
+                )
+                .await,
+            );
         }
         settled(&app).await;
         let before = device_status::load_all(&app.pool).await.unwrap();
@@ -610,12 +680,21 @@ async fn rebuild_equals_the_live_model_while_readers_keep_being_served() {
 
         let stop = latch_workers::CancellationToken::new();
         let reader = {
-            let (http, address, token, stop) =
-                (app.http.clone(), app.address.clone(), app.user.clone(), stop.clone());
+            let (http, address, token, stop) = (
+                app.http.clone(),
+                app.address.clone(),
+                app.user.clone(),
+                stop.clone(),
+            );
             tokio::spawn(async move {
                 let (mut ok, mut failed) = (0, 0);
                 while !stop.is_cancelled() {
-                    let res = http.get(format!("{address}/devices?limit=1000")).bearer_auth(&token).send().await.unwrap();
+                    let res = http
+                        .get(format!("{address}/devices?limit=1000"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .unwrap();
                     if res.status() == 200 && res.json::<Vec<Value>>().await.unwrap().len() >= 30 {
                         ok += 1;
                     } else {
@@ -627,7 +706,9 @@ async fn rebuild_equals_the_live_model_while_readers_keep_being_served() {
             })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let done = rebuild::rebuild_named(&app.pool, "device_status", &|_| {}).await.unwrap();
+        let done = rebuild::rebuild_named(&app.pool, "device_status", &|_| {})
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         stop.cancel();
         let (ok, failed) = reader.await.unwrap();
@@ -645,25 +726,36 @@ async fn rebuild_equals_the_live_model_while_readers_keep_being_served() {
         .fetch_all(&app.pool)
         .await
         .unwrap();
-        assert_eq!(indexes, vec!["device_status_pending_open", "device_status_pkey"]);
-        let shadow: Option<String> = sqlx::query_scalar("SELECT to_regclass('device_status__rebuild')::text")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+        assert_eq!(
+            indexes,
+            vec!["device_status_pending_open", "device_status_pkey"]
+        );
+        let shadow: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('device_status__rebuild')::text")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
         assert_eq!(shadow, None);
 
         // The live projector goes on from the swapped-in checkpoint, into the new table.
         let late = app.register_device("vending", "S9", "after the swap").await;
-        eventually(LIMIT, "live projector after the swap", || async { app.device(late).await }).await;
+        eventually(LIMIT, "live projector after the swap", || async {
+            app.device(late).await
+        })
+        .await;
         settled(&app).await;
         assert_eq!(
             device_status::load_all(&app.pool).await.unwrap(),
             device_status::fold_log(&app.pool).await.unwrap()
         );
         // A second rebuild over the first one's table works too (index names came back).
-        rebuild::rebuild_named(&app.pool, "device_status", &|_| {}).await.unwrap();
+        rebuild::rebuild_named(&app.pool, "device_status", &|_| {})
+            .await
+            .unwrap();
         assert_eq!(device_status::load_all(&app.pool).await.unwrap().len(), 31);
-        rebuild::rebuild_named(&app.pool, "qr_login_status", &|_| {}).await.unwrap();
+        rebuild::rebuild_named(&app.pool, "qr_login_status", &|_| {})
+            .await
+            .unwrap();
     })
     .await;
 }
@@ -720,19 +812,41 @@ async fn an_old_event_version_is_read_through_the_upcaster_beside_the_new_one() 
 async fn an_unknown_event_type_stops_a_rebuild_and_names_it() {
     bounded("unknown event", async {
         let (_db, pool) = logged_db(4).await;
-        let (before,): (i64,) = sqlx::query_as("SELECT count(*) FROM device_status").fetch_one(&pool).await.unwrap();
-        let id: String = sqlx::query_scalar("SELECT aggregate_id FROM events ORDER BY id LIMIT 1").fetch_one(&pool).await.unwrap();
-        insert_event(&pool, &id, 10, "DeviceTeleported", "1", json!({"DeviceTeleported": {"to": "Mars"}})).await;
+        let (before,): (i64,) = sqlx::query_as("SELECT count(*) FROM device_status")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let id: String = sqlx::query_scalar("SELECT aggregate_id FROM events ORDER BY id LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        insert_event(
+            &pool,
+            &id,
+            10,
+            "DeviceTeleported",
+            "1",
+            json!({"DeviceTeleported": {"to": "Mars"}}),
+        )
+        .await;
         sequence_all(&pool).await;
-        let err = rebuild::rebuild_named(&pool, "device_status", &|_| {}).await.unwrap_err();
+        let err = rebuild::rebuild_named(&pool, "device_status", &|_| {})
+            .await
+            .unwrap_err();
         let message = err.to_string();
         assert!(message.contains("DeviceTeleported"), "{message}");
         assert!(message.contains("position 5"), "{message}");
         // The live table is as it was, and no shadow is left behind.
-        let (after,): (i64,) = sqlx::query_as("SELECT count(*) FROM device_status").fetch_one(&pool).await.unwrap();
+        let (after,): (i64,) = sqlx::query_as("SELECT count(*) FROM device_status")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         assert_eq!(after, before);
-        let shadow: Option<String> = sqlx::query_scalar("SELECT to_regclass('device_status__rebuild')::text")
-            .fetch_one(&pool).await.unwrap();
+        let shadow: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('device_status__rebuild')::text")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
         assert_eq!(shadow, None);
         assert!(matches!(
             rebuild::rebuild_named(&pool, "nope", &|_| {}).await,
