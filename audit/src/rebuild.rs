@@ -340,33 +340,57 @@ async fn run<M: Model>(
     tracing::info!(name, head, "rebuild: folding the log");
     let mut position = 0i64;
     {
-        let mut reader = pool.acquire().await?;
-        let mut rows = sqlx::query(
-            "SELECT l.position, e.event_id, e.aggregate_type, e.aggregate_id, e.sequence,
-                    e.event_type, e.event_version, e.payload, e.recorded_at
-               FROM event_log l JOIN events e ON e.event_id = l.event_id
-              WHERE l.position <= $1 AND e.aggregate_type = $2
-              ORDER BY l.position",
-        )
-        .bind(head)
-        .bind(model.aggregate_type())
-        .fetch(&mut *reader);
-        let mut chunk = Vec::with_capacity(CHUNK);
-        while let Some(row) = rows.try_next().await? {
-            chunk.push(folded(&row)?);
-            if chunk.len() == CHUNK {
-                position = chunk.last().map_or(position, |e| e.position);
-                folder.feed(&mut writer, &chunk).await?;
-                chunk.clear();
-                progress(Progress {
-                    phase: "fold",
-                    position,
-                    head,
-                    events: folder.events,
-                });
+        // Reading and decoding run in their own task, one chunk ahead of the fold, so Postgres
+        // sending rows and this process folding them overlap.
+        let (chunks, mut ready) =
+            tokio::sync::mpsc::channel::<Result<Vec<LoggedEvent>, sqlx::Error>>(4);
+        let reader_pool = pool.clone();
+        let aggregate_type = model.aggregate_type();
+        let reader = tokio::spawn(async move {
+            let read = async {
+                let mut conn = reader_pool.acquire().await?;
+                let mut rows = sqlx::query(
+                    "SELECT l.position, e.event_id, e.aggregate_type, e.aggregate_id, e.sequence,
+                            e.event_type, e.event_version, e.payload, e.recorded_at
+                       FROM event_log l JOIN events e ON e.event_id = l.event_id
+                      WHERE l.position <= $1 AND e.aggregate_type = $2
+                      ORDER BY l.position",
+                )
+                .bind(head)
+                .bind(aggregate_type)
+                .fetch(&mut *conn);
+                let mut chunk = Vec::with_capacity(CHUNK);
+                while let Some(row) = rows.try_next().await? {
+                    chunk.push(folded(&row)?);
+                    if chunk.len() == CHUNK {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                        if chunks.send(Ok(full)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                if !chunk.is_empty() {
+                    let _ = chunks.send(Ok(chunk)).await;
+                }
+                Ok::<(), sqlx::Error>(())
+            };
+            if let Err(e) = read.await {
+                let _ = chunks.send(Err(e)).await;
             }
+        });
+        while let Some(chunk) = ready.recv().await {
+            let chunk = chunk?;
+            position = chunk.last().map_or(position, |e| e.position);
+            folder.feed(&mut writer, &chunk).await?;
+            progress(Progress {
+                phase: "fold",
+                position,
+                head,
+                events: folder.events,
+            });
         }
-        folder.feed(&mut writer, &chunk).await?;
+        drop(ready);
+        let _ = reader.await;
     }
     position = head;
     progress(Progress {

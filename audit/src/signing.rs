@@ -227,12 +227,15 @@ pub async fn sign_head(
     Ok(list(pool, Some(position)).await?.pop())
 }
 
+/// position, head_hash, signed_at, public_key, signature
+type StoredRow = (i64, Vec<u8>, DateTime<Utc>, Vec<u8>, Vec<u8>);
+
 /// Stored checkpoints, oldest first (only the one at `position` when given).
 pub async fn list(
     pool: &PgPool,
     position: Option<i64>,
 ) -> Result<Vec<SignedCheckpoint>, sqlx::Error> {
-    let rows: Vec<(i64, Vec<u8>, DateTime<Utc>, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+    let rows: Vec<StoredRow> = sqlx::query_as(
         "SELECT position, head_hash, signed_at, public_key, signature FROM audit_checkpoints
           WHERE $1::bigint IS NULL OR position = $1 ORDER BY position",
     )
