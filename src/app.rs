@@ -159,6 +159,12 @@ impl Application {
                 QrLoginStatusProjection,
                 shutdown.clone(),
             ));
+            tasks.spawn(latch_workers::projector::run(
+                self.pool.clone(),
+                js.clone(),
+                latch_projections::orders::OrdersProjection,
+                shutdown.clone(),
+            ));
         }
         if s.runs(Role::Ingest) {
             let ingest = Ingest {
@@ -202,7 +208,18 @@ impl Application {
                     }
                 }
             });
+            let kazaya: Option<Arc<dyn latch_api::kazaya::Kazaya>> = match &s.kazaya {
+                Some(config) => match latch_api::kazaya::HttpKazaya::new(config.clone()) {
+                    Ok(k) => Some(Arc::new(k)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "Kazaya configuration unusable; shopper login disabled");
+                        None
+                    }
+                },
+                None => None,
+            };
             let state = AppState {
+                vending: Arc::new(latch_api::vending::Vending::new(s.vending.clone(), kazaya)),
                 qr,
                 shutdown: shutdown.clone(),
                 store: self.store.clone(),

@@ -1,7 +1,9 @@
 //! Settings: from flags and environment for the binary, built directly by tests.
 
 use clap::{Args, ValueEnum};
+use latch_api::kazaya::KazayaConfig;
 use latch_api::qr::QrConfig;
+use latch_api::vending::VendingConfig;
 use latch_domain::clock::{SharedClock, SystemClock};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -139,6 +141,27 @@ pub struct ServeArgs {
     pub secure_cookies: bool,
     #[command(flatten)]
     pub audit: AuditKeyArgs,
+    /// Latch's address as phones and Kazaya reach it (sticker links, OAuth redirect, payment
+    /// callbacks); default: http:// + the HTTP address.
+    #[arg(long, env = "LATCH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Key that signs cabinet sticker links (any string; keep it secret and stable).
+    #[arg(
+        long,
+        env = "LATCH_STICKER_KEY",
+        default_value = "latch-dev-sticker-key-change-me"
+    )]
+    pub sticker_key: String,
+    /// Kazaya's base URL; without it shopper login and payments answer 503.
+    #[arg(long, env = "LATCH_KAZAYA_URL")]
+    pub kazaya_url: Option<String>,
+    #[arg(long, env = "LATCH_KAZAYA_CLIENT_ID", default_value = "latch")]
+    pub kazaya_client_id: String,
+    #[arg(long, env = "LATCH_KAZAYA_CLIENT_SECRET", default_value = "")]
+    pub kazaya_client_secret: String,
+    /// `whsec_` + base64, as Kazaya issued it for our callback endpoint.
+    #[arg(long, env = "LATCH_KAZAYA_WEBHOOK_SECRET", default_value = "")]
+    pub kazaya_webhook_secret: String,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +180,9 @@ pub struct Settings {
     pub clock: SharedClock,
     pub qr: QrConfig,
     pub audit: AuditKeyArgs,
+    pub vending: VendingConfig,
+    /// The member and payment platform; `None` leaves shopper login and payment unavailable.
+    pub kazaya: Option<KazayaConfig>,
 }
 
 impl Settings {
@@ -177,6 +203,8 @@ impl Settings {
             clock: Arc::new(SystemClock),
             qr: QrConfig::default(),
             audit: AuditKeyArgs::default(),
+            vending: VendingConfig::default(),
+            kazaya: None,
         }
     }
 
@@ -187,7 +215,30 @@ impl Settings {
 
 impl From<ServeArgs> for Settings {
     fn from(a: ServeArgs) -> Self {
+        let public_url = a
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", a.http_addr))
+            .trim_end_matches('/')
+            .to_owned();
+        let kazaya = a.kazaya_url.as_ref().map(|url| {
+            KazayaConfig::new(
+                url.clone(),
+                a.kazaya_client_id.clone(),
+                a.kazaya_client_secret.clone(),
+                format!("{public_url}/m/auth/callback"),
+                a.kazaya_webhook_secret.clone(),
+            )
+        });
+        let vending = VendingConfig {
+            public_url,
+            sticker_key: a.sticker_key.clone().into_bytes(),
+            secure_cookies: a.secure_cookies,
+            session_ttl: chrono::Duration::hours(a.session_ttl_hours.clamp(1, 24 * 30) as i64),
+        };
         Self {
+            vending,
+            kazaya,
             roles: if a.roles.is_empty() {
                 Role::all()
             } else {

@@ -2,14 +2,19 @@
 //!
 //! Uses the configured (or default-port) Postgres and NATS when they answer; otherwise starts
 //! private ones from the binaries on the machine under the data folder, and says so. Then it
-//! migrates, seeds devices and tokens, serves every role and runs the cabinet simulator.
+//! migrates, seeds devices, planograms and tokens, starts the Kazaya sandbox, serves every
+//! role and runs the cabinet simulator.
 
 use crate::app::{shutdown_signal, Application};
 use crate::config::{Settings, DEFAULT_NATS_URL};
+use crate::kazaya_sandbox::{ClientRegistration, KazayaSandbox, SandboxSettings};
 use crate::sim::{self, SimConfig};
 use latch_api::auth::{issue_token, Role as TokenRole};
+use latch_api::kazaya::KazayaConfig;
+use latch_api::vending::{sticker, VendingConfig};
 use latch_domain::device::{DeviceCommand, DeviceId, DeviceKind, Label, SiteCode};
 use latch_domain::store::{self, CommandContext, Store};
+use latch_domain::vending::{OperatorId, Planogram, PlanogramCommand, RawSlot};
 use latch_nats::server::NatsServer;
 use latch_workers::CancellationToken;
 use sqlx::{Connection, PgConnection};
@@ -79,15 +84,48 @@ pub async fn run(
         }
     };
 
+    // Kazaya, as its sandbox: shoppers log in / register and pay there.
+    let public_url = format!("http://{}", opts.http_addr);
+    let redirect = format!("{public_url}/m/auth/callback");
+    let mut kazaya_settings = SandboxSettings::new("127.0.0.1:0".parse().expect("an address"));
+    kazaya_settings.clients = vec![ClientRegistration {
+        client_id: DEV_KAZAYA_CLIENT.into(),
+        client_secret: DEV_KAZAYA_SECRET.into(),
+        name: "Latch (dev)".into(),
+        redirect_uris: vec![redirect.clone()],
+    }];
+    let sandbox = KazayaSandbox::build(kazaya_settings).await?;
+    let kazaya_url = sandbox.base_url().to_owned();
+
     let mut settings = Settings::new(database_url.clone(), nats_url.clone());
     settings.http_addr = opts.http_addr;
     settings.migrate = true;
     // Signed audit checkpoints with a development key kept beside the private servers.
     settings.audit.audit_signing_key_file = Some(opts.data_dir.join("audit-signing.key"));
     settings.audit.audit_checkpoint_secs = 60;
+    settings.vending.public_url = public_url.clone();
+    settings.kazaya = Some(KazayaConfig::new(
+        kazaya_url.clone(),
+        DEV_KAZAYA_CLIENT,
+        DEV_KAZAYA_SECRET,
+        redirect,
+        sandbox.webhook_secret(),
+    ));
+    let vending = settings.vending.clone();
     let app = Application::build(settings).await?;
     let store = app.store();
     let devices = seed(&store, opts.devices).await?;
+    let stickers = seed_planograms(&store, &devices, &vending).await?;
+    let kazaya_stop = CancellationToken::new();
+    let kazaya_until = kazaya_stop.clone();
+    let kazaya_task = tokio::spawn(async move {
+        if let Err(e) = sandbox
+            .run_until_stopped(async move { kazaya_until.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "kazaya sandbox stopped");
+        }
+    });
     let operator = issue_token(&store.pool, TokenRole::Operator, "dev-operator").await?;
     let user = issue_token(&store.pool, TokenRole::User, "dev-user").await?;
     let port = app.port();
@@ -107,6 +145,8 @@ pub async fn run(
             heartbeat: Duration::from_secs(5),
             hold_open: Duration::from_secs(3),
             faulty: vec![],
+            store: Some(store.clone()),
+            ..SimConfig::default()
         },
         shutdown.clone(),
     ));
@@ -128,9 +168,17 @@ pub async fn run(
          \n\n  QR login:\
          \n    on a PC          {base}/login\
          \n    the phone's side {base}/app/qr#code=<the QR content>  (asks once for the user token)\
-         \n\n  {n} simulated cabinets are heartbeating; publish on/off to latch.sim.<id>.fault to break one.\
+         \n\n  Scan-to-open vending (open on a phone, or a browser in phone view):\
+         \n{stickers}         \n    Kazaya sandbox {kazaya_url}  (register any phone number; pay or decline on its page)\
+         \n\n  {n} simulated cabinets are heartbeating; publish on/off to latch.sim.<id>.fault to break one,\
+         \n  a script like {{\"take\":[{{\"shelf\":1,\"count\":2}}]}} to latch.sim.<id>.shopper for the next shopper,\
+         \n  anything to latch.sim.<id>.restock to refill.\
          \n  Ctrl-C stops everything.\n",
-        n = devices.len()
+        n = devices.len(),
+        stickers = stickers
+            .iter()
+            .map(|(label, url)| format!("    {label}: {url}\n"))
+            .collect::<String>(),
     ));
 
     let stop = shutdown.clone();
@@ -140,7 +188,9 @@ pub async fn run(
     })
     .await?;
     shutdown.cancel();
+    kazaya_stop.cancel();
     let _ = sim.await;
+    let _ = kazaya_task.await;
     drop(private_nats);
     drop(private_pg);
     Ok(())
@@ -232,6 +282,71 @@ async fn seed(store: &Store, count: usize) -> Result<Vec<Uuid>, Box<dyn std::err
         ids.push(device_id.as_uuid());
     }
     Ok(ids)
+}
+
+const DEV_KAZAYA_CLIENT: &str = "latch-dev";
+const DEV_KAZAYA_SECRET: &str = "latch-dev-secret";
+
+/// Each demo vending cabinet gets a planogram (if it has none) and a sticker link.
+async fn seed_planograms(
+    store: &Store,
+    devices: &[Uuid],
+    vending: &VendingConfig,
+) -> Result<Vec<(String, String)>, Box<dyn std::error::Error>> {
+    let mut stickers = Vec::new();
+    for id in devices {
+        let did = id.to_string();
+        let Some(device) = store.devices.load(&did).await? else {
+            continue;
+        };
+        if device.kind != Some(DeviceKind::Vending) {
+            continue;
+        }
+        let has = store
+            .planograms
+            .load(&did)
+            .await?
+            .is_some_and(|p| p.current.is_some());
+        if !has {
+            let slot = |shelf, sku: &str, name: &str, unit_weight, unit_price| RawSlot {
+                shelf,
+                sku: sku.into(),
+                name: name.into(),
+                unit_weight,
+                tolerance: 15,
+                unit_price,
+                currency: "CNY".into(),
+            };
+            let planogram = Planogram::parse(
+                "slots",
+                &[
+                    slot(1, "cola-330", "可口可乐 330ml", 350, 350),
+                    slot(2, "water-550", "农夫山泉 550ml", 570, 200),
+                    slot(3, "chips-70", "乐事薯片 70g", 85, 650),
+                ],
+            )?;
+            let command = PlanogramCommand::Publish {
+                planogram,
+                operator: OperatorId::parse("operator", "dev-seed")?,
+                at: chrono::Utc::now(),
+            };
+            store
+                .planograms
+                .execute(
+                    &did,
+                    command.name(),
+                    command,
+                    &CommandContext::new("system:dev-seed"),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        stickers.push((
+            format!("cabinet {did}"),
+            sticker::link(vending, &DeviceId::from(*id)),
+        ));
+    }
+    Ok(stickers)
 }
 
 /// A Postgres cluster of our own, for machines where none is running.

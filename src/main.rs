@@ -27,7 +27,7 @@ enum Cmd {
         connections: Connections,
     },
     /// Run the API and workers (all roles, or those given with --roles).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Simulated cabinets over NATS: heartbeats, door events, obeying open commands.
     Sim {
         #[command(flatten)]
@@ -44,6 +44,13 @@ enum Cmd {
         /// Devices that start with a fault (refusing to open until cleared).
         #[arg(long, value_delimiter = ',')]
         fault: Vec<Uuid>,
+        /// What every shopper takes unless a script is armed on latch.sim.<id>.shopper:
+        /// SHELF:COUNT[:SKU],... (default: nothing).
+        #[arg(long)]
+        take: Option<String>,
+        /// Units of each product a cabinet holds at start and after a restock.
+        #[arg(long, default_value_t = 10)]
+        units: u32,
     },
     /// Migrate, seed demo data, serve everything and run the simulator.
     Dev {
@@ -122,7 +129,7 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
             tracing::info!("migrations applied");
         }
         Cmd::Serve(args) => {
-            let settings = Settings::from(args);
+            let settings = Settings::from(*args);
             let app = app::Application::build(settings).await?;
             app.run_until_stopped(app::shutdown_signal()).await?;
         }
@@ -132,14 +139,14 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
             heartbeat_secs,
             hold_open_secs,
             fault,
+            take,
+            units,
         } => {
+            let take = sim::parse_take(take.as_deref().unwrap_or(""))?;
+            let pool =
+                latch_domain::store::connect(&connections.database_url, 2, Duration::from_secs(5))
+                    .await?;
             let devices = if devices.is_empty() {
-                let pool = latch_domain::store::connect(
-                    &connections.database_url,
-                    2,
-                    Duration::from_secs(5),
-                )
-                .await?;
                 let rows: Vec<(String,)> = sqlx::query_as(
                     "SELECT aggregate_id FROM events WHERE aggregate_type = 'device' AND sequence = 1",
                 )
@@ -163,6 +170,9 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
                 heartbeat: Duration::from_secs(heartbeat_secs),
                 hold_open: Duration::from_secs(hold_open_secs),
                 faulty: fault,
+                store: Some(std::sync::Arc::new(latch_domain::store::Store::new(pool))),
+                units_per_slot: units,
+                shopper: sim::ShopperScript::taking(take),
             };
             sim::run(client, config, shutdown).await;
         }

@@ -135,6 +135,7 @@ pub async fn open(
     let command = DeviceCommand::RequestOpen {
         request_id: Uuid::now_v7(),
         deadline: now + state.open_timeout,
+        shopper: None,
         at: now,
     };
     let ctx = meta.context(&actor, b"").with_device(device_id.to_string());

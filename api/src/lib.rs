@@ -16,6 +16,7 @@ pub mod kazaya;
 pub mod openapi;
 pub mod pages;
 pub mod qr;
+pub mod vending;
 
 use axum::extract::FromRef;
 use axum::http::Request;
@@ -39,6 +40,7 @@ pub struct AppState {
     pub qr: Arc<qr::QrService>,
     /// Cancelled when the process stops: long-lived connections (push channels) end with it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    pub vending: Arc<vending::Vending>,
 }
 
 impl FromRef<AppState> for Arc<auth::Auth> {
@@ -76,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .merge(pages::router())
         .merge(qr::router())
         .merge(audit::router())
+        .merge(vending::router())
         .fallback(|| async {
             error::ApiError::NotFound {
                 code: "no_such_route",

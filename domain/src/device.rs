@@ -229,6 +229,14 @@ pub enum DeviceCommand {
     RequestOpen {
         request_id: Uuid,
         deadline: DateTime<Utc>,
+        /// Set when a shopper asks: the cabinet is theirs until the session ends.
+        shopper: Option<ShopperOpen>,
+        at: DateTime<Utc>,
+    },
+    /// The shopping session begun by an opening has been settled (or abandoned): the cabinet
+    /// is free for the next shopper.
+    EndSession {
+        session_id: Uuid,
         at: DateTime<Utc>,
     },
     FailOpen {
@@ -249,6 +257,7 @@ impl DeviceCommand {
             Self::RaiseFault { .. } => "RaiseFault",
             Self::ClearFault { .. } => "ClearFault",
             Self::RequestOpen { .. } => "RequestOpen",
+            Self::EndSession { .. } => "EndShoppingSession",
             Self::FailOpen { .. } => "FailOpen",
         }
     }
@@ -289,6 +298,13 @@ pub enum DeviceEvent {
     DoorOpenRequested {
         request_id: Uuid,
         deadline: DateTime<Utc>,
+        /// Absent in events written before vending, and for operators' openings.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shopper: Option<ShopperOpen>,
+        at: DateTime<Utc>,
+    },
+    ShoppingSessionEnded {
+        session_id: Uuid,
         at: DateTime<Utc>,
     },
     DoorOpenConfirmed {
@@ -315,6 +331,7 @@ impl DeviceEvent {
             | Self::FaultRaised { at, .. }
             | Self::FaultCleared { at, .. }
             | Self::DoorOpenRequested { at, .. }
+            | Self::ShoppingSessionEnded { at, .. }
             | Self::DoorOpenConfirmed { at, .. }
             | Self::DoorOpenFailed { at, .. } => *at,
         }
@@ -332,6 +349,7 @@ impl DomainEvent for DeviceEvent {
             Self::FaultRaised { .. } => "FaultRaised",
             Self::FaultCleared { .. } => "FaultCleared",
             Self::DoorOpenRequested { .. } => "DoorOpenRequested",
+            Self::ShoppingSessionEnded { .. } => "ShoppingSessionEnded",
             Self::DoorOpenConfirmed { .. } => "DoorOpenConfirmed",
             Self::DoorOpenFailed { .. } => "DoorOpenFailed",
         }
@@ -360,6 +378,12 @@ pub enum DeviceError {
     OpenPending,
     #[error("no such pending open request")]
     UnknownOpenRequest,
+    #[error("a shopping session is in progress at this cabinet")]
+    SessionInProgress,
+    #[error("this device is not a vending cabinet")]
+    NotVending,
+    #[error("no such shopping session at this cabinet")]
+    UnknownSession,
 }
 
 impl DeviceError {
@@ -372,6 +396,9 @@ impl DeviceError {
             Self::DoorAlreadyOpen => "door_already_open",
             Self::OpenPending => "open_already_pending",
             Self::UnknownOpenRequest => "unknown_open_request",
+            Self::SessionInProgress => "cabinet_busy",
+            Self::NotVending => "not_a_vending_cabinet",
+            Self::UnknownSession => "unknown_session",
         }
     }
 
@@ -385,6 +412,15 @@ impl DeviceError {
 pub struct PendingOpen {
     pub request_id: Uuid,
     pub deadline: DateTime<Utc>,
+    pub shopper: Option<ShopperOpen>,
+}
+
+/// Who an opening is for, when a shopper asked: the session it begins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShopperOpen {
+    pub session_id: Uuid,
+    /// The shopper's Kazaya member id.
+    pub user: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -396,6 +432,12 @@ pub struct Device {
     pub pending_open: Option<PendingOpen>,
     /// The last open request that was confirmed or failed, so a late duplicate is a no-op.
     pub last_resolved_open: Option<Uuid>,
+    pub kind: Option<DeviceKind>,
+    pub site: Option<SiteCode>,
+    /// The shopping session holding the cabinet: from the shopper's open request until the
+    /// session is settled, or until the opening fails. This is the lock that makes two phones
+    /// pressing "open" at once start exactly one session.
+    pub session: Option<ShopperOpen>,
 }
 
 impl Aggregate for Device {
@@ -419,7 +461,11 @@ impl Aggregate for Device {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            DeviceEvent::DeviceRegistered { .. } => self.registered = true,
+            DeviceEvent::DeviceRegistered { kind, site, .. } => {
+                self.registered = true;
+                self.kind = Some(kind);
+                self.site = Some(site);
+            }
             DeviceEvent::DeviceCameOnline { .. } => self.online = true,
             DeviceEvent::DeviceWentOffline { .. } => self.online = false,
             DeviceEvent::DoorOpened { .. } => self.door = DoorState::Open,
@@ -429,17 +475,39 @@ impl Aggregate for Device {
             DeviceEvent::DoorOpenRequested {
                 request_id,
                 deadline,
+                shopper,
                 ..
             } => {
+                if shopper.is_some() {
+                    self.session = shopper.clone();
+                }
                 self.pending_open = Some(PendingOpen {
                     request_id,
                     deadline,
+                    shopper,
                 })
             }
-            DeviceEvent::DoorOpenConfirmed { request_id, .. }
-            | DeviceEvent::DoorOpenFailed { request_id, .. } => {
+            DeviceEvent::DoorOpenConfirmed { request_id, .. } => {
                 self.pending_open = None;
                 self.last_resolved_open = Some(request_id);
+            }
+            DeviceEvent::DoorOpenFailed { request_id, .. } => {
+                // The door never opened, so the session it was for never began.
+                if let Some(p) = self.pending_open.take() {
+                    if p.shopper.is_some() && self.session == p.shopper {
+                        self.session = None;
+                    }
+                }
+                self.last_resolved_open = Some(request_id);
+            }
+            DeviceEvent::ShoppingSessionEnded { session_id, .. } => {
+                if self
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| s.session_id == session_id)
+                {
+                    self.session = None;
+                }
             }
         }
     }
@@ -519,8 +587,12 @@ impl Device {
             C::RequestOpen {
                 request_id,
                 deadline,
+                shopper,
                 at,
             } => {
+                if shopper.is_some() && self.kind != Some(DeviceKind::Vending) {
+                    return Err(DeviceError::NotVending);
+                }
                 if !self.online {
                     return Err(DeviceError::Offline);
                 }
@@ -533,12 +605,24 @@ impl Device {
                 if self.pending_open.is_some() {
                     return Err(DeviceError::OpenPending);
                 }
+                // Operators may open a cabinet mid-session (to restock or help); shoppers wait.
+                if shopper.is_some() && self.session.is_some() {
+                    return Err(DeviceError::SessionInProgress);
+                }
                 vec![E::DoorOpenRequested {
                     request_id,
                     deadline,
+                    shopper,
                     at,
                 }]
             }
+            C::EndSession { session_id, at } => match &self.session {
+                Some(s) if s.session_id == session_id => {
+                    vec![E::ShoppingSessionEnded { session_id, at }]
+                }
+                // Already ended (a redelivered settlement): nothing to do.
+                _ => vec![],
+            },
             C::FailOpen {
                 request_id,
                 failure,
@@ -594,6 +678,7 @@ mod tests {
         DeviceEvent::DoorOpenRequested {
             request_id: req(n),
             deadline: t(20),
+            shopper: None,
             at: t(10),
         }
     }
@@ -674,6 +759,7 @@ mod tests {
             DeviceCommand::RequestOpen {
                 request_id: req(1),
                 deadline: t(9),
+                shopper: None,
                 at: t(1),
             },
             DeviceCommand::FailOpen {
@@ -801,6 +887,7 @@ mod tests {
         DeviceCommand::RequestOpen {
             request_id: req(n),
             deadline: t(20),
+            shopper: None,
             at: t(10),
         }
     }
@@ -939,5 +1026,123 @@ mod tests {
         assert!(Label::parse("label", &"x".repeat(81), 80).is_err());
         assert!(FaultCode::parse("code", "Door").is_err());
         assert!(DeviceId::parse("device_id", "nope").is_err());
+    }
+
+    fn shopper(n: u128) -> ShopperOpen {
+        ShopperOpen {
+            session_id: Uuid::from_u128(5000 + n),
+            user: format!("ky_{n}"),
+        }
+    }
+    fn shopper_opens(n: u128) -> DeviceCommand {
+        DeviceCommand::RequestOpen {
+            request_id: req(n),
+            deadline: t(20),
+            shopper: Some(shopper(n)),
+            at: t(10),
+        }
+    }
+    fn shopper_requested(n: u128) -> DeviceEvent {
+        DeviceEvent::DoorOpenRequested {
+            request_id: req(n),
+            deadline: t(20),
+            shopper: Some(shopper(n)),
+            at: t(10),
+        }
+    }
+
+    #[test]
+    fn a_shoppers_opening_holds_the_cabinet_until_the_session_ends() {
+        DeviceTest::with(())
+            .given(ready())
+            .when(shopper_opens(1))
+            .then_expect_events(vec![shopper_requested(1)]);
+        // Confirmed: the door opened, the session still holds the cabinet.
+        let mut held = ready();
+        held.push(shopper_requested(1));
+        held.push(DeviceEvent::DoorOpened {
+            request_id: Some(req(1)),
+            at: t(11),
+        });
+        held.push(DeviceEvent::DoorOpenConfirmed {
+            request_id: req(1),
+            at: t(11),
+        });
+        held.push(DeviceEvent::DoorClosed { at: t(12) });
+        DeviceTest::with(())
+            .given(held.clone())
+            .when(shopper_opens(2))
+            .then_expect_error(DeviceError::SessionInProgress);
+        // An operator may still open it (to restock or help).
+        DeviceTest::with(())
+            .given(held.clone())
+            .when(DeviceCommand::RequestOpen {
+                request_id: req(3),
+                deadline: t(30),
+                shopper: None,
+                at: t(13),
+            })
+            .then_expect_events(vec![DeviceEvent::DoorOpenRequested {
+                request_id: req(3),
+                deadline: t(30),
+                shopper: None,
+                at: t(13),
+            }]);
+        let end = |n: u128| DeviceCommand::EndSession {
+            session_id: shopper(n).session_id,
+            at: t(14),
+        };
+        let ended = DeviceEvent::ShoppingSessionEnded {
+            session_id: shopper(1).session_id,
+            at: t(14),
+        };
+        // Ending another session changes nothing; ending this one frees the cabinet, once.
+        DeviceTest::with(())
+            .given(held.clone())
+            .when(end(9))
+            .then_expect_events(vec![]);
+        DeviceTest::with(())
+            .given(held.clone())
+            .when(end(1))
+            .then_expect_events(vec![ended.clone()]);
+        held.push(ended);
+        DeviceTest::with(())
+            .given(held.clone())
+            .when(end(1))
+            .then_expect_events(vec![]);
+        DeviceTest::with(())
+            .given(held)
+            .when(shopper_opens(2))
+            .then_expect_events(vec![shopper_requested(2)]);
+    }
+
+    #[test]
+    fn a_failed_shopper_opening_frees_the_cabinet() {
+        let mut given = ready();
+        given.push(shopper_requested(1));
+        given.push(DeviceEvent::DoorOpenFailed {
+            request_id: req(1),
+            failure: OpenFailure::Timeout,
+            at: t(21),
+        });
+        DeviceTest::with(())
+            .given(given)
+            .when(shopper_opens(2))
+            .then_expect_events(vec![shopper_requested(2)]);
+    }
+
+    #[test]
+    fn shoppers_open_only_vending_cabinets() {
+        let locker = DeviceEvent::DeviceRegistered {
+            device_id: id(),
+            kind: DeviceKind::Locker,
+            site: SiteCode::parse("site", "610091A01").unwrap(),
+            label: Label::parse("label", "柜", 80).unwrap(),
+            at: t(0),
+        };
+        DeviceTest::with(())
+            .given(vec![locker, online(), closed()])
+            .when(shopper_opens(1))
+            .then_expect_error(DeviceError::NotVending);
     }
 }

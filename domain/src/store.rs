@@ -31,6 +31,7 @@ use uuid::Uuid;
 use crate::device::Device;
 use crate::group_commit::{self, Appended, GroupCommit};
 use crate::qr_login::QrLogin;
+use crate::vending::{CabinetPlanogram, Member, ShoppingSession};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -405,6 +406,28 @@ where
         }
     }
 
+    /// The aggregate as its stream stands now (`None` when the stream is empty), folded from
+    /// every event: for reads that need the decision-making state itself.
+    pub async fn load(&self, aggregate_id: &str) -> Result<Option<A>, sqlx::Error> {
+        let rows: Vec<(serde_json::Value,)> = sqlx::query_as(
+            "SELECT payload FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut aggregate = A::default();
+        for (payload,) in rows {
+            let event: A::Event =
+                serde_json::from_value(payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            aggregate.apply(event);
+        }
+        Ok(Some(aggregate))
+    }
+
     pub async fn execute(
         &self,
         aggregate_id: &str,
@@ -568,6 +591,9 @@ pub struct Store {
     pub pool: PgPool,
     pub devices: AggregateStore<Device>,
     pub qr_logins: AggregateStore<QrLogin>,
+    pub shopping_sessions: AggregateStore<ShoppingSession>,
+    pub planograms: AggregateStore<CabinetPlanogram>,
+    pub members: AggregateStore<Member>,
 }
 
 impl Store {
@@ -575,6 +601,9 @@ impl Store {
         Self {
             devices: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
             qr_logins: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
+            shopping_sessions: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
+            planograms: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
+            members: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
             pool,
         }
     }

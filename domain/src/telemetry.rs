@@ -5,6 +5,7 @@
 //! whose `reason` is a stable code that goes on the dead-letter message.
 
 use crate::device::{DeviceId, DoorState, FaultCode, Label};
+use crate::vending::{RawReading, Weighing, WeighingPhase};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -38,6 +39,13 @@ pub enum TelemetryBody {
     },
     /// The device's answer to an open command it could not carry out.
     OpenRefused { request_id: Uuid, reason: Label },
+    /// Stable per-shelf weights: `before` just ahead of unlocking for a shopper's session,
+    /// `after` once the door has closed again.
+    Weights {
+        session_id: Uuid,
+        phase: WeighingPhase,
+        weighing: Weighing,
+    },
 }
 
 impl TelemetryBody {
@@ -47,6 +55,7 @@ impl TelemetryBody {
             Self::Door { .. } => "door",
             Self::Fault { .. } => "fault",
             Self::OpenRefused { .. } => "open_refused",
+            Self::Weights { .. } => "weights",
         }
     }
 }
@@ -91,6 +100,12 @@ pub struct WireTelemetry {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shelves: Option<Vec<RawReading>>,
 }
 
 /// `subject_device` and `subject_kind` come from the subject the message arrived on; the server's
@@ -209,6 +224,27 @@ pub fn parse_telemetry(
                 .map_err(|e| schema(e.to_string()))?;
             TelemetryBody::OpenRefused { request_id, reason }
         }
+        "weights" => {
+            let session_id = wire
+                .session_id
+                .ok_or_else(|| schema("session_id is required".into()))?;
+            let phase = match wire.phase.as_deref() {
+                Some("before") => WeighingPhase::Before,
+                Some("after") => WeighingPhase::After,
+                _ => return Err(schema("phase must be \"before\" or \"after\"".into())),
+            };
+            let shelves = wire
+                .shelves
+                .as_deref()
+                .ok_or_else(|| schema("shelves is required".into()))?;
+            let weighing = Weighing::parse("shelves", shelves)
+                .map_err(|e| Rejection::new("out_of_range", e.to_string()))?;
+            TelemetryBody::Weights {
+                session_id,
+                phase,
+                weighing,
+            }
+        }
         other => return Err(schema(format!("unknown type {other:?}"))),
     };
     Ok(Telemetry {
@@ -225,6 +261,10 @@ pub fn parse_telemetry(
 pub struct OpenCommand {
     pub request_id: Uuid,
     pub deadline: DateTime<Utc>,
+    /// For a shopper's opening: the session the cabinet must name in its `weights` reports
+    /// (a `before` weighing is expected before the door unlocks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<Uuid>,
 }
 
 #[cfg(test)]
@@ -302,6 +342,44 @@ mod tests {
         assert_eq!(
             parse("heartbeat", &other).unwrap_err().reason,
             "device_mismatch"
+        );
+        let weights = |extra: &str| {
+            format!(
+                r#"{{"v":1,"msg_id":"w1","device_id":"{DEV}","sent_at":"2026-01-01T00:00:00Z","type":"weights"{extra}}}"#
+            )
+        };
+        let sid = r#","session_id":"01930000-0000-7000-8000-0000000000aa""#;
+        let ok = weights(&format!(
+            r#"{sid},"phase":"before","shelves":[{{"shelf":1,"grams":700,"stable":true}}]"#
+        ));
+        assert!(matches!(
+            parse("weights", &ok).unwrap().body,
+            TelemetryBody::Weights {
+                phase: WeighingPhase::Before,
+                ..
+            }
+        ));
+        assert_eq!(
+            parse("weights", &weights(r#","phase":"before","shelves":[]"#))
+                .unwrap_err()
+                .reason,
+            "schema"
+        );
+        assert_eq!(
+            parse(
+                "weights",
+                &weights(&format!(r#"{sid},"phase":"during","shelves":[]"#))
+            )
+            .unwrap_err()
+            .reason,
+            "schema"
+        );
+        let twice = format!(
+            r#"{sid},"phase":"after","shelves":[{{"shelf":1,"grams":1,"stable":true}},{{"shelf":1,"grams":2,"stable":true}}]"#
+        );
+        assert_eq!(
+            parse("weights", &weights(&twice)).unwrap_err().reason,
+            "out_of_range"
         );
         let big = base(&format!(r#","uptime_s":3,"pad":"{}""#, "x".repeat(5000)));
         assert_eq!(parse("heartbeat", &big).unwrap_err().reason, "oversized");

@@ -13,13 +13,19 @@
 //!   the other small types, each parsed at the edge with the offending field named.
 //! - [`planogram`]: what each shelf holds, at what unit weight, tolerance and price.
 //! - [`settle`](mod@settle): the pure weight-to-order calculation and its outcomes.
+//! - [`cabinet`]: the planogram operators publish per cabinet, versioned.
+//! - [`member`]: shoppers as Kazaya identified them; registration and each login.
 //! - [`session`]: the shopping-session aggregate (weighings, order, review, payment, refunds).
 
+pub mod cabinet;
+pub mod member;
 pub mod planogram;
 pub mod session;
 pub mod settle;
 pub mod values;
 
+pub use cabinet::{CabinetPlanogram, PlanogramCommand, PlanogramEvent};
+pub use member::{Member, MemberCommand, MemberEvent, Profile};
 pub use planogram::{Planogram, RawSlot, Slot, MAX_PRODUCTS_PER_SHELF, MAX_SLOTS};
 pub use session::{
     Order, PaymentState, Refund, ReviewLine, SessionStage, ShoppingCommand, ShoppingError,

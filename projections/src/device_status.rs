@@ -32,6 +32,9 @@ pub struct DeviceStatus {
     pub last_open_outcome: Option<String>,
     pub last_event_at: DateTime<Utc>,
     pub last_position: i64,
+    /// The shopping session holding a vending cabinet, if any.
+    pub current_session: Option<Uuid>,
+    pub current_session_request: Option<Uuid>,
 }
 
 /// Parses a stored device event, telling an unknown type apart from a broken payload.
@@ -70,6 +73,7 @@ const KNOWN_TYPES: &[&str] = &[
     "DoorOpenRequested",
     "DoorOpenConfirmed",
     "DoorOpenFailed",
+    "ShoppingSessionEnded",
 ];
 
 /// The next state of one device's row after `event`. Events of other aggregates never reach
@@ -107,6 +111,8 @@ pub fn evolve(
                 last_open_outcome: None,
                 last_event_at: at,
                 last_position: event.position,
+                current_session: None,
+                current_session_request: None,
             }))
         }
         // The aggregate refuses everything before registration, so this is unreachable for a
@@ -131,8 +137,13 @@ pub fn evolve(
                 E::DoorOpenRequested {
                     request_id,
                     deadline,
+                    shopper,
                     ..
                 } => {
+                    if let Some(shopper) = shopper {
+                        row.current_session = Some(shopper.session_id);
+                        row.current_session_request = Some(*request_id);
+                    }
                     row.pending_open_request = Some(*request_id);
                     row.pending_open_deadline = Some(*deadline);
                 }
@@ -147,6 +158,10 @@ pub fn evolve(
                     failure,
                     ..
                 } => {
+                    if row.current_session_request == Some(*request_id) {
+                        row.current_session = None;
+                        row.current_session_request = None;
+                    }
                     row.pending_open_request = None;
                     row.pending_open_deadline = None;
                     row.last_open_request = Some(*request_id);
@@ -154,6 +169,12 @@ pub fn evolve(
                         OpenFailure::Timeout => "timeout".to_owned(),
                         OpenFailure::Refused { reason } => format!("refused: {reason}"),
                     });
+                }
+                E::ShoppingSessionEnded { session_id, .. } => {
+                    if row.current_session == Some(*session_id) {
+                        row.current_session = None;
+                        row.current_session_request = None;
+                    }
                 }
             }
             row.last_event_at = parsed.at();
@@ -246,7 +267,8 @@ async fn upsert(
     let mut q = QueryBuilder::<Postgres>::new(format!(
         "INSERT INTO {table} (device_id, kind, site, label, registered_at, online, door,
              fault_code, fault_message, pending_open_request, pending_open_deadline,
-             last_open_request, last_open_outcome, last_event_at, last_position) "
+             last_open_request, last_open_outcome, last_event_at, last_position,
+             current_session, current_session_request) "
     ));
     q.push_values(rows, |mut b, r| {
         b.push_bind(r.device_id)
@@ -263,7 +285,9 @@ async fn upsert(
             .push_bind(r.last_open_request)
             .push_bind(&r.last_open_outcome)
             .push_bind(r.last_event_at)
-            .push_bind(r.last_position);
+            .push_bind(r.last_position)
+            .push_bind(r.current_session)
+            .push_bind(r.current_session_request);
     });
     q.push(
         " ON CONFLICT (device_id) DO UPDATE SET
@@ -275,7 +299,9 @@ async fn upsert(
              pending_open_deadline = EXCLUDED.pending_open_deadline,
              last_open_request = EXCLUDED.last_open_request,
              last_open_outcome = EXCLUDED.last_open_outcome,
-             last_event_at = EXCLUDED.last_event_at, last_position = EXCLUDED.last_position",
+             last_event_at = EXCLUDED.last_event_at, last_position = EXCLUDED.last_position,
+             current_session = EXCLUDED.current_session,
+             current_session_request = EXCLUDED.current_session_request",
     );
     q.build().execute(conn).await?;
     Ok(())

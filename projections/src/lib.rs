@@ -6,12 +6,14 @@
 //!   its read model inside a transaction that also advances its checkpoint; the same code serves
 //!   live consumption, catch-up from Postgres and full rebuilds.
 //! - [`device_status`]: the device-status read model (a pure fold, its SQL, and its queries).
+//! - [`orders`]: one row per shopping session: status, lines, totals, payment, refunds.
 //! - [`qr_login_status`]: where each QR login stands (for the sweeper, operators and audits).
 //!
 //! Read models are never written by command handlers: only by projections folding the log.
 
 pub mod device_status;
 pub mod log;
+pub mod orders;
 pub mod projector;
 pub mod qr_login_status;
 

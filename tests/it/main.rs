@@ -15,3 +15,5 @@ mod qr_api;
 mod qr_pages;
 mod relay;
 mod telemetry;
+mod vending;
+mod vending_pages;

@@ -64,6 +64,7 @@ impl Dispatch {
         let Ok(DeviceEvent::DoorOpenRequested {
             request_id,
             deadline,
+            shopper,
             ..
         }) = serde_json::from_value(event.payload.clone())
         else {
@@ -76,6 +77,7 @@ impl Dispatch {
         let command = OpenCommand {
             request_id,
             deadline,
+            session_id: shopper.map(|s| s.session_id),
         };
         let subject = subjects::device_command(&event.aggregate_id, "open");
         self.client

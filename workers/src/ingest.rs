@@ -9,6 +9,7 @@
 //! Messages are handled concurrently across devices and in order within one device.
 
 use crate::consume::{next_batch, pause, Next};
+use crate::vending;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{AckKind, Context, Message};
 use bytes::Bytes;
@@ -208,13 +209,36 @@ impl Ingest {
                 at: now,
             },
             TelemetryBody::Fault { active: false, .. } => DeviceCommand::ClearFault { at: now },
-            TelemetryBody::OpenRefused { request_id, reason } => DeviceCommand::FailOpen {
-                request_id,
-                failure: OpenFailure::Refused {
+            TelemetryBody::OpenRefused { request_id, reason } => {
+                let failure = OpenFailure::Refused {
                     reason: reason.as_str().to_owned(),
-                },
-                at: now,
-            },
+                };
+                let key = IdempotencyKey::new(&format!("device:{id}"), &t.msg_id, kind.as_bytes());
+                let ctx = CommandContext::new(format!("device:{id}"))
+                    .with_device(id.clone())
+                    .with_idempotency(key);
+                let step =
+                    vending::fail_open(&self.store, &t.device_id, request_id, failure, now, &ctx)
+                        .await;
+                return step.into();
+            }
+            TelemetryBody::Weights {
+                session_id,
+                phase,
+                weighing,
+            } => {
+                let step = vending::weights(
+                    &self.store,
+                    &t.device_id,
+                    &t.msg_id,
+                    session_id,
+                    phase,
+                    weighing,
+                    now,
+                )
+                .await;
+                return step.into();
+            }
         };
         // The device's message id makes redelivery (or a device repeating itself) harmless.
         let key = IdempotencyKey::new(&format!("device:{id}"), &t.msg_id, kind.as_bytes());
@@ -230,6 +254,16 @@ impl Ingest {
                 format!("msg_id {} was already used for another message", t.msg_id),
             ),
             Err(e) => Outcome::Retry(e.to_string()),
+        }
+    }
+}
+
+impl From<vending::Step> for Outcome {
+    fn from(step: vending::Step) -> Self {
+        match step {
+            vending::Step::Done => Outcome::Done,
+            vending::Step::Refused(reason, detail) => refused(reason, detail),
+            vending::Step::Retry(why) => Outcome::Retry(why),
         }
     }
 }

@@ -10,6 +10,8 @@
 //!   dead-letter stream with a reason.
 //! - [`dispatch`]: DoorOpenRequested events -> the device's command subject.
 //! - [`sweeper`]: silence -> DeviceWentOffline; missed deadlines -> DoorOpenFailed.
+//! - [`vending`]: a cabinet's weights -> shopping session started / settled; failed openings
+//!   abandon the session they were for.
 //! - [`consume`]: the batching loop shared by the JetStream consumers.
 
 pub mod consume;
@@ -18,5 +20,6 @@ pub mod ingest;
 pub mod projector;
 pub mod relay;
 pub mod sweeper;
+pub mod vending;
 
 pub use tokio_util::sync::CancellationToken;

@@ -5,7 +5,7 @@
 use crate::consume::pause;
 use chrono::Duration as ChronoDuration;
 use latch_domain::clock::SharedClock;
-use latch_domain::device::{DeviceCommand, OpenFailure};
+use latch_domain::device::{DeviceCommand, DeviceId, OpenFailure};
 use latch_domain::qr_login::QrLoginCommand;
 use latch_domain::store::{CommandContext, CommandError, Store};
 use std::sync::Arc;
@@ -69,12 +69,27 @@ impl Sweeper {
         .fetch_all(&self.store.pool)
         .await?;
         for (device, request_id) in overdue {
-            let command = DeviceCommand::FailOpen {
+            let id = DeviceId::from(device);
+            let ctx = CommandContext::new("system:open-timeout").with_device(id.to_string());
+            match crate::vending::fail_open(
+                &self.store,
+                &id,
                 request_id,
-                failure: OpenFailure::Timeout,
-                at: now,
-            };
-            issued += self.issue(device, command, "system:open-timeout").await;
+                OpenFailure::Timeout,
+                now,
+                &ctx,
+            )
+            .await
+            {
+                crate::vending::Step::Done => issued += 1,
+                // The read model lags the log: the opening may already be settled.
+                crate::vending::Step::Refused(reason, _) => {
+                    tracing::debug!(device = %id, reason, "open timeout refused")
+                }
+                crate::vending::Step::Retry(e) => {
+                    tracing::warn!(device = %id, error = %e, "open timeout failed")
+                }
+            }
         }
         for login in latch_projections::qr_login_status::due(&self.store.pool, now, 500).await? {
             issued += self.expire_login(login, now).await;

@@ -60,6 +60,9 @@ pub enum ShoppingCommand {
         weighing_after: Weighing,
         at: DateTime<Utc>,
     },
+    /// The door never opened after the baseline was taken (the cabinet refused, or the open
+    /// request ran out of time): nothing can have been taken, so nothing is owed.
+    Abandon { reason: Label, at: DateTime<Utc> },
     ResolveReview {
         operator: OperatorId,
         /// The final order; empty means no charge.
@@ -96,6 +99,7 @@ impl ShoppingCommand {
             Self::Start { .. } => "StartShoppingSession",
             Self::RecordWeighing { .. } => "RecordWeighing",
             Self::Close { .. } => "CloseShoppingSession",
+            Self::Abandon { .. } => "AbandonShoppingSession",
             Self::ResolveReview { .. } => "ResolveReview",
             Self::RequestPayment { .. } => "RequestPayment",
             Self::RecordPaymentSucceeded { .. } => "RecordPaymentSucceeded",
@@ -134,6 +138,10 @@ pub enum ShoppingEvent {
     SessionClosedEmpty {
         at: DateTime<Utc>,
     },
+    SessionAbandoned {
+        reason: Label,
+        at: DateTime<Utc>,
+    },
     ReviewResolved {
         operator: OperatorId,
         lines: Vec<OrderLine>,
@@ -166,12 +174,13 @@ pub enum ShoppingEvent {
 
 impl ShoppingEvent {
     pub const VERSION: &'static str = "1";
-    pub const TYPES: [&'static str; 10] = [
+    pub const TYPES: [&'static str; 11] = [
         "SessionStarted",
         "WeighingRecorded",
         "OrderPlaced",
         "OrderNeedsReview",
         "SessionClosedEmpty",
+        "SessionAbandoned",
         "ReviewResolved",
         "PaymentRequested",
         "PaymentSucceeded",
@@ -186,6 +195,7 @@ impl ShoppingEvent {
             | Self::OrderPlaced { at, .. }
             | Self::OrderNeedsReview { at, .. }
             | Self::SessionClosedEmpty { at }
+            | Self::SessionAbandoned { at, .. }
             | Self::ReviewResolved { at, .. }
             | Self::PaymentRequested { at, .. }
             | Self::PaymentSucceeded { at, .. }
@@ -203,6 +213,7 @@ impl DomainEvent for ShoppingEvent {
             Self::OrderPlaced { .. } => "OrderPlaced",
             Self::OrderNeedsReview { .. } => "OrderNeedsReview",
             Self::SessionClosedEmpty { .. } => "SessionClosedEmpty",
+            Self::SessionAbandoned { .. } => "SessionAbandoned",
             Self::ReviewResolved { .. } => "ReviewResolved",
             Self::PaymentRequested { .. } => "PaymentRequested",
             Self::PaymentSucceeded { .. } => "PaymentSucceeded",
@@ -309,6 +320,8 @@ pub enum SessionStage {
     NeedsReview,
     Resolved,
     ClosedEmpty,
+    /// The door never opened.
+    Abandoned,
 }
 
 /// The order as it stands: settled at close, or set by the operator's resolution.
@@ -418,6 +431,7 @@ impl Aggregate for ShoppingSession {
                 self.provisional = provisional;
             }
             E::SessionClosedEmpty { .. } => self.stage = SessionStage::ClosedEmpty,
+            E::SessionAbandoned { .. } => self.stage = SessionStage::Abandoned,
             E::ReviewResolved { lines, total, .. } => {
                 self.stage = SessionStage::Resolved;
                 self.order = Some(Order { lines, total });
@@ -544,6 +558,11 @@ impl ShoppingSession {
                     outcome,
                 ])
             }
+            C::Abandon { reason, at } => match self.stage {
+                SessionStage::Open => Ok(vec![E::SessionAbandoned { reason, at }]),
+                SessionStage::Abandoned => Ok(vec![]),
+                _ => Err(Err::AlreadyClosed),
+            },
             C::ResolveReview {
                 operator,
                 lines,
@@ -685,7 +704,7 @@ impl ShoppingSession {
     }
 
     /// The total the shopper has to pay, if the order is decided and not free (paid or not).
-    fn payable_total(&self) -> Option<Money> {
+    pub fn payable_total(&self) -> Option<Money> {
         match (self.stage, &self.order) {
             (SessionStage::Placed | SessionStage::Resolved, Some(order))
                 if order.total.is_positive() =>
@@ -706,7 +725,10 @@ impl ShoppingSession {
                 self.payable_total().is_some()
                     && !matches!(self.payment, PaymentState::Succeeded { .. })
             }
-            SessionStage::NotStarted | SessionStage::Open | SessionStage::ClosedEmpty => false,
+            SessionStage::NotStarted
+            | SessionStage::Open
+            | SessionStage::ClosedEmpty
+            | SessionStage::Abandoned => false,
         }
     }
 
@@ -1439,6 +1461,37 @@ mod tests {
     }
 
     #[test]
+    fn a_session_whose_door_never_opened_is_abandoned_once_and_owes_nothing() {
+        let abandon = || ShoppingCommand::Abandon {
+            reason: Label::parse("reason", "timeout", 200).unwrap(),
+            at: t(30),
+        };
+        let abandoned = ShoppingEvent::SessionAbandoned {
+            reason: Label::parse("reason", "timeout", 200).unwrap(),
+            at: t(30),
+        };
+        SessionTest::with(())
+            .given(started())
+            .when(abandon())
+            .then_expect_events(vec![abandoned.clone()]);
+        let mut given = started();
+        given.push(abandoned);
+        assert!(!state(given.clone()).unpaid());
+        SessionTest::with(())
+            .given(given)
+            .when(abandon())
+            .then_expect_events(vec![]);
+        SessionTest::with(())
+            .given(placed())
+            .when(abandon())
+            .then_expect_error(ShoppingError::AlreadyClosed);
+        SessionTest::with(())
+            .given_no_previous_events()
+            .when(abandon())
+            .then_expect_error(ShoppingError::NotStarted);
+    }
+
+    #[test]
     fn unpaid_across_the_life_of_a_session() {
         assert!(!ShoppingSession::default().unpaid());
         assert!(!state(started()).unpaid());
@@ -1455,6 +1508,10 @@ mod tests {
         all.extend(in_review()[3..].to_vec());
         all.extend(resolved(vec![], 0)[4..].to_vec());
         all.push(ShoppingEvent::SessionClosedEmpty { at: t(1) });
+        all.push(ShoppingEvent::SessionAbandoned {
+            reason: Label::parse("reason", "the cabinet did not open in time", 200).unwrap(),
+            at: t(1),
+        });
         all.push(failed(vec![], 3).remove(0));
         all = refunded(all, 1, 10);
         let mut names: Vec<String> = all.iter().map(|e| e.event_type()).collect();

@@ -1,0 +1,329 @@
+//! Orders: one row per shopping session, for the shopper's phone (per user), the cabinet's
+//! history (per device) and operators (reviews to resolve), with status and totals in minor
+//! units.
+//!
+//! As with device status, [`evolve`] is the whole projection as a pure function of the
+//! previous row and one event.
+
+use crate::log::LoggedEvent;
+use crate::projector::{Projection, ProjectionError};
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use latch_domain::vending::{ShoppingEvent, ShoppingSession};
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use std::collections::{BTreeSet, HashMap};
+use uuid::Uuid;
+
+pub const NAME: &str = "orders";
+
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct OrderRow {
+    pub session_id: Uuid,
+    pub user_id: String,
+    pub device_id: Uuid,
+    pub site: String,
+    /// open, placed, needs_review, no_charge, abandoned, payment_pending, paid, refunded.
+    pub status: String,
+    /// Each line: shelf, sku, name, quantity, unit_price, line_total (money as
+    /// `{minor, currency}`).
+    #[schema(value_type = Vec<Object>)]
+    pub lines: Json<serde_json::Value>,
+    pub total_minor: Option<i64>,
+    pub currency: String,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub review_reasons: Option<Json<serde_json::Value>>,
+    pub payment_id: Option<Uuid>,
+    pub provider_ref: Option<String>,
+    pub payment_error: Option<String>,
+    pub paid_minor: Option<i64>,
+    pub refunded_minor: i64,
+    pub opened_at: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub last_position: i64,
+}
+
+fn parse(event: &LoggedEvent) -> Result<ShoppingEvent, ProjectionError> {
+    serde_json::from_value::<ShoppingEvent>(event.payload.clone()).map_err(|e| {
+        if ShoppingEvent::TYPES.contains(&event.event_type.as_str()) && event.event_version == "1" {
+            ProjectionError::BadPayload {
+                position: event.position,
+                detail: e.to_string(),
+            }
+        } else {
+            ProjectionError::UnknownEvent {
+                position: event.position,
+                aggregate_type: event.aggregate_type.clone(),
+                event_type: event.event_type.clone(),
+                version: event.event_version.clone(),
+            }
+        }
+    })
+}
+
+fn json<T: Serialize>(value: &T) -> Json<serde_json::Value> {
+    Json(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
+}
+
+/// The next state of one session's row after `event`.
+pub fn evolve(
+    current: Option<OrderRow>,
+    event: &LoggedEvent,
+) -> Result<Option<OrderRow>, ProjectionError> {
+    use ShoppingEvent as E;
+    let parsed = parse(event)?;
+    let mut row = match (current, parsed) {
+        (
+            None,
+            E::SessionStarted {
+                session_id,
+                device_id,
+                site,
+                user,
+                planogram,
+                at,
+                ..
+            },
+        ) => OrderRow {
+            session_id: session_id.as_uuid(),
+            user_id: user.as_str().to_owned(),
+            device_id: device_id.as_uuid(),
+            site: site.as_str().to_owned(),
+            status: "open".into(),
+            lines: Json(serde_json::json!([])),
+            total_minor: None,
+            currency: planogram.currency().as_str().to_owned(),
+            review_reasons: None,
+            payment_id: None,
+            provider_ref: None,
+            payment_error: None,
+            paid_minor: None,
+            refunded_minor: 0,
+            opened_at: at,
+            closed_at: None,
+            paid_at: None,
+            updated_at: at,
+            last_position: event.position,
+        },
+        (None, _) => return Ok(None),
+        (Some(mut row), parsed) => {
+            match &parsed {
+                E::SessionStarted { .. } | E::WeighingRecorded { .. } => {}
+                E::OrderPlaced { lines, total, at } => {
+                    row.status = "placed".into();
+                    row.lines = json(lines);
+                    row.total_minor = Some(total.minor());
+                    row.closed_at = Some(*at);
+                }
+                E::OrderNeedsReview {
+                    reasons,
+                    provisional,
+                    at,
+                } => {
+                    row.status = "needs_review".into();
+                    row.lines = json(provisional);
+                    row.review_reasons = Some(json(reasons));
+                    row.closed_at = Some(*at);
+                }
+                E::SessionClosedEmpty { at } => {
+                    row.status = "no_charge".into();
+                    row.total_minor = Some(0);
+                    row.closed_at = Some(*at);
+                }
+                E::SessionAbandoned { at, .. } => {
+                    row.status = "abandoned".into();
+                    row.total_minor = Some(0);
+                    row.closed_at = Some(*at);
+                }
+                E::ReviewResolved { lines, total, .. } => {
+                    row.status = if total.is_zero() {
+                        "no_charge"
+                    } else {
+                        "placed"
+                    }
+                    .into();
+                    row.lines = json(lines);
+                    row.total_minor = Some(total.minor());
+                }
+                E::PaymentRequested { payment_id, .. } => {
+                    row.status = "payment_pending".into();
+                    row.payment_id = Some(*payment_id);
+                    row.payment_error = None;
+                }
+                E::PaymentSucceeded {
+                    amount,
+                    provider_ref,
+                    at,
+                    ..
+                } => {
+                    row.status = "paid".into();
+                    row.provider_ref = Some(provider_ref.as_str().to_owned());
+                    row.paid_minor = Some(amount.minor());
+                    row.paid_at = Some(*at);
+                }
+                E::PaymentFailed { reason, .. } => {
+                    row.status = "placed".into();
+                    row.payment_error = Some(reason.as_str().to_owned());
+                }
+                E::Refunded { amount, .. } => {
+                    row.refunded_minor += amount.minor();
+                    if Some(row.refunded_minor) >= row.paid_minor {
+                        row.status = "refunded".into();
+                    }
+                }
+            }
+            row.updated_at = parsed.at();
+            row
+        }
+    };
+    row.last_position = event.position;
+    Ok(Some(row))
+}
+
+fn session_uuid(event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
+    Uuid::parse_str(&event.aggregate_id).map_err(|e| ProjectionError::BadPayload {
+        position: event.position,
+        detail: format!("session aggregate id: {e}"),
+    })
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct OrdersProjection;
+
+impl Projection for OrdersProjection {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[LoggedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mine: Vec<&LoggedEvent> = events
+            .iter()
+            .filter(|e| e.aggregate_type == ShoppingSession::TYPE)
+            .collect();
+        if mine.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(mine.len());
+        for e in &mine {
+            ids.push(session_uuid(e)?);
+        }
+        let mut rows: HashMap<Uuid, OrderRow> =
+            sqlx::query_as::<_, OrderRow>("SELECT * FROM orders WHERE session_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .map(|r| (r.session_id, r))
+                .collect();
+        let mut changed = BTreeSet::new();
+        for (event, id) in mine.into_iter().zip(ids) {
+            if let Some(next) = evolve(rows.remove(&id), event)? {
+                rows.insert(id, next);
+                changed.insert(id);
+            }
+        }
+        let changed: Vec<&OrderRow> = changed.iter().filter_map(|id| rows.get(id)).collect();
+        for chunk in changed.chunks(500) {
+            upsert(conn, chunk).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn upsert(conn: &mut PgConnection, rows: &[&OrderRow]) -> Result<(), sqlx::Error> {
+    let mut q = QueryBuilder::<Postgres>::new(
+        "INSERT INTO orders (session_id, user_id, device_id, site, status, lines, total_minor,
+             currency, review_reasons, payment_id, provider_ref, payment_error, paid_minor,
+             refunded_minor, opened_at, closed_at, paid_at, updated_at, last_position) ",
+    );
+    q.push_values(rows, |mut b, r| {
+        b.push_bind(r.session_id)
+            .push_bind(&r.user_id)
+            .push_bind(r.device_id)
+            .push_bind(&r.site)
+            .push_bind(&r.status)
+            .push_bind(&r.lines)
+            .push_bind(r.total_minor)
+            .push_bind(&r.currency)
+            .push_bind(&r.review_reasons)
+            .push_bind(r.payment_id)
+            .push_bind(&r.provider_ref)
+            .push_bind(&r.payment_error)
+            .push_bind(r.paid_minor)
+            .push_bind(r.refunded_minor)
+            .push_bind(r.opened_at)
+            .push_bind(r.closed_at)
+            .push_bind(r.paid_at)
+            .push_bind(r.updated_at)
+            .push_bind(r.last_position);
+    });
+    q.push(
+        " ON CONFLICT (session_id) DO UPDATE SET
+             status = EXCLUDED.status, lines = EXCLUDED.lines,
+             total_minor = EXCLUDED.total_minor, review_reasons = EXCLUDED.review_reasons,
+             payment_id = EXCLUDED.payment_id, provider_ref = EXCLUDED.provider_ref,
+             payment_error = EXCLUDED.payment_error, paid_minor = EXCLUDED.paid_minor,
+             refunded_minor = EXCLUDED.refunded_minor, closed_at = EXCLUDED.closed_at,
+             paid_at = EXCLUDED.paid_at, updated_at = EXCLUDED.updated_at,
+             last_position = EXCLUDED.last_position",
+    );
+    q.build().execute(conn).await?;
+    Ok(())
+}
+
+pub async fn get(pool: &PgPool, session_id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as::<_, OrderRow>("SELECT * FROM orders WHERE session_id = $1")
+        .bind(session_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Newest first.
+pub async fn by_user(pool: &PgPool, user: &str, limit: i64) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as::<_, OrderRow>(
+        "SELECT * FROM orders WHERE user_id = $1 ORDER BY opened_at DESC LIMIT $2",
+    )
+    .bind(user)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Newest first; `status` filters (e.g. `needs_review` for an operator's queue).
+pub async fn list(
+    pool: &PgPool,
+    device: Option<Uuid>,
+    status: Option<&str>,
+    limit: i64,
+) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as::<_, OrderRow>(
+        "SELECT * FROM orders
+          WHERE ($1::uuid IS NULL OR device_id = $1) AND ($2::text IS NULL OR status = $2)
+          ORDER BY opened_at DESC LIMIT $3",
+    )
+    .bind(device)
+    .bind(status)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The shopper's orders that block a new opening: charged and not paid, or in review.
+pub async fn unpaid_of(pool: &PgPool, user: &str) -> Result<Vec<Uuid>, sqlx::Error> {
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT session_id FROM orders
+          WHERE user_id = $1 AND status IN ('placed', 'needs_review', 'payment_pending')
+          ORDER BY opened_at",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
