@@ -32,6 +32,8 @@ pub enum StartError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("nats: {0}")]
     Nats(String),
+    #[error("audit: {0}")]
+    AuditKey(#[from] latch_audit::signing::KeyError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -46,6 +48,7 @@ pub struct Application {
     nats: async_nats::Client,
     listener: Option<TcpListener>,
     port: u16,
+    audit_key: Option<latch_audit::signing::Key>,
 }
 
 impl Application {
@@ -73,7 +76,9 @@ impl Application {
         } else {
             (None, 0)
         };
+        let audit_key = settings.audit.key()?;
         Ok(Self {
+            audit_key,
             store: Arc::new(Store::new(pool.clone())),
             pool,
             nats,
@@ -130,6 +135,14 @@ impl Application {
                 self.pool.clone(),
                 js.clone(),
                 config,
+                shutdown.clone(),
+            ));
+        }
+        if let (true, Some(key)) = (s.runs(Role::Relay), self.audit_key.clone()) {
+            tasks.spawn(latch_audit::signing::run_signer(
+                self.pool.clone(),
+                key,
+                Duration::from_secs(s.audit.audit_checkpoint_secs.max(1)),
                 shutdown.clone(),
             ));
         }

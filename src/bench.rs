@@ -32,6 +32,8 @@ pub enum Which {
     Qr(crate::bench_qr::QrArgs),
     /// Vending: door-open latency, openings/s and settlement under many cabinets, with memory.
     Vending(crate::bench_vending::VendingArgs),
+    /// Audit: rebuild rate beside a raw ordered read of the same log, and `audit verify`.
+    Audit(crate::bench_audit::AuditArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -58,6 +60,7 @@ pub async fn run(which: Which) -> Result<Report, Box<dyn std::error::Error>> {
         Which::Pipeline(args) => pipeline(args).await,
         Which::Qr(args) => crate::bench_qr::run(args).await,
         Which::Vending(args) => crate::bench_vending::run(args).await,
+        Which::Audit(args) => crate::bench_audit::run(args).await,
     }
 }
 

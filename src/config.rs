@@ -6,6 +6,7 @@ use latch_api::qr::QrConfig;
 use latch_api::vending::VendingConfig;
 use latch_domain::clock::{SharedClock, SystemClock};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,41 @@ pub struct Connections {
     /// NATS server URL (JetStream enabled).
     #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
     pub nats_url: String,
+}
+
+/// The key that signs checkpoints of the log's chain head (audit).
+#[derive(Debug, Clone, Args)]
+pub struct AuditKeyArgs {
+    /// Ed25519 seed that signs chain-head checkpoints: 64 hex characters or base64 of 32 bytes.
+    #[arg(long, env = "LATCH_AUDIT_SIGNING_KEY", hide_env_values = true)]
+    pub audit_signing_key: Option<String>,
+    /// File holding the seed (hex); generated there if missing (development).
+    #[arg(long, env = "LATCH_AUDIT_SIGNING_KEY_FILE")]
+    pub audit_signing_key_file: Option<PathBuf>,
+    /// Seconds between signed checkpoints of the chain head (relay role).
+    #[arg(long, env = "LATCH_AUDIT_CHECKPOINT_SECS", default_value_t = 300)]
+    pub audit_checkpoint_secs: u64,
+}
+
+impl Default for AuditKeyArgs {
+    fn default() -> Self {
+        Self {
+            audit_signing_key: None,
+            audit_signing_key_file: None,
+            audit_checkpoint_secs: 300,
+        }
+    }
+}
+
+impl AuditKeyArgs {
+    /// The signing key, if one is configured (the file is created when missing).
+    pub fn key(&self) -> Result<Option<latch_audit::signing::Key>, latch_audit::signing::KeyError> {
+        match (&self.audit_signing_key, &self.audit_signing_key_file) {
+            (Some(raw), _) => latch_audit::signing::parse_key(raw).map(Some),
+            (None, Some(path)) => latch_audit::signing::load_or_generate(path).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -103,6 +139,8 @@ pub struct ServeArgs {
     /// Mark cookies Secure (serve behind HTTPS).
     #[arg(long, env = "LATCH_SECURE_COOKIES", default_value_t = false)]
     pub secure_cookies: bool,
+    #[command(flatten)]
+    pub audit: AuditKeyArgs,
     /// Latch's address as phones and Kazaya reach it (sticker links, OAuth redirect, payment
     /// callbacks); default: http:// + the HTTP address.
     #[arg(long, env = "LATCH_PUBLIC_URL")]
@@ -141,6 +179,7 @@ pub struct Settings {
     pub migrate: bool,
     pub clock: SharedClock,
     pub qr: QrConfig,
+    pub audit: AuditKeyArgs,
     pub vending: VendingConfig,
     /// The member and payment platform; `None` leaves shopper login and payment unavailable.
     pub kazaya: Option<KazayaConfig>,
@@ -163,6 +202,7 @@ impl Settings {
             migrate: false,
             clock: Arc::new(SystemClock),
             qr: QrConfig::default(),
+            audit: AuditKeyArgs::default(),
             vending: VendingConfig::default(),
             kazaya: None,
         }
@@ -212,6 +252,7 @@ impl From<ServeArgs> for Settings {
             db_max_connections: a.db_max_connections,
             db_acquire_timeout: Duration::from_millis(a.db_acquire_timeout_ms),
             migrate: a.migrate,
+            audit: a.audit,
             qr: QrConfig {
                 code_ttl: chrono::Duration::seconds(a.qr_ttl_secs.clamp(10, 3600) as i64),
                 poll_interval: chrono::Duration::milliseconds(a.qr_poll_interval_ms as i64),

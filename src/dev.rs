@@ -100,6 +100,9 @@ pub async fn run(
     let mut settings = Settings::new(database_url.clone(), nats_url.clone());
     settings.http_addr = opts.http_addr;
     settings.migrate = true;
+    // Signed audit checkpoints with a development key kept beside the private servers.
+    settings.audit.audit_signing_key_file = Some(opts.data_dir.join("audit-signing.key"));
+    settings.audit.audit_checkpoint_secs = 60;
     settings.vending.public_url = public_url.clone();
     settings.kazaya = Some(KazayaConfig::new(
         kazaya_url.clone(),

@@ -92,6 +92,16 @@ enum Cmd {
     },
     /// A test-mode Kazaya (member login + payments) speaking the real protocol over HTTP.
     KazayaSandbox(latch::kazaya_sandbox::SandboxArgs),
+    /// Audit: replay the log, verify its hash chain, signed checkpoints.
+    Audit {
+        #[command(subcommand)]
+        cmd: latch::audit_cli::AuditCmd,
+    },
+    /// Read models: rebuild one from the log and swap it in.
+    Projections {
+        #[command(subcommand)]
+        cmd: latch::audit_cli::ProjectionsCmd,
+    },
     /// Measure throughput and latency against baselines taken in the same run.
     Bench {
         #[command(subcommand)]
@@ -221,6 +231,8 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
         Cmd::KazayaSandbox(args) => {
             latch::kazaya_sandbox::serve(args, app::shutdown_signal()).await?;
         }
+        Cmd::Audit { cmd } => latch::audit_cli::audit(cmd).await?,
+        Cmd::Projections { cmd } => latch::audit_cli::projections(cmd).await?,
         Cmd::Bench { which } => {
             let report = bench::run(which).await?;
             println!("{report}");

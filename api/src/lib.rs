@@ -6,6 +6,7 @@
 //! needs ([`auth`]). Each module exposes a `router()`; [`router`] puts them together with
 //! request ids and tracing, and [`openapi`] describes them.
 
+pub mod audit;
 pub mod auth;
 pub mod devices;
 pub mod error;
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(pages::router())
         .merge(qr::router())
+        .merge(audit::router())
         .merge(vending::router())
         .fallback(|| async {
             error::ApiError::NotFound {

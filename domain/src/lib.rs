@@ -15,6 +15,7 @@
 //! - [`store`]: the Postgres event store (cqrs-es + postgres-es, event-sourced mode only) and the
 //!   [`store::CommandBus`] that stamps metadata, retries optimistic conflicts a bounded number of
 //!   times and makes every command idempotent by key.
+//! - [`upcast`]: older shapes of stored events read as the current one (rows never rewritten).
 //! - [`clock`]: time as a dependency, so deadlines and liveness can be tested without sleeping.
 //!
 //! Nothing here talks to NATS or serves HTTP; those live in `latch-workers` and `latch-api`.
@@ -25,6 +26,7 @@ pub mod group_commit;
 pub mod qr_login;
 pub mod store;
 pub mod telemetry;
+pub mod upcast;
 pub mod vending;
 
 pub use clock::{Clock, ManualClock, SystemClock};

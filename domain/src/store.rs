@@ -389,7 +389,8 @@ where
         });
         let fresh: Arc<Mutex<HashSet<String>>> = Arc::default();
         let repo = EventRepository::with_fresh_ids(pool.clone(), fresh.clone());
-        let store = PersistedEventStore::new_event_store(repo);
+        let store =
+            PersistedEventStore::new_event_store(repo).with_upcasters(crate::upcast::upcasters());
         let cqrs = CqrsFramework::new(
             store,
             vec![Box::new(CaptureQuery(capture.clone()))],

@@ -39,6 +39,7 @@ pub struct DeviceStatus {
 
 /// Parses a stored device event, telling an unknown type apart from a broken payload.
 pub fn parse_device_event(event: &LoggedEvent) -> Result<DeviceEvent, ProjectionError> {
+    let event = event.upcast();
     serde_json::from_value::<DeviceEvent>(event.payload.clone()).map_err(|e| {
         let known = event.event_version == DeviceEvent::VERSION
             && serde_json::from_value::<serde_json::Value>(event.payload.clone())
@@ -184,7 +185,7 @@ pub fn evolve(
     Ok(Some(row))
 }
 
-fn device_uuid(event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
+pub fn device_uuid(event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
     Uuid::parse_str(&event.aggregate_id).map_err(|e| ProjectionError::BadPayload {
         position: event.position,
         detail: format!("device aggregate id: {e}"),
@@ -216,15 +217,11 @@ impl Projection for DeviceStatusProjection {
         for e in &mine {
             ids.push(device_uuid(e)?);
         }
-        let mut rows: HashMap<Uuid, DeviceStatus> = sqlx::query_as::<_, DeviceStatus>(
-            "SELECT * FROM device_status WHERE device_id = ANY($1)",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|r| (r.device_id, r))
-        .collect();
+        let mut rows: HashMap<Uuid, DeviceStatus> = load_rows(&mut *conn, NAME, &ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.device_id, r))
+            .collect();
         let mut changed = BTreeSet::new();
         for (event, id) in mine.into_iter().zip(ids) {
             if let Some(next) = evolve(rows.remove(&id), event)? {
@@ -233,20 +230,46 @@ impl Projection for DeviceStatusProjection {
             }
         }
         let changed: Vec<&DeviceStatus> = changed.iter().filter_map(|id| rows.get(id)).collect();
-        for chunk in changed.chunks(1000) {
-            upsert(conn, chunk).await?;
-        }
+        upsert_into(conn, NAME, &changed).await?;
         Ok(())
     }
 }
 
-async fn upsert(conn: &mut PgConnection, rows: &[&DeviceStatus]) -> Result<(), sqlx::Error> {
-    let mut q = QueryBuilder::<Postgres>::new(
-        "INSERT INTO device_status (device_id, kind, site, label, registered_at, online, door,
+/// The rows of `table` (the live `device_status` or a rebuild's shadow copy) for `ids`.
+pub async fn load_rows(
+    conn: &mut PgConnection,
+    table: &str,
+    ids: &[Uuid],
+) -> Result<Vec<DeviceStatus>, sqlx::Error> {
+    sqlx::query_as::<_, DeviceStatus>(&format!("SELECT * FROM {table} WHERE device_id = ANY($1)"))
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
+/// Inserts or replaces `rows` in `table` (the live `device_status` or a rebuild's shadow copy).
+pub async fn upsert_into(
+    conn: &mut PgConnection,
+    table: &str,
+    rows: &[&DeviceStatus],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(1000) {
+        upsert(conn, table, chunk).await?;
+    }
+    Ok(())
+}
+
+async fn upsert(
+    conn: &mut PgConnection,
+    table: &str,
+    rows: &[&DeviceStatus],
+) -> Result<(), sqlx::Error> {
+    let mut q = QueryBuilder::<Postgres>::new(format!(
+        "INSERT INTO {table} (device_id, kind, site, label, registered_at, online, door,
              fault_code, fault_message, pending_open_request, pending_open_deadline,
              last_open_request, last_open_outcome, last_event_at, last_position,
-             current_session, current_session_request) ",
-    );
+             current_session, current_session_request) "
+    ));
     q.push_values(rows, |mut b, r| {
         b.push_bind(r.device_id)
             .push_bind(&r.kind)

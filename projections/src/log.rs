@@ -25,6 +25,32 @@ pub struct LoggedEvent {
     pub hash: String,
 }
 
+impl LoggedEvent {
+    /// This event in its type's current shape: older versions pass through the domain's
+    /// upcasters (`latch_domain::upcast`). The stored row, and so the hash, stay as they were.
+    pub fn upcast(&self) -> std::borrow::Cow<'_, LoggedEvent> {
+        use std::borrow::Cow;
+        if !latch_domain::upcast::needs_upcast(&self.event_type, &self.event_version) {
+            return Cow::Borrowed(self);
+        }
+        let serialized = cqrs_es::persist::SerializedEvent::new(
+            self.aggregate_id.clone(),
+            self.sequence.max(0) as usize,
+            self.aggregate_type.clone(),
+            self.event_type.clone(),
+            self.event_version.clone(),
+            self.payload.clone(),
+            Value::Null,
+        );
+        let current = latch_domain::upcast::upcast(serialized);
+        Cow::Owned(LoggedEvent {
+            event_version: current.event_version,
+            payload: current.payload,
+            ..self.clone()
+        })
+    }
+}
+
 pub const GENESIS: [u8; 32] = [0; 32];
 
 pub fn chain_hash(prev: &[u8], canonical: &[u8]) -> [u8; 32] {

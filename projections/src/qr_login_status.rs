@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use latch_domain::qr_login::{QrLogin, QrLoginEvent};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
@@ -35,6 +35,7 @@ pub struct QrLoginStatus {
 }
 
 pub fn parse_qr_event(event: &LoggedEvent) -> Result<QrLoginEvent, ProjectionError> {
+    let event = event.upcast();
     serde_json::from_value::<QrLoginEvent>(event.payload.clone()).map_err(|e| {
         if event.event_version == QrLoginEvent::VERSION
             && QrLoginEvent::TYPES.contains(&event.event_type.as_str())
@@ -124,7 +125,7 @@ pub fn evolve(
     Ok(Some(row))
 }
 
-fn login_uuid(event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
+pub fn login_uuid(event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
     Uuid::parse_str(&event.aggregate_id).map_err(|e| ProjectionError::BadPayload {
         position: event.position,
         detail: format!("qr_login aggregate id: {e}"),
@@ -155,15 +156,11 @@ impl Projection for QrLoginStatusProjection {
         for e in &mine {
             ids.push(login_uuid(e)?);
         }
-        let mut rows: HashMap<Uuid, QrLoginStatus> = sqlx::query_as::<_, QrLoginStatus>(
-            "SELECT * FROM qr_login_status WHERE login_id = ANY($1)",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|r| (r.login_id, r))
-        .collect();
+        let mut rows: HashMap<Uuid, QrLoginStatus> = load_rows(&mut *conn, NAME, &ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.login_id, r))
+            .collect();
         let mut changed = BTreeMap::new();
         for (event, id) in mine.into_iter().zip(ids) {
             if let Some(next) = evolve(rows.remove(&id), event)? {
@@ -171,39 +168,61 @@ impl Projection for QrLoginStatusProjection {
                 changed.insert(id, next);
             }
         }
-        for row in changed.values() {
-            upsert(conn, row).await?;
-        }
+        let changed: Vec<&QrLoginStatus> = changed.values().collect();
+        upsert_into(conn, NAME, &changed).await?;
         Ok(())
     }
 }
 
-async fn upsert(conn: &mut PgConnection, r: &QrLoginStatus) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO qr_login_status (login_id, state, origin_ip, user_agent, minted_at, expires_at,
-             app_user, ext, locked_at, confirmed_at, redeem_by, finished_at, session_id, last_position)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-         ON CONFLICT (login_id) DO UPDATE SET state = EXCLUDED.state, app_user = EXCLUDED.app_user,
-             ext = EXCLUDED.ext, locked_at = EXCLUDED.locked_at, confirmed_at = EXCLUDED.confirmed_at,
-             redeem_by = EXCLUDED.redeem_by, finished_at = EXCLUDED.finished_at,
-             session_id = EXCLUDED.session_id, last_position = EXCLUDED.last_position",
-    )
-    .bind(r.login_id)
-    .bind(&r.state)
-    .bind(&r.origin_ip)
-    .bind(&r.user_agent)
-    .bind(r.minted_at)
-    .bind(r.expires_at)
-    .bind(&r.app_user)
-    .bind(&r.ext)
-    .bind(r.locked_at)
-    .bind(r.confirmed_at)
-    .bind(r.redeem_by)
-    .bind(r.finished_at)
-    .bind(r.session_id)
-    .bind(r.last_position)
-    .execute(conn)
-    .await?;
+/// The rows of `table` (the live `qr_login_status` or a rebuild's shadow copy) for `ids`.
+pub async fn load_rows(
+    conn: &mut PgConnection,
+    table: &str,
+    ids: &[Uuid],
+) -> Result<Vec<QrLoginStatus>, sqlx::Error> {
+    sqlx::query_as::<_, QrLoginStatus>(&format!("SELECT * FROM {table} WHERE login_id = ANY($1)"))
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
+/// Inserts or replaces `rows` in `table` (the live `qr_login_status` or a rebuild's shadow copy).
+pub async fn upsert_into(
+    conn: &mut PgConnection,
+    table: &str,
+    rows: &[&QrLoginStatus],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(1000) {
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "INSERT INTO {table} (login_id, state, origin_ip, user_agent, minted_at, expires_at,
+                 app_user, ext, locked_at, confirmed_at, redeem_by, finished_at, session_id,
+                 last_position) "
+        ));
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(r.login_id)
+                .push_bind(&r.state)
+                .push_bind(&r.origin_ip)
+                .push_bind(&r.user_agent)
+                .push_bind(r.minted_at)
+                .push_bind(r.expires_at)
+                .push_bind(&r.app_user)
+                .push_bind(&r.ext)
+                .push_bind(r.locked_at)
+                .push_bind(r.confirmed_at)
+                .push_bind(r.redeem_by)
+                .push_bind(r.finished_at)
+                .push_bind(r.session_id)
+                .push_bind(r.last_position);
+        });
+        q.push(
+            " ON CONFLICT (login_id) DO UPDATE SET state = EXCLUDED.state,
+                 app_user = EXCLUDED.app_user, ext = EXCLUDED.ext, locked_at = EXCLUDED.locked_at,
+                 confirmed_at = EXCLUDED.confirmed_at, redeem_by = EXCLUDED.redeem_by,
+                 finished_at = EXCLUDED.finished_at, session_id = EXCLUDED.session_id,
+                 last_position = EXCLUDED.last_position",
+        );
+        q.build().execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

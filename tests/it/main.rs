@@ -1,6 +1,7 @@
 //! Integration tests of the `latch` package: real Postgres (a fresh database per test), a
 //! private nats-server per test, real HTTP.
 
+mod audit;
 mod browser;
 mod common;
 mod crash;
