@@ -33,7 +33,7 @@ pub enum StartError {
     #[error("nats: {0}")]
     Nats(String),
     #[error("audit: {0}")]
-    AuditKey(#[from] latch_audit::signing::KeyError),
+    AuditKey(#[from] latch_projections::audit::signing::KeyError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -48,7 +48,7 @@ pub struct Application {
     nats: async_nats::Client,
     listener: Option<TcpListener>,
     port: u16,
-    audit_key: Option<latch_audit::signing::Key>,
+    audit_key: Option<latch_projections::audit::signing::Key>,
 }
 
 impl Application {
@@ -139,7 +139,7 @@ impl Application {
             ));
         }
         if let (true, Some(key)) = (s.runs(Role::Relay), self.audit_key.clone()) {
-            tasks.spawn(latch_audit::signing::run_signer(
+            tasks.spawn(latch_projections::audit::signing::run_signer(
                 self.pool.clone(),
                 key,
                 Duration::from_secs(s.audit.audit_checkpoint_secs.max(1)),

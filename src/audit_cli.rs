@@ -6,9 +6,9 @@
 use crate::config::{AuditKeyArgs, Connections};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use latch_audit::history::{self, Filter};
-use latch_audit::signing::{self, SignedCheckpoint};
-use latch_audit::{rebuild, verify};
+use latch_projections::audit::history::{self, Filter};
+use latch_projections::audit::signing::{self, SignedCheckpoint};
+use latch_projections::audit::{rebuild, verify};
 use sqlx::PgPool;
 use std::io::Write;
 use std::path::PathBuf;

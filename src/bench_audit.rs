@@ -95,7 +95,7 @@ async fn phases(
     tracing::info!(rows = n, bytes, raw_rate, "raw ordered read measured");
 
     let t = Instant::now();
-    let done = latch_audit::rebuild::rebuild_named(&pool, "device_status", &|_| {}).await?;
+    let done = latch_projections::audit::rebuild::rebuild_named(&pool, "device_status", &|_| {}).await?;
     let rebuild_secs = t.elapsed().as_secs_f64();
     let rebuild_rate = done.events as f64 / rebuild_secs;
     report.rows.push(Row {
@@ -122,7 +122,7 @@ async fn phases(
     let before = rss_kib("self", "VmRSS:");
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let t = Instant::now();
-    let verdict = latch_audit::verify::walk(&pool, None, &|_| {}).await?;
+    let verdict = latch_projections::audit::verify::walk(&pool, None, &|_| {}).await?;
     let verify_secs = t.elapsed().as_secs_f64();
     let peak = rss_kib("self", "VmHWM:");
     if !verdict.intact() {

@@ -5,12 +5,15 @@
 //! - [`projector`]: the exactly-once machinery. A [`projector::Projection`] applies one event to
 //!   its read model inside a transaction that also advances its checkpoint; the same code serves
 //!   live consumption, catch-up from Postgres and full rebuilds.
+//! - [`audit`]: history streams and live follow, point-in-time folds, the hash-chain verifier,
+//!   signed checkpoints and rebuilds into a shadow table swapped in.
 //! - [`device_status`]: the device-status read model (a pure fold, its SQL, and its queries).
 //! - [`orders`]: one row per shopping session: status, lines, totals, payment, refunds.
 //! - [`qr_login_status`]: where each QR login stands (for the sweeper, operators and audits).
 //!
 //! Read models are never written by command handlers: only by projections folding the log.
 
+pub mod audit;
 pub mod device_status;
 pub mod log;
 pub mod orders;

@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use latch_api::auth::{issue_token, Role};
-use latch_audit::{rebuild, signing, verify};
+use latch_projections::audit::{rebuild, signing, verify};
 use latch_projections::device_status;
 use latch_projections::log::{chain_hash, LogRow, GENESIS};
 use serde_json::{json, Value};
@@ -802,7 +802,7 @@ async fn an_old_event_version_is_read_through_the_upcaster_beside_the_new_one() 
         let live = device_status::load_all(&app.pool).await.unwrap();
         rebuild::rebuild_named(&app.pool, "device_status", &|_| {}).await.unwrap();
         assert_eq!(device_status::load_all(&app.pool).await.unwrap(), live);
-        let now = latch_audit::as_of::as_of(&app.pool, chrono::Utc::now(), None).await.unwrap();
+        let now = latch_projections::audit::as_of::as_of(&app.pool, chrono::Utc::now(), None).await.unwrap();
         assert_eq!(now.devices, live.into_values().collect::<Vec<_>>());
     })
     .await;

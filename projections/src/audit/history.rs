@@ -8,7 +8,7 @@
 //! wake-up hint; without NATS the reader polls.
 
 use chrono::{DateTime, Utc};
-use latch_projections::log::LogRow;
+use crate::log::LogRow;
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgPool, Row};
 use std::time::Duration;
@@ -118,7 +118,7 @@ pub async fn stream(
     let fixed_end = if follow.is_some() {
         None
     } else {
-        match latch_projections::log::head(&pool).await {
+        match crate::log::head(&pool).await {
             Ok(h) => Some(h),
             Err(e) => {
                 let _ = out.send(Err(e)).await;
@@ -140,7 +140,7 @@ pub async fn stream(
         // once a page comes back short, nothing matching up to that head is left unread.
         let up_to = match fixed_end {
             Some(end) => end,
-            None => match latch_projections::log::head(&pool).await {
+            None => match crate::log::head(&pool).await {
                 Ok(h) => h,
                 Err(e) => {
                     let _ = out.send(Err(e)).await;

@@ -10,10 +10,10 @@
 //!   slipped into `events` behind the relay's cursor without a log row: it is named as unlogged.
 //!
 //! A superuser who rewrites history AND recomputes every later link passes this walk; that is
-//! what signed checkpoints are for ([`crate::signing`]).
+//! what signed checkpoints are for ([`crate::audit::signing`]).
 
 use futures::TryStreamExt;
-use latch_projections::log::{chain_hash, LogRow, GENESIS};
+use crate::log::{chain_hash, LogRow, GENESIS};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 

@@ -7,7 +7,7 @@
 //! the chain recomputed from the stored events up to P must end in H; if it does not, history up
 //! to P was rewritten, even when the rewriter recomputed every stored hash after the change.
 
-use crate::verify::{self, Problem};
+use crate::audit::verify::{self, Problem};
 use base64::Engine;
 use chrono::{DateTime, SubsecRound, Utc};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};

@@ -1,4 +1,4 @@
-//! Audit (issue 6): reading history, point-in-time answers, verifiable history, safe rebuilds.
+//! Audit: reading history, point-in-time answers, verifiable history, safe rebuilds.
 //!
 //! - [`history`]: the log in log order from any position, filtered, as NDJSON lines (each event
 //!   with its metadata, position and chain hash), and live follow without gap or duplicate.
