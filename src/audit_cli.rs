@@ -91,7 +91,7 @@ pub enum CheckpointCmd {
 #[derive(Debug, Subcommand)]
 pub enum ProjectionsCmd {
     /// Replay the log from position 0 into a fresh table and swap it in (device_status,
-    /// qr_login_status).
+    /// qr_login_status, orders).
     Rebuild {
         #[command(flatten)]
         connections: Connections,

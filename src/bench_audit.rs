@@ -95,7 +95,8 @@ async fn phases(
     tracing::info!(rows = n, bytes, raw_rate, "raw ordered read measured");
 
     let t = Instant::now();
-    let done = latch_projections::audit::rebuild::rebuild_named(&pool, "device_status", &|_| {}).await?;
+    let done =
+        latch_projections::audit::rebuild::rebuild_named(&pool, "device_status", &|_| {}).await?;
     let rebuild_secs = t.elapsed().as_secs_f64();
     let rebuild_rate = done.events as f64 / rebuild_secs;
     report.rows.push(Row {

@@ -81,10 +81,17 @@ impl Default for AuditKeyArgs {
 
 impl AuditKeyArgs {
     /// The signing key, if one is configured (the file is created when missing).
-    pub fn key(&self) -> Result<Option<latch_projections::audit::signing::Key>, latch_projections::audit::signing::KeyError> {
+    pub fn key(
+        &self,
+    ) -> Result<
+        Option<latch_projections::audit::signing::Key>,
+        latch_projections::audit::signing::KeyError,
+    > {
         match (&self.audit_signing_key, &self.audit_signing_key_file) {
             (Some(raw), _) => latch_projections::audit::signing::parse_key(raw).map(Some),
-            (None, Some(path)) => latch_projections::audit::signing::load_or_generate(path).map(Some),
+            (None, Some(path)) => {
+                latch_projections::audit::signing::load_or_generate(path).map(Some)
+            }
             (None, None) => Ok(None),
         }
     }

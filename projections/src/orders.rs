@@ -183,7 +183,7 @@ pub fn evolve(
     Ok(Some(row))
 }
 
-fn session_uuid(event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
+pub fn session_uuid(event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
     Uuid::parse_str(&event.aggregate_id).map_err(|e| ProjectionError::BadPayload {
         position: event.position,
         detail: format!("session aggregate id: {e}"),
@@ -214,14 +214,11 @@ impl Projection for OrdersProjection {
         for e in &mine {
             ids.push(session_uuid(e)?);
         }
-        let mut rows: HashMap<Uuid, OrderRow> =
-            sqlx::query_as::<_, OrderRow>("SELECT * FROM orders WHERE session_id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&mut *conn)
-                .await?
-                .into_iter()
-                .map(|r| (r.session_id, r))
-                .collect();
+        let mut rows: HashMap<Uuid, OrderRow> = load_rows(&mut *conn, NAME, &ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.session_id, r))
+            .collect();
         let mut changed = BTreeSet::new();
         for (event, id) in mine.into_iter().zip(ids) {
             if let Some(next) = evolve(rows.remove(&id), event)? {
@@ -230,19 +227,45 @@ impl Projection for OrdersProjection {
             }
         }
         let changed: Vec<&OrderRow> = changed.iter().filter_map(|id| rows.get(id)).collect();
-        for chunk in changed.chunks(500) {
-            upsert(conn, chunk).await?;
-        }
+        upsert_into(conn, NAME, &changed).await?;
         Ok(())
     }
 }
 
-async fn upsert(conn: &mut PgConnection, rows: &[&OrderRow]) -> Result<(), sqlx::Error> {
-    let mut q = QueryBuilder::<Postgres>::new(
-        "INSERT INTO orders (session_id, user_id, device_id, site, status, lines, total_minor,
+/// The rows of `ids` in `table` (the live `orders` or a rebuild's shadow copy).
+pub async fn load_rows(
+    conn: &mut PgConnection,
+    table: &str,
+    ids: &[Uuid],
+) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as::<_, OrderRow>(&format!("SELECT * FROM {table} WHERE session_id = ANY($1)"))
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
+/// Inserts or replaces `rows` in `table`.
+pub async fn upsert_into(
+    conn: &mut PgConnection,
+    table: &str,
+    rows: &[&OrderRow],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(500) {
+        upsert(conn, table, chunk).await?;
+    }
+    Ok(())
+}
+
+async fn upsert(
+    conn: &mut PgConnection,
+    table: &str,
+    rows: &[&OrderRow],
+) -> Result<(), sqlx::Error> {
+    let mut q = QueryBuilder::<Postgres>::new(format!(
+        "INSERT INTO {table} (session_id, user_id, device_id, site, status, lines, total_minor,
              currency, review_reasons, payment_id, provider_ref, payment_error, paid_minor,
-             refunded_minor, opened_at, closed_at, paid_at, updated_at, last_position) ",
-    );
+             refunded_minor, opened_at, closed_at, paid_at, updated_at, last_position) "
+    ));
     q.push_values(rows, |mut b, r| {
         b.push_bind(r.session_id)
             .push_bind(&r.user_id)

@@ -490,6 +490,7 @@ async fn a_new_member_registers_opens_takes_three_items_pays_and_gets_a_receipt(
     assert_eq!(body["error"]["code"], "unpaid_order");
 
     // Pay at the sandbox's hosted page; its signed callback marks the order paid.
+    let before_paying = chrono::Utc::now();
     let pay = world
         .app
         .post(&format!("/m/api/orders/{session}/pay"), &token, None)
@@ -521,6 +522,30 @@ async fn a_new_member_registers_opens_takes_three_items_pays_and_gets_a_receipt(
         .await
         .unwrap();
     assert_eq!(home["can_open"], true, "{home}");
+
+    // Auditors: the order as it stood before payment, and now (equal to the live model), and a
+    // rebuild of the orders table from the log reproduces it.
+    use latch_projections::audit::{as_of::as_of, rebuild::rebuild_named};
+    use latch_projections::orders::OrderRow;
+    let live: Vec<OrderRow> = sqlx::query_as("SELECT * FROM orders ORDER BY session_id")
+        .fetch_all(&world.app.pool)
+        .await
+        .unwrap();
+    let now = as_of(&world.app.pool, chrono::Utc::now(), None)
+        .await
+        .unwrap();
+    assert_eq!(now.orders, live);
+    let then = as_of(&world.app.pool, before_paying, None).await.unwrap();
+    assert_eq!(then.orders.len(), 1);
+    assert_eq!(then.orders[0].status, "placed");
+    rebuild_named(&world.app.pool, "orders", &|_| {})
+        .await
+        .unwrap();
+    let rebuilt: Vec<OrderRow> = sqlx::query_as("SELECT * FROM orders ORDER BY session_id")
+        .fetch_all(&world.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rebuilt, live);
 }
 
 #[tokio::test]

@@ -6,13 +6,15 @@
 //! in sequence order, so cutting by recording time never splits an aggregate's history out of
 //! order.
 
+use crate::device_status::{self, DeviceStatus};
+use crate::orders::{self, OrderRow};
+use crate::qr_login_status::{self, QrLoginStatus};
+use crate::{LoggedEvent, ProjectionError};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use latch_domain::device::Device;
 use latch_domain::qr_login::QrLogin;
-use crate::device_status::{self, DeviceStatus};
-use crate::qr_login_status::{self, QrLoginStatus};
-use crate::{LoggedEvent, ProjectionError};
+use latch_domain::vending::ShoppingSession;
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -28,6 +30,8 @@ pub struct AsOf {
     pub events: u64,
     pub devices: Vec<DeviceStatus>,
     pub qr_logins: Vec<QrLoginStatus>,
+    /// Orders (one per shopping session) as they stood; empty when narrowed to one device.
+    pub orders: Vec<OrderRow>,
 }
 
 fn logged(row: &PgRow) -> Result<LoggedEvent, sqlx::Error> {
@@ -46,7 +50,7 @@ fn logged(row: &PgRow) -> Result<LoggedEvent, sqlx::Error> {
     })
 }
 
-/// The device-status and QR-login-status models at `at`. `device` narrows the answer (and the
+/// The device-status, QR-login-status and orders models at `at`. `device` narrows the answer (and the
 /// fold) to one device.
 pub async fn as_of(
     pool: &PgPool,
@@ -55,10 +59,11 @@ pub async fn as_of(
 ) -> Result<AsOf, ProjectionError> {
     let mut devices: BTreeMap<Uuid, DeviceStatus> = BTreeMap::new();
     let mut logins: BTreeMap<Uuid, QrLoginStatus> = BTreeMap::new();
+    let mut order_rows: BTreeMap<Uuid, OrderRow> = BTreeMap::new();
     let types: Vec<&str> = if device.is_some() {
         vec![Device::TYPE]
     } else {
-        vec![Device::TYPE, QrLogin::TYPE]
+        vec![Device::TYPE, QrLogin::TYPE, ShoppingSession::TYPE]
     };
     let device_id = device.map(|d| d.to_string());
     let (mut after, mut position, mut events) = (0i64, 0i64, 0u64);
@@ -90,6 +95,11 @@ pub async fn as_of(
                 if let Some(next) = device_status::evolve(devices.remove(&id), &event)? {
                     devices.insert(id, next);
                 }
+            } else if event.aggregate_type == ShoppingSession::TYPE {
+                let id = orders::session_uuid(&event)?;
+                if let Some(next) = orders::evolve(order_rows.remove(&id), &event)? {
+                    order_rows.insert(id, next);
+                }
             } else if event.aggregate_type == QrLogin::TYPE {
                 let id = qr_login_status::login_uuid(&event)?;
                 if let Some(next) = qr_login_status::evolve(logins.remove(&id), &event)? {
@@ -104,5 +114,6 @@ pub async fn as_of(
         events,
         devices: devices.into_values().collect(),
         qr_logins: logins.into_values().collect(),
+        orders: order_rows.into_values().collect(),
     })
 }

@@ -7,8 +7,8 @@
 //! `position > last` never skips one. A core-NATS subscription to the EVENTS subjects is only a
 //! wake-up hint; without NATS the reader polls.
 
-use chrono::{DateTime, Utc};
 use crate::log::LogRow;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgPool, Row};
 use std::time::Duration;

@@ -15,13 +15,15 @@
 //! type or version stops the rebuild with an error that names it (and the live table is left as
 //! it was).
 
+use crate::device_status::{self, DeviceStatus};
+use crate::orders::{self, OrderRow};
+use crate::qr_login_status::{self, QrLoginStatus};
+use crate::{log, LoggedEvent, ProjectionError};
 use cqrs_es::Aggregate;
 use futures::TryStreamExt;
 use latch_domain::device::Device;
 use latch_domain::qr_login::QrLogin;
-use crate::device_status::{self, DeviceStatus};
-use crate::qr_login_status::{self, QrLoginStatus};
-use crate::{log, LoggedEvent, ProjectionError};
+use latch_domain::vending::ShoppingSession;
 use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
@@ -30,11 +32,11 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// The read models that can be rebuilt.
-pub const NAMES: &[&str] = &[device_status::NAME, qr_login_status::NAME];
+pub const NAMES: &[&str] = &[device_status::NAME, qr_login_status::NAME, orders::NAME];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
-    #[error("no projection named {0:?}; known: device_status, qr_login_status")]
+    #[error("no projection named {0:?}; known: device_status, qr_login_status, orders")]
     UnknownProjection(String),
     #[error("a rebuild of {0} is already running")]
     Busy(String),
@@ -110,6 +112,45 @@ impl Model for DeviceStatusModel {
         rows: &[&DeviceStatus],
     ) -> Result<(), sqlx::Error> {
         device_status::upsert_into(conn, table, rows).await
+    }
+}
+
+pub struct OrdersModel;
+
+impl Model for OrdersModel {
+    type Row = OrderRow;
+    fn name(&self) -> &'static str {
+        orders::NAME
+    }
+    fn aggregate_type(&self) -> &'static str {
+        ShoppingSession::TYPE
+    }
+    fn key(&self, event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
+        orders::session_uuid(event)
+    }
+    fn evolve(
+        &self,
+        current: Option<OrderRow>,
+        event: &LoggedEvent,
+    ) -> Result<Option<OrderRow>, ProjectionError> {
+        orders::evolve(current, event)
+    }
+    async fn load(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, OrderRow)>, sqlx::Error> {
+        let rows = orders::load_rows(conn, table, ids).await?;
+        Ok(rows.into_iter().map(|r| (r.session_id, r)).collect())
+    }
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        rows: &[&OrderRow],
+    ) -> Result<(), sqlx::Error> {
+        orders::upsert_into(conn, table, rows).await
     }
 }
 
@@ -280,6 +321,7 @@ pub async fn rebuild_named(
     match name {
         device_status::NAME => rebuild(pool, &DeviceStatusModel, progress).await,
         qr_login_status::NAME => rebuild(pool, &QrLoginStatusModel, progress).await,
+        orders::NAME => rebuild(pool, &OrdersModel, progress).await,
         other => Err(RebuildError::UnknownProjection(other.to_owned())),
     }
 }

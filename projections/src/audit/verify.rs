@@ -12,8 +12,8 @@
 //! A superuser who rewrites history AND recomputes every later link passes this walk; that is
 //! what signed checkpoints are for ([`crate::audit::signing`]).
 
-use futures::TryStreamExt;
 use crate::log::{chain_hash, LogRow, GENESIS};
+use futures::TryStreamExt;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
