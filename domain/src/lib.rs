@@ -10,6 +10,8 @@
 //! - [`vending`]: scan-to-open vending: money, planograms, settling shelf weights into an order
 //!   (or a review that names each doubtful shelf), and the shopping-session aggregate from door
 //!   opening to payment and refunds.
+//! - [`locker`]: shared parcel lockers: sites, compartments and who holds them, locker users,
+//!   third-party authorizers, and grant requests (direct or through an authorizer).
 //! - [`telemetry`]: the wire formats cabinets publish on NATS and the commands sent back to them,
 //!   parsed into domain types (anything that does not parse has a named reason).
 //! - [`store`]: the Postgres event store (cqrs-es + postgres-es, event-sourced mode only) and the
@@ -23,6 +25,7 @@
 pub mod clock;
 pub mod device;
 pub mod group_commit;
+pub mod locker;
 pub mod qr_login;
 pub mod store;
 pub mod telemetry;

@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use crate::device::Device;
 use crate::group_commit::{self, Appended, GroupCommit};
+use crate::locker::{Authorizer, Compartment, Grant, LockerUser, Site};
 use crate::qr_login::QrLogin;
 use crate::vending::{CabinetPlanogram, Member, ShoppingSession};
 
@@ -594,6 +595,11 @@ pub struct Store {
     pub shopping_sessions: AggregateStore<ShoppingSession>,
     pub planograms: AggregateStore<CabinetPlanogram>,
     pub members: AggregateStore<Member>,
+    pub locker_sites: AggregateStore<Site>,
+    pub compartments: AggregateStore<Compartment>,
+    pub locker_users: AggregateStore<LockerUser>,
+    pub authorizers: AggregateStore<Authorizer>,
+    pub grants: AggregateStore<Grant>,
 }
 
 impl Store {
@@ -604,6 +610,11 @@ impl Store {
             shopping_sessions: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
             planograms: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
             members: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
+            locker_sites: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
+            compartments: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
+            locker_users: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
+            authorizers: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
+            grants: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
             pool,
         }
     }

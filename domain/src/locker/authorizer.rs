@@ -1,0 +1,241 @@
+//! A third-party authorizer (a courier company): one `locker_authorizer` stream per number.
+//!
+//! Its service endpoint receives grant requests as signed webhooks; the signing secret (Standard
+//! Webhooks, `whsec_` + base64) signs both directions.
+
+use super::values::{AuthorizerNumber, Endpoint};
+use crate::device::Label;
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthorizerCommand {
+    Register {
+        number: AuthorizerNumber,
+        name: Label,
+        endpoint: Endpoint,
+        secret: String,
+        at: DateTime<Utc>,
+    },
+    Deactivate {
+        at: DateTime<Utc>,
+    },
+    Activate {
+        at: DateTime<Utc>,
+    },
+}
+
+impl AuthorizerCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Register { .. } => "RegisterAuthorizer",
+            Self::Deactivate { .. } => "DeactivateAuthorizer",
+            Self::Activate { .. } => "ActivateAuthorizer",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AuthorizerEvent {
+    AuthorizerRegistered {
+        number: AuthorizerNumber,
+        name: Label,
+        endpoint: Endpoint,
+        secret: String,
+        at: DateTime<Utc>,
+    },
+    AuthorizerDeactivated {
+        at: DateTime<Utc>,
+    },
+    AuthorizerActivated {
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for AuthorizerEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::AuthorizerRegistered { .. } => "AuthorizerRegistered",
+            Self::AuthorizerDeactivated { .. } => "AuthorizerDeactivated",
+            Self::AuthorizerActivated { .. } => "AuthorizerActivated",
+        }
+        .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorizerError {
+    #[error("this authorizer number is already registered")]
+    AlreadyRegistered,
+    #[error("no such authorizer")]
+    NotRegistered,
+}
+
+impl AuthorizerError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::AlreadyRegistered => "authorizer_already_registered",
+            Self::NotRegistered => "authorizer_not_found",
+        }
+    }
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotRegistered)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Authorizer {
+    pub number: Option<AuthorizerNumber>,
+    pub name: Option<Label>,
+    pub endpoint: Option<Endpoint>,
+    pub secret: String,
+    pub inactive: bool,
+}
+
+impl Authorizer {
+    pub fn is_active(&self) -> bool {
+        self.number.is_some() && !self.inactive
+    }
+
+    pub fn decide(
+        &self,
+        command: AuthorizerCommand,
+    ) -> Result<Vec<AuthorizerEvent>, AuthorizerError> {
+        if let AuthorizerCommand::Register {
+            number,
+            name,
+            endpoint,
+            secret,
+            at,
+        } = command
+        {
+            if self.number.is_some() {
+                return Err(AuthorizerError::AlreadyRegistered);
+            }
+            return Ok(vec![AuthorizerEvent::AuthorizerRegistered {
+                number,
+                name,
+                endpoint,
+                secret,
+                at,
+            }]);
+        }
+        if self.number.is_none() {
+            return Err(AuthorizerError::NotRegistered);
+        }
+        Ok(match command {
+            AuthorizerCommand::Register { .. } => unreachable!("handled above"),
+            AuthorizerCommand::Deactivate { at } if !self.inactive => {
+                vec![AuthorizerEvent::AuthorizerDeactivated { at }]
+            }
+            AuthorizerCommand::Activate { at } if self.inactive => {
+                vec![AuthorizerEvent::AuthorizerActivated { at }]
+            }
+            AuthorizerCommand::Deactivate { .. } | AuthorizerCommand::Activate { .. } => vec![],
+        })
+    }
+}
+
+impl Aggregate for Authorizer {
+    const TYPE: &'static str = "locker_authorizer";
+    type Command = AuthorizerCommand;
+    type Event = AuthorizerEvent;
+    type Error = AuthorizerError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            AuthorizerEvent::AuthorizerRegistered {
+                number,
+                name,
+                endpoint,
+                secret,
+                ..
+            } => {
+                self.number = Some(number);
+                self.name = Some(name);
+                self.endpoint = Some(endpoint);
+                self.secret = secret;
+            }
+            AuthorizerEvent::AuthorizerDeactivated { .. } => self.inactive = true,
+            AuthorizerEvent::AuthorizerActivated { .. } => self.inactive = false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use cqrs_es::test::TestFramework;
+
+    fn at() -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000, 0).unwrap()
+    }
+    fn registered() -> AuthorizerEvent {
+        AuthorizerEvent::AuthorizerRegistered {
+            number: AuthorizerNumber::parse("n", "0001").unwrap(),
+            name: Label::parse("name", "快递公司A", 80).unwrap(),
+            endpoint: Endpoint::parse("e", "http://127.0.0.1:7000/grants").unwrap(),
+            secret: "whsec_c2VjcmV0".into(),
+            at: at(),
+        }
+    }
+
+    #[test]
+    fn register_with_a_chinese_name_then_deactivate() {
+        TestFramework::<Authorizer>::with(())
+            .given_no_previous_events()
+            .when(AuthorizerCommand::Register {
+                number: AuthorizerNumber::parse("n", "0001").unwrap(),
+                name: Label::parse("name", "快递公司A", 80).unwrap(),
+                endpoint: Endpoint::parse("e", "http://127.0.0.1:7000/grants").unwrap(),
+                secret: "whsec_c2VjcmV0".into(),
+                at: at(),
+            })
+            .then_expect_events(vec![registered()]);
+        TestFramework::<Authorizer>::with(())
+            .given(vec![registered()])
+            .when(AuthorizerCommand::Deactivate { at: at() })
+            .then_expect_events(vec![AuthorizerEvent::AuthorizerDeactivated { at: at() }]);
+        TestFramework::<Authorizer>::with(())
+            .given(vec![registered()])
+            .when(AuthorizerCommand::Activate { at: at() })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn refusals() {
+        TestFramework::<Authorizer>::with(())
+            .given_no_previous_events()
+            .when(AuthorizerCommand::Deactivate { at: at() })
+            .then_expect_error(AuthorizerError::NotRegistered);
+        TestFramework::<Authorizer>::with(())
+            .given(vec![registered()])
+            .when(AuthorizerCommand::Register {
+                number: AuthorizerNumber::parse("n", "0001").unwrap(),
+                name: Label::parse("name", "x", 80).unwrap(),
+                endpoint: Endpoint::parse("e", "http://a/").unwrap(),
+                secret: "s".into(),
+                at: at(),
+            })
+            .then_expect_error(AuthorizerError::AlreadyRegistered);
+    }
+}

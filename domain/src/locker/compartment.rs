@@ -1,0 +1,592 @@
+//! One locker compartment: one `locker_compartment` stream per `"{site}:{number}"`.
+//!
+//! A free compartment is reserved by a user, who then holds the right to use it while it is
+//! empty. The holder may hand that right on ([`CompartmentCommand::Grant`]); only the current
+//! holder can, never to themselves, and only while the reservation stands, so of two grants
+//! racing for one compartment the second finds the holder changed and is refused. An unused
+//! reservation expires and frees the compartment. The holder deposits a parcel once (the door
+//! opens for them and the parcel number is recorded); collecting it frees the compartment.
+
+use super::values::{AuthorizerNumber, CompartmentId, ParcelNumber, Size, UserNumber};
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[default]
+    Free,
+    Reserved,
+    Occupied,
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Free => "free",
+            Self::Reserved => "reserved",
+            Self::Occupied => "occupied",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompartmentCommand {
+    Install {
+        id: CompartmentId,
+        size: Size,
+        at: DateTime<Utc>,
+    },
+    /// Reserve for `user`, from `window_start` (default: now) until `expires_at`.
+    Reserve {
+        user: UserNumber,
+        window_start: Option<DateTime<Utc>>,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// Frees the compartment if its reservation went unused past its expiry; otherwise nothing.
+    Expire {
+        at: DateTime<Utc>,
+    },
+    /// Hands the empty-use right from `from` (who must hold it) to `to`.
+    Grant {
+        grant_id: Uuid,
+        from: UserNumber,
+        to: UserNumber,
+        via: Option<AuthorizerNumber>,
+        at: DateTime<Utc>,
+    },
+    Deposit {
+        user: UserNumber,
+        parcel: ParcelNumber,
+        at: DateTime<Utc>,
+    },
+    Collect {
+        at: DateTime<Utc>,
+    },
+}
+
+impl CompartmentCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Install { .. } => "InstallCompartment",
+            Self::Reserve { .. } => "ReserveCompartment",
+            Self::Expire { .. } => "ExpireReservation",
+            Self::Grant { .. } => "GrantCompartment",
+            Self::Deposit { .. } => "DepositParcel",
+            Self::Collect { .. } => "CollectParcel",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CompartmentEvent {
+    CompartmentInstalled {
+        id: CompartmentId,
+        size: Size,
+        at: DateTime<Utc>,
+    },
+    CompartmentReserved {
+        holder: UserNumber,
+        window_start: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    ReservationExpired {
+        holder: UserNumber,
+        at: DateTime<Utc>,
+    },
+    HolderChanged {
+        grant_id: Uuid,
+        from: UserNumber,
+        to: UserNumber,
+        via: Option<AuthorizerNumber>,
+        at: DateTime<Utc>,
+    },
+    ParcelDeposited {
+        depositor: UserNumber,
+        parcel: ParcelNumber,
+        at: DateTime<Utc>,
+    },
+    ParcelCollected {
+        parcel: ParcelNumber,
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for CompartmentEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::CompartmentInstalled { .. } => "CompartmentInstalled",
+            Self::CompartmentReserved { .. } => "CompartmentReserved",
+            Self::ReservationExpired { .. } => "ReservationExpired",
+            Self::HolderChanged { .. } => "HolderChanged",
+            Self::ParcelDeposited { .. } => "ParcelDeposited",
+            Self::ParcelCollected { .. } => "ParcelCollected",
+        }
+        .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompartmentError {
+    #[error("no such compartment")]
+    NotInstalled,
+    #[error("this compartment is already installed")]
+    AlreadyInstalled,
+    #[error("this compartment is not free")]
+    NotFree,
+    #[error("this compartment is not reserved")]
+    NotReserved,
+    #[error("you do not hold this compartment")]
+    NotHolder,
+    #[error("a compartment cannot be granted to its own holder")]
+    GrantToSelf,
+    #[error("the reservation has expired")]
+    ReservationExpired,
+    #[error("the reservation must end after it starts and after now")]
+    BadWindow,
+    #[error("there is no parcel in this compartment")]
+    Empty,
+}
+
+impl CompartmentError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotInstalled => "compartment_not_found",
+            Self::AlreadyInstalled => "compartment_already_installed",
+            Self::NotFree => "compartment_not_free",
+            Self::NotReserved => "compartment_not_reserved",
+            Self::NotHolder => "not_the_holder",
+            Self::GrantToSelf => "grant_to_self",
+            Self::ReservationExpired => "reservation_expired",
+            Self::BadWindow => "invalid_window",
+            Self::Empty => "compartment_empty",
+        }
+    }
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotInstalled)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Compartment {
+    pub id: Option<CompartmentId>,
+    pub size: Option<Size>,
+    pub status: Status,
+    pub holder: Option<UserNumber>,
+    pub window_start: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub depositor: Option<UserNumber>,
+    pub parcel: Option<ParcelNumber>,
+}
+
+impl Compartment {
+    /// Whether `user` holds the empty-use right now.
+    pub fn held_by(&self, user: &UserNumber) -> bool {
+        self.status == Status::Reserved && self.holder.as_ref() == Some(user)
+    }
+
+    pub fn decide(
+        &self,
+        command: CompartmentCommand,
+    ) -> Result<Vec<CompartmentEvent>, CompartmentError> {
+        use CompartmentCommand as C;
+        use CompartmentEvent as E;
+        if let C::Install { id, size, at } = command {
+            if self.id.is_some() {
+                return Err(CompartmentError::AlreadyInstalled);
+            }
+            return Ok(vec![E::CompartmentInstalled { id, size, at }]);
+        }
+        if self.id.is_none() {
+            return Err(CompartmentError::NotInstalled);
+        }
+        match command {
+            C::Install { .. } => unreachable!("handled above"),
+            C::Reserve {
+                user,
+                window_start,
+                expires_at,
+                at,
+            } => {
+                if self.status != Status::Free {
+                    return Err(CompartmentError::NotFree);
+                }
+                let window_start = window_start.unwrap_or(at);
+                if expires_at <= window_start || expires_at <= at {
+                    return Err(CompartmentError::BadWindow);
+                }
+                Ok(vec![E::CompartmentReserved {
+                    holder: user,
+                    window_start,
+                    expires_at,
+                    at,
+                }])
+            }
+            C::Expire { at } => match (&self.status, &self.holder, self.expires_at) {
+                (Status::Reserved, Some(holder), Some(expires)) if at >= expires => {
+                    Ok(vec![E::ReservationExpired {
+                        holder: holder.clone(),
+                        at,
+                    }])
+                }
+                _ => Ok(vec![]),
+            },
+            C::Grant {
+                grant_id,
+                from,
+                to,
+                via,
+                at,
+            } => {
+                if self.status != Status::Reserved {
+                    return Err(CompartmentError::NotReserved);
+                }
+                if self.holder.as_ref() != Some(&from) {
+                    return Err(CompartmentError::NotHolder);
+                }
+                if from == to {
+                    return Err(CompartmentError::GrantToSelf);
+                }
+                if self.expires_at.is_some_and(|e| at >= e) {
+                    return Err(CompartmentError::ReservationExpired);
+                }
+                Ok(vec![E::HolderChanged {
+                    grant_id,
+                    from,
+                    to,
+                    via,
+                    at,
+                }])
+            }
+            C::Deposit { user, parcel, at } => {
+                if self.status != Status::Reserved {
+                    return Err(CompartmentError::NotReserved);
+                }
+                if self.holder.as_ref() != Some(&user) {
+                    return Err(CompartmentError::NotHolder);
+                }
+                if self.expires_at.is_some_and(|e| at >= e) {
+                    return Err(CompartmentError::ReservationExpired);
+                }
+                Ok(vec![E::ParcelDeposited {
+                    depositor: user,
+                    parcel,
+                    at,
+                }])
+            }
+            C::Collect { at } => match (&self.status, &self.parcel) {
+                (Status::Occupied, Some(parcel)) => Ok(vec![E::ParcelCollected {
+                    parcel: parcel.clone(),
+                    at,
+                }]),
+                _ => Err(CompartmentError::Empty),
+            },
+        }
+    }
+}
+
+impl Aggregate for Compartment {
+    const TYPE: &'static str = "locker_compartment";
+    type Command = CompartmentCommand;
+    type Event = CompartmentEvent;
+    type Error = CompartmentError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        use CompartmentEvent as E;
+        match event {
+            E::CompartmentInstalled { id, size, .. } => {
+                self.id = Some(id);
+                self.size = Some(size);
+            }
+            E::CompartmentReserved {
+                holder,
+                window_start,
+                expires_at,
+                ..
+            } => {
+                self.status = Status::Reserved;
+                self.holder = Some(holder);
+                self.window_start = Some(window_start);
+                self.expires_at = Some(expires_at);
+            }
+            E::ReservationExpired { .. } | E::ParcelCollected { .. } => {
+                self.status = Status::Free;
+                self.holder = None;
+                self.window_start = None;
+                self.expires_at = None;
+                self.depositor = None;
+                self.parcel = None;
+            }
+            E::HolderChanged { to, .. } => self.holder = Some(to),
+            E::ParcelDeposited {
+                depositor, parcel, ..
+            } => {
+                self.status = Status::Occupied;
+                self.holder = None;
+                self.depositor = Some(depositor);
+                self.parcel = Some(parcel);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use cqrs_es::test::TestFramework;
+
+    type CompartmentTest = TestFramework<Compartment>;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
+    }
+    fn user(n: &str) -> UserNumber {
+        UserNumber::parse("user", n).unwrap()
+    }
+    fn li() -> UserNumber {
+        user("13455555555")
+    }
+    fn receiver() -> UserNumber {
+        user("13499996666")
+    }
+    fn id() -> CompartmentId {
+        CompartmentId::parse("id", "610091A01:01").unwrap()
+    }
+    fn grant_id() -> Uuid {
+        Uuid::from_u128(7)
+    }
+    fn installed() -> CompartmentEvent {
+        CompartmentEvent::CompartmentInstalled {
+            id: id(),
+            size: Size::Large,
+            at: t(0),
+        }
+    }
+    fn reserved_by_li() -> Vec<CompartmentEvent> {
+        vec![
+            installed(),
+            CompartmentEvent::CompartmentReserved {
+                holder: li(),
+                window_start: t(10),
+                expires_at: t(100),
+                at: t(10),
+            },
+        ]
+    }
+    fn grant(from: UserNumber, to: UserNumber, at: i64) -> CompartmentCommand {
+        CompartmentCommand::Grant {
+            grant_id: grant_id(),
+            from,
+            to,
+            via: None,
+            at: t(at),
+        }
+    }
+
+    #[test]
+    fn install_then_reserve() {
+        CompartmentTest::with(())
+            .given_no_previous_events()
+            .when(CompartmentCommand::Install {
+                id: id(),
+                size: Size::Large,
+                at: t(0),
+            })
+            .then_expect_events(vec![installed()]);
+        CompartmentTest::with(())
+            .given(vec![installed()])
+            .when(CompartmentCommand::Reserve {
+                user: li(),
+                window_start: None,
+                expires_at: t(100),
+                at: t(10),
+            })
+            .then_expect_events(reserved_by_li()[1..].to_vec());
+    }
+
+    #[test]
+    fn reserve_refusals() {
+        CompartmentTest::with(())
+            .given(reserved_by_li())
+            .when(CompartmentCommand::Reserve {
+                user: receiver(),
+                window_start: None,
+                expires_at: t(100),
+                at: t(20),
+            })
+            .then_expect_error(CompartmentError::NotFree);
+        CompartmentTest::with(())
+            .given(vec![installed()])
+            .when(CompartmentCommand::Reserve {
+                user: li(),
+                window_start: Some(t(50)),
+                expires_at: t(40),
+                at: t(10),
+            })
+            .then_expect_error(CompartmentError::BadWindow);
+        CompartmentTest::with(())
+            .given_no_previous_events()
+            .when(CompartmentCommand::Reserve {
+                user: li(),
+                window_start: None,
+                expires_at: t(40),
+                at: t(10),
+            })
+            .then_expect_error(CompartmentError::NotInstalled);
+    }
+
+    #[test]
+    fn the_holder_grants_directly_and_the_receiver_holds_it() {
+        CompartmentTest::with(())
+            .given(reserved_by_li())
+            .when(grant(li(), receiver(), 20))
+            .then_expect_events(vec![CompartmentEvent::HolderChanged {
+                grant_id: grant_id(),
+                from: li(),
+                to: receiver(),
+                via: None,
+                at: t(20),
+            }]);
+    }
+
+    #[test]
+    fn grant_refusals() {
+        CompartmentTest::with(())
+            .given(reserved_by_li())
+            .when(grant(li(), li(), 20))
+            .then_expect_error(CompartmentError::GrantToSelf);
+        CompartmentTest::with(())
+            .given(reserved_by_li())
+            .when(grant(receiver(), li(), 20))
+            .then_expect_error(CompartmentError::NotHolder);
+        CompartmentTest::with(())
+            .given(vec![installed()])
+            .when(grant(li(), receiver(), 20))
+            .then_expect_error(CompartmentError::NotReserved);
+        CompartmentTest::with(())
+            .given(reserved_by_li())
+            .when(grant(li(), receiver(), 100))
+            .then_expect_error(CompartmentError::ReservationExpired);
+        // The second of two racing grants finds the holder changed.
+        let mut granted = reserved_by_li();
+        granted.push(CompartmentEvent::HolderChanged {
+            grant_id: grant_id(),
+            from: li(),
+            to: receiver(),
+            via: None,
+            at: t(20),
+        });
+        CompartmentTest::with(())
+            .given(granted)
+            .when(grant(li(), user("13466666666"), 21))
+            .then_expect_error(CompartmentError::NotHolder);
+    }
+
+    #[test]
+    fn an_unused_reservation_expires_only_after_its_end() {
+        CompartmentTest::with(())
+            .given(reserved_by_li())
+            .when(CompartmentCommand::Expire { at: t(99) })
+            .then_expect_events(vec![]);
+        CompartmentTest::with(())
+            .given(reserved_by_li())
+            .when(CompartmentCommand::Expire { at: t(100) })
+            .then_expect_events(vec![CompartmentEvent::ReservationExpired {
+                holder: li(),
+                at: t(100),
+            }]);
+        let mut expired = reserved_by_li();
+        expired.push(CompartmentEvent::ReservationExpired {
+            holder: li(),
+            at: t(100),
+        });
+        CompartmentTest::with(())
+            .given(expired)
+            .when(CompartmentCommand::Expire { at: t(101) })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn deposit_by_the_holder_then_collect_frees_it() {
+        let parcel = ParcelNumber::parse("parcel", "SF1234567890").unwrap();
+        CompartmentTest::with(())
+            .given(reserved_by_li())
+            .when(CompartmentCommand::Deposit {
+                user: receiver(),
+                parcel: parcel.clone(),
+                at: t(30),
+            })
+            .then_expect_error(CompartmentError::NotHolder);
+        let deposited = CompartmentEvent::ParcelDeposited {
+            depositor: li(),
+            parcel: parcel.clone(),
+            at: t(30),
+        };
+        CompartmentTest::with(())
+            .given(reserved_by_li())
+            .when(CompartmentCommand::Deposit {
+                user: li(),
+                parcel: parcel.clone(),
+                at: t(30),
+            })
+            .then_expect_events(vec![deposited.clone()]);
+        let mut occupied = reserved_by_li();
+        occupied.push(deposited);
+        CompartmentTest::with(())
+            .given(occupied.clone())
+            .when(CompartmentCommand::Collect { at: t(40) })
+            .then_expect_events(vec![CompartmentEvent::ParcelCollected {
+                parcel,
+                at: t(40),
+            }]);
+        // Occupied: no expiry, no grant.
+        CompartmentTest::with(())
+            .given(occupied.clone())
+            .when(CompartmentCommand::Expire { at: t(200) })
+            .then_expect_events(vec![]);
+        CompartmentTest::with(())
+            .given(occupied)
+            .when(grant(li(), receiver(), 41))
+            .then_expect_error(CompartmentError::NotReserved);
+    }
+
+    #[test]
+    fn apply_folds_the_holder() {
+        let mut c = Compartment::default();
+        for e in reserved_by_li() {
+            c.apply(e);
+        }
+        assert!(c.held_by(&li()));
+        c.apply(CompartmentEvent::HolderChanged {
+            grant_id: grant_id(),
+            from: li(),
+            to: receiver(),
+            via: None,
+            at: t(20),
+        });
+        assert!(!c.held_by(&li()));
+        assert!(c.held_by(&receiver()));
+    }
+}
