@@ -165,6 +165,12 @@ impl Application {
                 latch_projections::orders::OrdersProjection,
                 shutdown.clone(),
             ));
+            tasks.spawn(latch_workers::projector::run(
+                self.pool.clone(),
+                js.clone(),
+                latch_projections::lockers::LockersProjection,
+                shutdown.clone(),
+            ));
         }
         if s.runs(Role::Ingest) {
             let ingest = Ingest {

@@ -8,6 +8,8 @@
 //! - [`audit`]: history streams and live follow, point-in-time folds, the hash-chain verifier,
 //!   signed checkpoints and rebuilds into a shadow table swapped in.
 //! - [`device_status`]: the device-status read model (a pure fold, its SQL, and its queries).
+//! - [`lockers`]: parcel lockers: compartment ownership (current holder, per user, full history),
+//!   sites, users, authorizers, grant request state and the notification inbox.
 //! - [`orders`]: one row per shopping session: status, lines, totals, payment, refunds.
 //! - [`qr_login_status`]: where each QR login stands (for the sweeper, operators and audits).
 //!
@@ -15,6 +17,7 @@
 
 pub mod audit;
 pub mod device_status;
+pub mod lockers;
 pub mod log;
 pub mod orders;
 pub mod projector;

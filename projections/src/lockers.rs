@@ -1,0 +1,803 @@
+//! Shared parcel lockers: sites, compartment ownership (current holder, per-user listing and the
+//! full holder history, so the holder at any past moment is a query), users, authorizers, each
+//! grant request's state, and the notification inbox.
+//!
+//! [`evolve`] is the whole projection as a pure function of one event: it names the changes,
+//! and [`LockersProjection`] writes them in the projector's transaction, beside the checkpoint.
+
+use crate::log::LoggedEvent;
+use crate::projector::{Projection, ProjectionError};
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use latch_domain::locker::{
+    Authorizer, AuthorizerEvent, Compartment, CompartmentEvent, Grant, GrantEvent, GrantTarget,
+    LockerUser, Site, SiteEvent, UserEvent,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+pub const NAME: &str = "lockers";
+
+/// One change to the lockers read models.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Site {
+        site: String,
+        name: String,
+        at: DateTime<Utc>,
+    },
+    CompartmentInstalled {
+        id: String,
+        site: String,
+        number: String,
+        size: String,
+        at: DateTime<Utc>,
+    },
+    Reserved {
+        id: String,
+        holder: String,
+        window_start: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    HolderSet {
+        id: String,
+        holder: String,
+        at: DateTime<Utc>,
+    },
+    Deposited {
+        id: String,
+        depositor: String,
+        parcel: String,
+        at: DateTime<Utc>,
+    },
+    Freed {
+        id: String,
+        at: DateTime<Utc>,
+    },
+    /// Ends the open holding of `id` at `at`.
+    HoldingEnded {
+        id: String,
+        ended_by: &'static str,
+        at: DateTime<Utc>,
+    },
+    HoldingBegan {
+        id: String,
+        holder: String,
+        grant_id: Option<Uuid>,
+        authorizer: Option<String>,
+        at: DateTime<Utc>,
+    },
+    User {
+        number: String,
+        name: String,
+        at: DateTime<Utc>,
+    },
+    UserStatus {
+        number: String,
+        status: &'static str,
+        at: DateTime<Utc>,
+    },
+    Authorizer {
+        number: String,
+        name: String,
+        endpoint: String,
+        at: DateTime<Utc>,
+    },
+    AuthorizerStatus {
+        number: String,
+        status: &'static str,
+        at: DateTime<Utc>,
+    },
+    GrantRequested {
+        grant_id: Uuid,
+        compartment: String,
+        size: String,
+        requester: String,
+        kind: &'static str,
+        authorizer: Option<String>,
+        receiver: Option<String>,
+        deadline: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    GrantStatus {
+        grant_id: Uuid,
+        status: &'static str,
+        receiver: Option<String>,
+        reason: Option<String>,
+        at: DateTime<Utc>,
+    },
+    Notify {
+        recipient: String,
+        kind: &'static str,
+        grant_id: Option<Uuid>,
+        compartment: String,
+        message: String,
+        at: DateTime<Utc>,
+    },
+}
+
+fn parse<E: DeserializeOwned>(event: &LoggedEvent) -> Result<E, ProjectionError> {
+    serde_json::from_value::<E>(event.payload.clone()).map_err(|e| {
+        if event.event_version == "1" {
+            ProjectionError::BadPayload {
+                position: event.position,
+                detail: e.to_string(),
+            }
+        } else {
+            ProjectionError::UnknownEvent {
+                position: event.position,
+                aggregate_type: event.aggregate_type.clone(),
+                event_type: event.event_type.clone(),
+                version: event.event_version.clone(),
+            }
+        }
+    })
+}
+
+/// Whether this projection reads events of `aggregate_type`.
+pub fn is_mine(aggregate_type: &str) -> bool {
+    [
+        Site::TYPE,
+        Compartment::TYPE,
+        LockerUser::TYPE,
+        Authorizer::TYPE,
+        Grant::TYPE,
+    ]
+    .contains(&aggregate_type)
+}
+
+/// The changes one event makes (none for events of other aggregates).
+pub fn evolve(event: &LoggedEvent) -> Result<Vec<Change>, ProjectionError> {
+    let id = event.aggregate_id.clone();
+    Ok(match event.aggregate_type.as_str() {
+        t if t == Site::TYPE => match parse::<SiteEvent>(event)? {
+            SiteEvent::SiteRegistered { site, name, at } => vec![Change::Site {
+                site: site.as_str().to_owned(),
+                name: name.as_str().to_owned(),
+                at,
+            }],
+            SiteEvent::SiteRenamed { name, at } => vec![Change::Site {
+                site: id,
+                name: name.as_str().to_owned(),
+                at,
+            }],
+        },
+        t if t == Compartment::TYPE => compartment(id, parse(event)?),
+        t if t == LockerUser::TYPE => match parse::<UserEvent>(event)? {
+            UserEvent::LockerUserRegistered {
+                number, name, at, ..
+            } => vec![Change::User {
+                number: number.as_str().to_owned(),
+                name: name.as_str().to_owned(),
+                at,
+            }],
+            UserEvent::LockerUserPasswordChanged { .. } => vec![],
+            UserEvent::LockerUserDisabled { at } => vec![Change::UserStatus {
+                number: id,
+                status: "disabled",
+                at,
+            }],
+            UserEvent::LockerUserEnabled { at } => vec![Change::UserStatus {
+                number: id,
+                status: "active",
+                at,
+            }],
+        },
+        t if t == Authorizer::TYPE => match parse::<AuthorizerEvent>(event)? {
+            AuthorizerEvent::AuthorizerRegistered {
+                number,
+                name,
+                endpoint,
+                at,
+                ..
+            } => vec![Change::Authorizer {
+                number: number.as_str().to_owned(),
+                name: name.as_str().to_owned(),
+                endpoint: endpoint.as_str().to_owned(),
+                at,
+            }],
+            AuthorizerEvent::AuthorizerDeactivated { at } => vec![Change::AuthorizerStatus {
+                number: id,
+                status: "inactive",
+                at,
+            }],
+            AuthorizerEvent::AuthorizerActivated { at } => vec![Change::AuthorizerStatus {
+                number: id,
+                status: "active",
+                at,
+            }],
+        },
+        t if t == Grant::TYPE => grant(event, parse(event)?)?,
+        _ => vec![],
+    })
+}
+
+fn compartment(id: String, event: CompartmentEvent) -> Vec<Change> {
+    use CompartmentEvent as E;
+    match event {
+        E::CompartmentInstalled { id: cid, size, at } => vec![Change::CompartmentInstalled {
+            id,
+            site: cid.site.as_str().to_owned(),
+            number: cid.number.as_str().to_owned(),
+            size: size.as_str().to_owned(),
+            at,
+        }],
+        E::CompartmentReserved {
+            holder,
+            window_start,
+            expires_at,
+            at,
+        } => vec![
+            Change::Reserved {
+                id: id.clone(),
+                holder: holder.to_string(),
+                window_start,
+                expires_at,
+                at,
+            },
+            Change::HoldingBegan {
+                id,
+                holder: holder.to_string(),
+                grant_id: None,
+                authorizer: None,
+                at,
+            },
+        ],
+        E::ReservationExpired { holder, at } => vec![
+            Change::Freed { id: id.clone(), at },
+            Change::HoldingEnded {
+                id: id.clone(),
+                ended_by: "expired",
+                at,
+            },
+            Change::Notify {
+                recipient: format!("user:{holder}"),
+                kind: "reservation_expired",
+                grant_id: None,
+                compartment: id.clone(),
+                message: format!("您预约的格口 {id} 已过期，已释放"),
+                at,
+            },
+        ],
+        E::HolderChanged {
+            grant_id,
+            from,
+            to,
+            via,
+            at,
+        } => {
+            let mut changes = vec![
+                Change::HolderSet {
+                    id: id.clone(),
+                    holder: to.to_string(),
+                    at,
+                },
+                Change::HoldingEnded {
+                    id: id.clone(),
+                    ended_by: "granted",
+                    at,
+                },
+                Change::HoldingBegan {
+                    id: id.clone(),
+                    holder: to.to_string(),
+                    grant_id: Some(grant_id),
+                    authorizer: via.as_ref().map(|a| a.to_string()),
+                    at,
+                },
+                Change::Notify {
+                    recipient: format!("user:{to}"),
+                    kind: "come_use",
+                    grant_id: Some(grant_id),
+                    compartment: id.clone(),
+                    message: format!("{from} 已将格口 {id} 的使用权授予您，请前往投递"),
+                    at,
+                },
+                Change::Notify {
+                    recipient: format!("user:{from}"),
+                    kind: "grant_confirmed",
+                    grant_id: Some(grant_id),
+                    compartment: id.clone(),
+                    message: format!("格口 {id} 已授予 {to}"),
+                    at,
+                },
+            ];
+            if let Some(a) = via {
+                changes.push(Change::Notify {
+                    recipient: format!("authorizer:{a}"),
+                    kind: "grant_confirmed",
+                    grant_id: Some(grant_id),
+                    compartment: id.clone(),
+                    message: format!("格口 {id} 已授予 {to}"),
+                    at,
+                });
+            }
+            changes
+        }
+        E::ParcelDeposited {
+            depositor,
+            parcel,
+            at,
+        } => vec![
+            Change::Deposited {
+                id: id.clone(),
+                depositor: depositor.to_string(),
+                parcel: parcel.as_str().to_owned(),
+                at,
+            },
+            Change::HoldingEnded {
+                id,
+                ended_by: "deposited",
+                at,
+            },
+        ],
+        E::ParcelCollected { at, .. } => vec![Change::Freed { id, at }],
+    }
+}
+
+fn grant(event: &LoggedEvent, parsed: GrantEvent) -> Result<Vec<Change>, ProjectionError> {
+    use GrantEvent as E;
+    let grant_id =
+        Uuid::parse_str(&event.aggregate_id).map_err(|e| ProjectionError::BadPayload {
+            position: event.position,
+            detail: format!("grant aggregate id: {e}"),
+        })?;
+    let status = |status: &'static str, receiver: Option<String>, reason: Option<String>, at| {
+        vec![Change::GrantStatus {
+            grant_id,
+            status,
+            receiver,
+            reason,
+            at,
+        }]
+    };
+    Ok(match parsed {
+        E::GrantRequested {
+            compartment,
+            size,
+            requester,
+            target,
+            deadline,
+            at,
+            ..
+        } => {
+            let (kind, authorizer, receiver) = match target {
+                GrantTarget::Direct { receiver } => ("direct", None, Some(receiver.to_string())),
+                GrantTarget::Authorizer { authorizer } => {
+                    ("authorizer", Some(authorizer.to_string()), None)
+                }
+            };
+            vec![Change::GrantRequested {
+                grant_id,
+                compartment: compartment.to_string(),
+                size: size.as_str().to_owned(),
+                requester: requester.to_string(),
+                kind,
+                authorizer,
+                receiver,
+                deadline,
+                at,
+            }]
+        }
+        E::GrantAccepted { receiver, at, .. } => {
+            status("accepted", Some(receiver.to_string()), None, at)
+        }
+        E::GrantDeclined { reason, at, .. } => status("declined", None, Some(reason), at),
+        E::GrantCompleted { receiver, at } => {
+            status("completed", Some(receiver.to_string()), None, at)
+        }
+        E::GrantFailed { reason, at } => status("failed", None, Some(reason), at),
+        E::GrantExpired { at } => status("expired", None, None, at),
+    })
+}
+
+async fn write(conn: &mut PgConnection, change: &Change, position: i64) -> Result<(), sqlx::Error> {
+    match change {
+        Change::Site { site, name, at } => {
+            sqlx::query(
+                "INSERT INTO locker_sites (site, name, registered_at, updated_at, last_position)
+                 VALUES ($1, $2, $3, $3, $4)
+                 ON CONFLICT (site) DO UPDATE SET name = $2, updated_at = $3, last_position = $4",
+            )
+            .bind(site)
+            .bind(name)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
+        Change::CompartmentInstalled {
+            id,
+            site,
+            number,
+            size,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO locker_compartments
+                   (compartment_id, site, number, size, status, installed_at, updated_at, last_position)
+                 VALUES ($1, $2, $3, $4, 'free', $5, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(site)
+            .bind(number)
+            .bind(size)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
+        Change::Reserved {
+            id,
+            holder,
+            window_start,
+            expires_at,
+            at,
+        } => {
+            sqlx::query(
+                "UPDATE locker_compartments SET status = 'reserved', holder = $2, window_start = $3,
+                   expires_at = $4, depositor = NULL, parcel = NULL, updated_at = $5, last_position = $6
+                 WHERE compartment_id = $1",
+            )
+            .bind(id)
+            .bind(holder)
+            .bind(window_start)
+            .bind(expires_at)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
+        Change::HolderSet { id, holder, at } => {
+            sqlx::query(
+                "UPDATE locker_compartments SET holder = $2, updated_at = $3, last_position = $4
+                 WHERE compartment_id = $1",
+            )
+            .bind(id)
+            .bind(holder)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
+        Change::Deposited {
+            id,
+            depositor,
+            parcel,
+            at,
+        } => {
+            sqlx::query(
+                "UPDATE locker_compartments SET status = 'occupied', holder = NULL, depositor = $2,
+                   parcel = $3, updated_at = $4, last_position = $5
+                 WHERE compartment_id = $1",
+            )
+            .bind(id)
+            .bind(depositor)
+            .bind(parcel)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
+        Change::Freed { id, at } => {
+            sqlx::query(
+                "UPDATE locker_compartments SET status = 'free', holder = NULL, window_start = NULL,
+                   expires_at = NULL, depositor = NULL, parcel = NULL, updated_at = $2, last_position = $3
+                 WHERE compartment_id = $1",
+            )
+            .bind(id)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
+        Change::HoldingEnded { id, ended_by, at } => {
+            sqlx::query(
+                "UPDATE compartment_holders SET held_to = $2, ended_by = $3
+                 WHERE compartment_id = $1 AND held_to IS NULL",
+            )
+            .bind(id)
+            .bind(at)
+            .bind(ended_by)
+            .execute(conn)
+            .await?;
+        }
+        Change::HoldingBegan {
+            id,
+            holder,
+            grant_id,
+            authorizer,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO compartment_holders
+                   (compartment_id, position, holder, held_from, grant_id, authorizer)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(position)
+            .bind(holder)
+            .bind(at)
+            .bind(grant_id)
+            .bind(authorizer)
+            .execute(conn)
+            .await?;
+        }
+        Change::User { number, name, at } => {
+            sqlx::query(
+                "INSERT INTO locker_users (user_number, name, status, registered_at, updated_at, last_position)
+                 VALUES ($1, $2, 'active', $3, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(number)
+            .bind(name)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
+        Change::UserStatus { number, status, at } => {
+            sqlx::query(
+                "UPDATE locker_users SET status = $2, updated_at = $3, last_position = $4
+                 WHERE user_number = $1",
+            )
+            .bind(number)
+            .bind(status)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
+        Change::Authorizer {
+            number,
+            name,
+            endpoint,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO locker_authorizers (number, name, endpoint, status, registered_at, updated_at, last_position)
+                 VALUES ($1, $2, $3, 'active', $4, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(number)
+            .bind(name)
+            .bind(endpoint)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
+        Change::AuthorizerStatus { number, status, at } => {
+            sqlx::query(
+                "UPDATE locker_authorizers SET status = $2, updated_at = $3, last_position = $4
+                 WHERE number = $1",
+            )
+            .bind(number)
+            .bind(status)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
+        Change::GrantRequested {
+            grant_id,
+            compartment,
+            size,
+            requester,
+            kind,
+            authorizer,
+            receiver,
+            deadline,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO grant_requests (grant_id, compartment_id, size, requester, kind, authorizer,
+                   receiver, status, deadline, requested_at, updated_at, last_position)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested', $8, $9, $9, $10) ON CONFLICT DO NOTHING",
+            )
+            .bind(grant_id)
+            .bind(compartment)
+            .bind(size)
+            .bind(requester)
+            .bind(kind)
+            .bind(authorizer)
+            .bind(receiver)
+            .bind(deadline)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
+        Change::GrantStatus {
+            grant_id,
+            status,
+            receiver,
+            reason,
+            at,
+        } => {
+            sqlx::query(
+                "UPDATE grant_requests SET status = $2, receiver = COALESCE($3, receiver),
+                   reason = COALESCE($4, reason), updated_at = $5, last_position = $6
+                 WHERE grant_id = $1",
+            )
+            .bind(grant_id)
+            .bind(status)
+            .bind(receiver)
+            .bind(reason)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
+        Change::Notify {
+            recipient,
+            kind,
+            grant_id,
+            compartment,
+            message,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO locker_inbox (recipient, position, kind, grant_id, compartment_id, message, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            )
+            .bind(recipient)
+            .bind(position)
+            .bind(kind)
+            .bind(grant_id)
+            .bind(compartment)
+            .bind(message)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LockersProjection;
+
+impl Projection for LockersProjection {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[LoggedEvent],
+    ) -> Result<(), ProjectionError> {
+        for event in events.iter().filter(|e| is_mine(&e.aggregate_type)) {
+            for change in evolve(event)? {
+                write(&mut *conn, &change, event.position).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A compartment as the ownership read model holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct CompartmentRow {
+    pub compartment_id: String,
+    pub site: String,
+    pub number: String,
+    pub size: String,
+    pub status: String,
+    pub holder: Option<String>,
+    pub window_start: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The compartments `user` holds now.
+pub async fn held_by(pool: &sqlx::PgPool, user: &str) -> Result<Vec<CompartmentRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT compartment_id, site, number, size, status, holder, window_start, expires_at, updated_at
+           FROM locker_compartments WHERE holder = $1 ORDER BY compartment_id",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await
+}
+
+/// Who held `compartment` at `at` (None: nobody).
+pub async fn holder_at(
+    pool: &sqlx::PgPool,
+    compartment: &str,
+    at: DateTime<Utc>,
+) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT holder FROM compartment_holders
+          WHERE compartment_id = $1 AND held_from <= $2 AND (held_to IS NULL OR held_to > $2)
+          ORDER BY position DESC LIMIT 1",
+    )
+    .bind(compartment)
+    .bind(at)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(h,)| h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use latch_domain::locker::{CompartmentId, UserNumber};
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
+    }
+    fn logged<E: Serialize + cqrs_es::DomainEvent>(ty: &str, id: &str, e: E) -> LoggedEvent {
+        LoggedEvent {
+            position: 7,
+            event_id: Uuid::from_u128(1),
+            aggregate_type: ty.into(),
+            aggregate_id: id.into(),
+            sequence: 1,
+            event_type: e.event_type(),
+            event_version: e.event_version(),
+            payload: serde_json::to_value(&e).unwrap(),
+            metadata: serde_json::json!({}),
+            recorded_at: t(0),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_grant_moves_the_holder_closes_the_old_holding_and_notifies_both() {
+        let from = UserNumber::parse("u", "13455555555").unwrap();
+        let to = UserNumber::parse("u", "13499996666").unwrap();
+        let e = logged(
+            Compartment::TYPE,
+            "610091A01:01",
+            CompartmentEvent::HolderChanged {
+                grant_id: Uuid::from_u128(9),
+                from,
+                to,
+                via: None,
+                at: t(5),
+            },
+        );
+        let changes = evolve(&e).unwrap();
+        assert!(changes.contains(&Change::HolderSet {
+            id: "610091A01:01".into(),
+            holder: "13499996666".into(),
+            at: t(5),
+        }));
+        assert!(
+            changes.iter().any(|c| matches!(c,
+            Change::Notify { recipient, kind: "come_use", .. } if recipient == "user:13499996666"))
+        );
+        assert!(changes.iter().any(|c| matches!(c,
+            Change::Notify { recipient, kind: "grant_confirmed", .. } if recipient == "user:13455555555")));
+    }
+
+    #[test]
+    fn other_aggregates_and_installs_map_plainly() {
+        let e = logged(
+            Compartment::TYPE,
+            "610091A01:01",
+            CompartmentEvent::CompartmentInstalled {
+                id: CompartmentId::parse("c", "610091A01:01").unwrap(),
+                size: latch_domain::locker::Size::Large,
+                at: t(0),
+            },
+        );
+        assert_eq!(
+            evolve(&e).unwrap(),
+            vec![Change::CompartmentInstalled {
+                id: "610091A01:01".into(),
+                site: "610091A01".into(),
+                number: "01".into(),
+                size: "large".into(),
+                at: t(0),
+            }]
+        );
+        let mut other = e.clone();
+        other.aggregate_type = "device".into();
+        assert!(evolve(&other).unwrap().is_empty());
+        assert!(!is_mine("device"));
+    }
+}
