@@ -199,6 +199,12 @@ impl Application {
                 },
             };
             tasks.spawn(sweeper.run(shutdown.clone()));
+            tasks.spawn(latch_api::lockers::run_sweeper(
+                self.store.clone(),
+                s.clock.clone(),
+                s.sweep_interval,
+                shutdown.clone(),
+            ));
         }
         if let Some(listener) = self.listener {
             let hub = Arc::new(Hub::new(self.pool.clone(), s.clock.clone()));
@@ -226,6 +232,10 @@ impl Application {
             };
             let state = AppState {
                 vending: Arc::new(latch_api::vending::Vending::new(s.vending.clone(), kazaya)),
+                lockers: Arc::new(latch_api::lockers::Lockers::new(
+                    s.lockers.clone(),
+                    s.clock.clone(),
+                )),
                 qr,
                 shutdown: shutdown.clone(),
                 store: self.store.clone(),

@@ -190,6 +190,8 @@ pub struct Settings {
     pub vending: VendingConfig,
     /// The member and payment platform; `None` leaves shopper login and payment unavailable.
     pub kazaya: Option<KazayaConfig>,
+    /// Parcel lockers: login limits, session length, grant timeout, webhook backoff.
+    pub lockers: latch_api::lockers::LockerSettings,
 }
 
 impl Settings {
@@ -212,6 +214,7 @@ impl Settings {
             audit: AuditKeyArgs::default(),
             vending: VendingConfig::default(),
             kazaya: None,
+            lockers: latch_api::lockers::LockerSettings::default(),
         }
     }
 

@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod kazaya;
+pub mod lockers;
 pub mod openapi;
 pub mod pages;
 pub mod qr;
@@ -41,6 +42,8 @@ pub struct AppState {
     /// Cancelled when the process stops: long-lived connections (push channels) end with it.
     pub shutdown: tokio_util::sync::CancellationToken,
     pub vending: Arc<vending::Vending>,
+    /// Parcel lockers: login limits, webhook delivery, grant timeouts.
+    pub lockers: Arc<lockers::Lockers>,
 }
 
 impl FromRef<AppState> for Arc<auth::Auth> {
@@ -79,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .merge(qr::router())
         .merge(audit::router())
         .merge(vending::router())
+        .merge(lockers::router())
         .fallback(|| async {
             error::ApiError::NotFound {
                 code: "no_such_route",

@@ -1,0 +1,703 @@
+//! Shared parcel lockers end to end (issue 5): the two worked examples with their names and
+//! numbers, login, reservations and expiry, and every bad input answered with a clear error that
+//! changes nothing.
+
+use crate::common::*;
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use base64::Engine;
+use futures::StreamExt;
+use latch_domain::Clock;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SITE: &str = "610091A01";
+const PASSWORD: &str = "secret-pass-1";
+const SECRET_A: &str = "whsec_a3VhaWRpLWEtc2VjcmV0LWtleQ==";
+const SECRET_B: &str = "whsec_a3VhaWRpLWItc2VjcmV0LWtleQ==";
+
+type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
+/// Company A's service endpoint as seen from Latch: records each delivery.
+async fn endpoint() -> (String, Received) {
+    let received: Received = Arc::default();
+    let r = received.clone();
+    let app = axum::Router::new().route(
+        "/grants",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let r = r.clone();
+            async move {
+                r.lock().unwrap().push((headers, body));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    (format!("http://{addr}/grants"), received)
+}
+
+async fn created(res: reqwest::Response, what: &str) -> Value {
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{what}: {status} {body}");
+    body
+}
+
+async fn user(app: &TestApp, number: &str, name: &str) {
+    let res = app
+        .post(
+            "/lockers/users",
+            &app.operator,
+            Some(json!({"user_number": number, "name": name, "password": PASSWORD})),
+        )
+        .await;
+    created(res, "register user").await;
+}
+
+async fn authorizer(app: &TestApp, number: &str, name: &str, endpoint: &str, secret: &str) {
+    let res = app
+        .post(
+            "/lockers/authorizers",
+            &app.operator,
+            Some(json!({"number": number, "name": name, "endpoint": endpoint, "secret": secret})),
+        )
+        .await;
+    created(res, "register authorizer").await;
+}
+
+/// Site 610091A01 with large compartments 01 and 02, and the people of both examples.
+async fn world(app: &TestApp, endpoint_a: &str) {
+    let res = app
+        .post(
+            "/lockers/sites",
+            &app.operator,
+            Some(json!({"site": SITE, "name": "西湖驿站"})),
+        )
+        .await;
+    created(res, "site").await;
+    for number in ["01", "02"] {
+        let res = app
+            .post(
+                "/lockers/compartments",
+                &app.operator,
+                Some(json!({"site": SITE, "number": number, "size": "large"})),
+            )
+            .await;
+        created(res, "compartment").await;
+    }
+    user(app, "13455555555", "李").await;
+    user(app, "13499996666", "张").await;
+    user(app, "13488888888", "郑").await;
+    user(app, "13466666666", "王").await;
+    authorizer(app, "0001", "快递公司A", endpoint_a, SECRET_A).await;
+    authorizer(
+        app,
+        "0002",
+        "快递公司B",
+        "http://127.0.0.1:9/grants",
+        SECRET_B,
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "compartments projected",
+        || async {
+            let n = count(
+                &app.pool,
+                "SELECT count(*) FROM locker_compartments WHERE status = 'free'",
+            )
+            .await;
+            (n == 2).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn login(app: &TestApp, number: &str, password: &str) -> reqwest::Response {
+    app.http
+        .post(format!("{}/lockers/login", app.address))
+        .json(&json!({"user_number": number, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn token(app: &TestApp, number: &str) -> String {
+    let body = created(login(app, number, PASSWORD).await, "login").await;
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// Reserves a large compartment at the site and waits for it to show as held.
+async fn reserve(app: &TestApp, token: &str) -> String {
+    let body = created(
+        app.post(
+            "/lockers/reservations",
+            token,
+            Some(json!({"site": SITE, "size": "large"})),
+        )
+        .await,
+        "reserve",
+    )
+    .await;
+    let id = body["compartment_id"].as_str().unwrap().to_owned();
+    let held = id.clone();
+    eventually(Duration::from_secs(10), "reservation projected", || async {
+        let mine: Value = app
+            .get("/lockers/me/compartments", token)
+            .await
+            .json()
+            .await
+            .ok()?;
+        mine.as_array()?
+            .iter()
+            .any(|c| c["compartment_id"] == held.as_str())
+            .then_some(())
+    })
+    .await;
+    id
+}
+
+async fn holder_of(app: &TestApp, id: &str) -> Option<String> {
+    let (holder,): (Option<String>,) =
+        sqlx::query_as("SELECT holder FROM locker_compartments WHERE compartment_id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    holder
+}
+
+async fn error_of(res: reqwest::Response) -> (u16, String, Option<String>) {
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap();
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        body["error"]["field"].as_str().map(str::to_owned),
+    )
+}
+
+fn signed(secret: &str, id: &str, timestamp: i64, body: &str) -> HeaderMap {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut h = HeaderMap::new();
+    h.insert("content-type", "application/json".parse().unwrap());
+    h.insert("webhook-id", id.parse().unwrap());
+    h.insert("webhook-timestamp", timestamp.to_string().parse().unwrap());
+    h.insert(
+        "webhook-signature",
+        latch_api::lockers::sign(&key, id, timestamp, body.as_bytes())
+            .parse()
+            .unwrap(),
+    );
+    h
+}
+
+async fn callback(
+    app: &TestApp,
+    number: &str,
+    headers: HeaderMap,
+    body: &str,
+) -> reqwest::Response {
+    app.http
+        .post(format!(
+            "{}/lockers/authorizers/{number}/callback",
+            app.address
+        ))
+        .headers(headers)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+fn accepted(request_id: &str, receiver: &str, number: &str) -> String {
+    json!({
+        "type": "grant.accepted",
+        "data": {
+            "request_id": request_id,
+            "site": SITE,
+            "compartment": "01",
+            "receiver": receiver,
+            "authorizer": number,
+        }
+    })
+    .to_string()
+}
+
+async fn inbox(app: &TestApp, token: &str) -> Vec<Value> {
+    app.get("/lockers/me/inbox", token)
+        .await
+        .json::<Vec<Value>>()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn worked_example_1_li_grants_large_compartment_01_directly_to_13499996666() {
+    let app = spawn_app().await;
+    world(&app, "http://127.0.0.1:9/grants").await;
+    let li = token(&app, "13455555555").await;
+    let receiver = token(&app, "13499996666").await;
+    let id = reserve(&app, &li).await;
+    assert_eq!(id, "610091A01:01");
+    app.clock.advance(chrono::Duration::minutes(1));
+    let mut notes = app
+        .nats
+        .subscribe("latch.lockers.notifications.13499996666")
+        .await
+        .unwrap();
+    app.nats.flush().await.unwrap();
+
+    let res = app
+        .post(
+            "/lockers/grants",
+            &li,
+            Some(json!({"site": SITE, "compartment": "01", "receiver": "13499996666"})),
+        )
+        .await;
+    let body = created(res, "direct grant").await;
+    assert_eq!(body["holder"], "13499996666");
+    assert_eq!(body["status"], "completed");
+    let grant_id = body["grant_id"].as_str().unwrap().to_owned();
+
+    let note = tokio::time::timeout(Duration::from_secs(5), notes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let note: Value = serde_json::from_slice(&note.payload).unwrap();
+    assert_eq!(note["kind"], "come_use");
+    assert!(note["message"].as_str().unwrap().contains("请前往投递"));
+
+    eventually(Duration::from_secs(10), "receiver holds 01", || async {
+        let mine: Value = app
+            .get("/lockers/me/compartments", &receiver)
+            .await
+            .json()
+            .await
+            .ok()?;
+        (mine[0]["compartment_id"] == "610091A01:01" && mine[0]["size"] == "large").then_some(())
+    })
+    .await;
+    assert_eq!(holder_of(&app, &id).await.as_deref(), Some("13499996666"));
+    let mine: Value = app
+        .get("/lockers/me/compartments", &li)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine, json!([]));
+    let items = inbox(&app, &receiver).await;
+    assert_eq!(items[0]["kind"], "come_use");
+    let items = inbox(&app, &li).await;
+    assert_eq!(items[0]["kind"], "grant_confirmed");
+    let grant: Value = app
+        .get(&format!("/lockers/grants/{grant_id}"), &li)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(grant["status"], "completed");
+    assert_eq!(grant["kind"], "direct");
+
+    // The holder history answers "who held it then".
+    let (li_from, li_to): (
+        chrono::DateTime<chrono::Utc>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    ) = sqlx::query_as(
+        "SELECT held_from, held_to FROM compartment_holders
+              WHERE compartment_id = $1 AND holder = '13455555555'",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(li_to.is_some());
+    assert_eq!(
+        latch_projections::lockers::holder_at(&app.pool, &id, li_from)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("13455555555")
+    );
+    assert_eq!(
+        latch_projections::lockers::holder_at(&app.pool, &id, app.clock.now())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("13499996666")
+    );
+}
+
+#[tokio::test]
+async fn worked_example_2_zheng_hands_compartment_01_to_company_a_which_picks_wang() {
+    let app = spawn_app().await;
+    let (endpoint_a, received) = endpoint().await;
+    world(&app, &endpoint_a).await;
+    let zheng = token(&app, "13488888888").await;
+    let wang = token(&app, "13466666666").await;
+    let id = reserve(&app, &zheng).await;
+    assert_eq!(id, "610091A01:01");
+
+    // Both authorizers are listed, with their Chinese names.
+    let listed: Value = app
+        .get("/lockers/authorizers", &zheng)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["快递公司A", "快递公司B"]);
+
+    let mut requests = app
+        .nats
+        .subscribe("latch.authorizers.0001.grants")
+        .await
+        .unwrap();
+    let mut confirmations = app
+        .nats
+        .subscribe("latch.authorizers.0001.confirmations")
+        .await
+        .unwrap();
+    app.nats.flush().await.unwrap();
+    let res = app
+        .post(
+            "/lockers/grants/via-authorizer",
+            &zheng,
+            Some(json!({"site": SITE, "compartment": "01", "authorizer": "0001"})),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    let body: Value = res.json().await.unwrap();
+    let grant_id = body["grant_id"].as_str().unwrap().to_owned();
+
+    // Company A gets the request on its subject and as a signed webhook at its endpoint.
+    let msg = tokio::time::timeout(Duration::from_secs(5), requests.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let msg: Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(msg["data"]["request_id"], grant_id.as_str());
+    assert_eq!(msg["data"]["size"], "large");
+    let (headers, webhook) = eventually(Duration::from_secs(10), "webhook delivered", || async {
+        received.lock().unwrap().first().cloned()
+    })
+    .await;
+    latch_api::kazaya::verify_signature(SECRET_A, &headers, &webhook, app.clock.now())
+        .expect("signed with company A's secret");
+    let webhook: Value = serde_json::from_slice(&webhook).unwrap();
+    assert_eq!(webhook["data"]["site"], SITE);
+    assert_eq!(webhook["data"]["compartment"], "01");
+
+    // Its system picks the courier on duty, Wang, and calls back.
+    let body = accepted(&grant_id, "13466666666", "0001");
+    let now = app.clock.now().timestamp();
+    let res = callback(&app, "0001", signed(SECRET_A, "msg_a_1", now, &body), &body).await;
+    let answer = created(res, "callback").await;
+    assert_eq!(answer["holder"], "13466666666");
+    assert_eq!(answer["status"], "completed");
+
+    let confirmation = tokio::time::timeout(Duration::from_secs(5), confirmations.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let confirmation: Value = serde_json::from_slice(&confirmation.payload).unwrap();
+    assert_eq!(confirmation["receiver"], "13466666666");
+
+    eventually(Duration::from_secs(10), "Wang holds 01", || async {
+        let mine: Value = app
+            .get("/lockers/me/compartments", &wang)
+            .await
+            .json()
+            .await
+            .ok()?;
+        (mine[0]["compartment_id"] == "610091A01:01").then_some(())
+    })
+    .await;
+    let items = inbox(&app, &zheng).await;
+    assert!(items.iter().any(|i| i["kind"] == "grant_confirmed"));
+    let items = inbox(&app, &wang).await;
+    assert!(items.iter().any(|i| i["kind"] == "come_use"));
+    let company_a = count(
+        &app.pool,
+        "SELECT count(*) FROM locker_inbox WHERE recipient = 'authorizer:0001' AND kind = 'grant_confirmed'",
+    )
+    .await;
+    assert_eq!(company_a, 1);
+    let grant: Value = app
+        .get(&format!("/lockers/grants/{grant_id}"), &zheng)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(grant["status"], "completed");
+    assert_eq!(grant["authorizer"], "0001");
+    assert_eq!(grant["receiver"], "13466666666");
+
+    // The same callback again changes nothing and answers the same.
+    let events = app.event_count().await;
+    let res = callback(&app, "0001", signed(SECRET_A, "msg_a_1", now, &body), &body).await;
+    let again = created(res, "replayed callback").await;
+    assert_eq!(again["status"], "completed");
+    assert_eq!(app.event_count().await, events);
+}
+
+#[tokio::test]
+async fn login_refuses_wrong_passwords_retryably_disabled_users_and_rate_limits() {
+    let app = spawn_app().await;
+    world(&app, "http://127.0.0.1:9/grants").await;
+    let (status, code, _) = error_of(login(&app, "13455555555", "wrong-password").await).await;
+    assert_eq!((status, code.as_str()), (422, "invalid_credentials"));
+    assert_eq!(login(&app, "13455555555", PASSWORD).await.status(), 200);
+    let (status, code, field) = error_of(login(&app, "1345", PASSWORD).await).await;
+    assert_eq!((status, code.as_str()), (400, "invalid_field"));
+    assert_eq!(field.as_deref(), Some("user_number"));
+    let (_, code, _) = error_of(login(&app, "13400000000", PASSWORD).await).await;
+    assert_eq!(code, "invalid_credentials");
+
+    let res = app
+        .post("/lockers/users/13466666666/disable", &app.operator, None)
+        .await;
+    assert_eq!(res.status(), 200);
+    let (status, code, _) = error_of(login(&app, "13466666666", PASSWORD).await).await;
+    assert_eq!((status, code.as_str()), (422, "user_disabled"));
+
+    // Five attempts a minute per user number, then 429 until the clock moves on.
+    for _ in 0..3 {
+        login(&app, "13488888888", "nope-nope").await;
+    }
+    let mut last = 0;
+    for _ in 0..3 {
+        last = login(&app, "13488888888", "nope-nope")
+            .await
+            .status()
+            .as_u16();
+    }
+    assert_eq!(last, 429);
+    app.clock.advance(chrono::Duration::minutes(2));
+    assert_eq!(login(&app, "13488888888", PASSWORD).await.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_grants_get_clear_errors_and_change_nothing() {
+    let app = spawn_app().await;
+    world(&app, "http://127.0.0.1:9/grants").await;
+    let li = token(&app, "13455555555").await;
+    let other = token(&app, "13499996666").await;
+    reserve(&app, &li).await;
+    let res = app
+        .post("/lockers/users/13466666666/disable", &app.operator, None)
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = app
+        .post("/lockers/authorizers/0002/deactivate", &app.operator, None)
+        .await;
+    assert_eq!(res.status(), 200);
+    let events = app.event_count().await;
+
+    let direct = |receiver: &str| json!({"site": SITE, "compartment": "01", "receiver": receiver});
+    let cases = [
+        (&li, direct("13455555555"), 422, "grant_to_self"),
+        (&li, direct("13400000000"), 422, "receiver_not_found"),
+        (&li, direct("13466666666"), 422, "receiver_disabled"),
+        (&other, direct("13488888888"), 409, "not_the_holder"),
+        (&li, direct("12"), 400, "invalid_field"),
+    ];
+    for (who, body, status, code) in cases {
+        let (s, c, _) = error_of(app.post("/lockers/grants", who, Some(body.clone())).await).await;
+        assert_eq!((s, c.as_str()), (status, code), "{body}");
+    }
+    let via = |a: &str| json!({"site": SITE, "compartment": "01", "authorizer": a});
+    let (s, c, f) = error_of(
+        app.post("/lockers/grants/via-authorizer", &li, Some(via("0002")))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (s, c.as_str(), f.as_deref()),
+        (422, "authorizer_inactive", Some("authorizer"))
+    );
+    let (s, c, _) = error_of(
+        app.post("/lockers/grants/via-authorizer", &li, Some(via("0009")))
+            .await,
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (404, "authorizer_not_found"));
+    let (s, c, _) = error_of(
+        app.post("/lockers/grants/via-authorizer", &other, Some(via("0001")))
+            .await,
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (409, "not_the_holder"));
+    // An operator's token is not a locker user's.
+    let (s, _, _) = error_of(
+        app.post(
+            "/lockers/grants",
+            &app.operator,
+            Some(direct("13499996666")),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert_eq!(app.event_count().await, events);
+    assert_eq!(
+        holder_of(&app, "610091A01:01").await.as_deref(),
+        Some("13455555555")
+    );
+}
+
+#[tokio::test]
+async fn two_grants_of_one_compartment_racing_only_one_wins() {
+    let app = spawn_app().await;
+    world(&app, "http://127.0.0.1:9/grants").await;
+    let li = token(&app, "13455555555").await;
+    reserve(&app, &li).await;
+    let a = app.post(
+        "/lockers/grants",
+        &li,
+        Some(json!({"site": SITE, "compartment": "01", "receiver": "13499996666"})),
+    );
+    let b = app.post(
+        "/lockers/grants",
+        &li,
+        Some(json!({"site": SITE, "compartment": "01", "receiver": "13466666666"})),
+    );
+    let (a, b) = tokio::join!(a, b);
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409]);
+    let changes = count(
+        &app.pool,
+        "SELECT count(*) FROM events WHERE event_type = 'HolderChanged'",
+    )
+    .await;
+    assert_eq!(changes, 1);
+}
+
+#[tokio::test]
+async fn unsigned_forged_stale_mismatched_and_late_callbacks_change_nothing() {
+    let app = spawn_app().await;
+    world(&app, "http://127.0.0.1:9/grants").await;
+    let zheng = token(&app, "13488888888").await;
+    reserve(&app, &zheng).await;
+    let res = app
+        .post(
+            "/lockers/grants/via-authorizer",
+            &zheng,
+            Some(json!({"site": SITE, "compartment": "01", "authorizer": "0001"})),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    let grant_id = res.json::<Value>().await.unwrap()["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = accepted(&grant_id, "13466666666", "0001");
+    let now = app.clock.now().timestamp();
+    let events = app.event_count().await;
+
+    let mut unsigned = HeaderMap::new();
+    unsigned.insert("content-type", "application/json".parse().unwrap());
+    let (s, c, _) = error_of(callback(&app, "0001", unsigned, &body).await).await;
+    assert_eq!((s, c.as_str()), (400, "webhook_header_missing"));
+    let (s, c, _) =
+        error_of(callback(&app, "0001", signed(SECRET_B, "msg_x", now, &body), &body).await).await;
+    assert_eq!((s, c.as_str()), (400, "webhook_signature_invalid"));
+    let (s, c, _) = error_of(
+        callback(
+            &app,
+            "0001",
+            signed(SECRET_A, "msg_x", now - 600, &body),
+            &body,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (400, "webhook_too_old"));
+    // Signed by B but naming A's number: B's callback URL, A's request.
+    let (s, _, _) =
+        error_of(callback(&app, "0002", signed(SECRET_B, "msg_x", now, &body), &body).await).await;
+    assert_eq!(s, 403);
+    let unknown = accepted(&grant_id, "13400000000", "0001");
+    let (s, c, _) = error_of(
+        callback(
+            &app,
+            "0001",
+            signed(SECRET_A, "msg_y", now, &unknown),
+            &unknown,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (422, "receiver_not_found"));
+    assert_eq!(app.event_count().await, events);
+
+    // The compartment changed hands meanwhile: Zheng granted it directly to 13499996666.
+    let res = app
+        .post(
+            "/lockers/grants",
+            &zheng,
+            Some(json!({"site": SITE, "compartment": "01", "receiver": "13499996666"})),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    eventually(
+        Duration::from_secs(10),
+        "direct grant projected",
+        || async {
+            (holder_of(&app, "610091A01:01").await.as_deref() == Some("13499996666")).then_some(())
+        },
+    )
+    .await;
+    let events = app.event_count().await;
+    let (s, c, _) =
+        error_of(callback(&app, "0001", signed(SECRET_A, "msg_z", now, &body), &body).await).await;
+    assert_eq!((s, c.as_str()), (409, "compartment_changed_hands"));
+    assert_eq!(app.event_count().await, events);
+    assert_eq!(
+        holder_of(&app, "610091A01:01").await.as_deref(),
+        Some("13499996666")
+    );
+
+    // No answer before the deadline: the request expires and the holder stays.
+    app.clock.advance(chrono::Duration::minutes(6));
+    let id = grant_id.clone();
+    eventually(Duration::from_secs(10), "grant expired", || async {
+        let g: Value = app
+            .get(&format!("/lockers/grants/{id}"), &zheng)
+            .await
+            .json()
+            .await
+            .ok()?;
+        (g["status"] == "expired").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unused_reservation_expires_and_frees_the_compartment() {
+    let app = spawn_app().await;
+    world(&app, "http://127.0.0.1:9/grants").await;
+    let li = token(&app, "13455555555").await;
+    let id = reserve(&app, &li).await;
+    app.clock.advance(chrono::Duration::hours(3));
+    eventually(Duration::from_secs(10), "reservation expired", || async {
+        (holder_of(&app, &id).await.is_none()).then_some(())
+    })
+    .await;
+    let items = inbox(&app, &li).await;
+    assert_eq!(items[0]["kind"], "reservation_expired");
+}
