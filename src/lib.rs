@@ -3,11 +3,13 @@
 //! The domain, read side, API and workers live in their own crates (`latch-domain`,
 //! `latch-projections`, `latch-api`, `latch-workers`, `latch-nats`); this crate wires them into
 //! one [`app::Application`] and provides the command-line tools around it:
-//! [`sim`] (simulated cabinets), [`dev`] (the one-command demo), [`bench`], [`bench_qr`],
+//! [`sim`] (simulated cabinets), [`authorizer_sandbox`] (a courier company as a third-party
+//! authorizer), [`dev`] (the one-command demo), [`bench`], [`bench_qr`],
 //! [`bench_vending`] and [`bench_audit`] (measurements), [`audit_cli`] (replay, verify, checkpoints, rebuilds).
 
 pub mod app;
 pub mod audit_cli;
+pub mod authorizer_sandbox;
 pub mod bench;
 pub mod bench_audit;
 pub mod bench_qr;

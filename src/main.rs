@@ -92,6 +92,9 @@ enum Cmd {
     },
     /// A test-mode Kazaya (member login + payments) speaking the real protocol over HTTP.
     KazayaSandbox(latch::kazaya_sandbox::SandboxArgs),
+    /// A test-mode courier company (third-party authorizer): duty roster, grant requests in,
+    /// signed callbacks out.
+    AuthorizerSandbox(latch::authorizer_sandbox::AuthorizerSandboxArgs),
     /// Audit: replay the log, verify its hash chain, signed checkpoints.
     Audit {
         #[command(subcommand)]
@@ -230,6 +233,9 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
         }
         Cmd::KazayaSandbox(args) => {
             latch::kazaya_sandbox::serve(args, app::shutdown_signal()).await?;
+        }
+        Cmd::AuthorizerSandbox(args) => {
+            latch::authorizer_sandbox::serve(args, app::shutdown_signal()).await?;
         }
         Cmd::Audit { cmd } => latch::audit_cli::audit(cmd).await?,
         Cmd::Projections { cmd } => latch::audit_cli::projections(cmd).await?,

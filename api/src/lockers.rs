@@ -289,7 +289,8 @@ pub struct RegisterUser {
     pub password: String,
 }
 
-fn hash_password(password: &str) -> Result<String, ApiError> {
+/// An argon2id PHC string for `password`, with a fresh salt.
+pub fn hash_password(password: &str) -> Result<String, ApiError> {
     use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
     let salt = SaltString::generate(&mut OsRng);
     argon2::Argon2::default()

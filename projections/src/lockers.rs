@@ -91,6 +91,11 @@ pub enum Change {
         status: &'static str,
         at: DateTime<Utc>,
     },
+    AuthorizerEndpoint {
+        number: String,
+        endpoint: String,
+        at: DateTime<Utc>,
+    },
     GrantRequested {
         grant_id: Uuid,
         compartment: String,
@@ -209,6 +214,13 @@ pub fn evolve(event: &LoggedEvent) -> Result<Vec<Change>, ProjectionError> {
                 status: "active",
                 at,
             }],
+            AuthorizerEvent::AuthorizerReconfigured { endpoint, at, .. } => {
+                vec![Change::AuthorizerEndpoint {
+                    number: id,
+                    endpoint: endpoint.as_str().to_owned(),
+                    at,
+                }]
+            }
         },
         t if t == Grant::TYPE => grant(event, parse(event)?)?,
         _ => vec![],
@@ -574,6 +586,22 @@ async fn write(conn: &mut PgConnection, change: &Change, position: i64) -> Resul
             )
             .bind(number)
             .bind(status)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
+        Change::AuthorizerEndpoint {
+            number,
+            endpoint,
+            at,
+        } => {
+            sqlx::query(
+                "UPDATE locker_authorizers SET endpoint = $2, updated_at = $3, last_position = $4
+                 WHERE number = $1",
+            )
+            .bind(number)
+            .bind(endpoint)
             .bind(at)
             .bind(position)
             .execute(conn)

@@ -25,6 +25,12 @@ pub enum AuthorizerCommand {
     Activate {
         at: DateTime<Utc>,
     },
+    /// A new service endpoint and/or signing secret (a no-op when both are unchanged).
+    Reconfigure {
+        endpoint: Endpoint,
+        secret: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl AuthorizerCommand {
@@ -33,6 +39,7 @@ impl AuthorizerCommand {
             Self::Register { .. } => "RegisterAuthorizer",
             Self::Deactivate { .. } => "DeactivateAuthorizer",
             Self::Activate { .. } => "ActivateAuthorizer",
+            Self::Reconfigure { .. } => "ReconfigureAuthorizer",
         }
     }
 }
@@ -52,6 +59,11 @@ pub enum AuthorizerEvent {
     AuthorizerActivated {
         at: DateTime<Utc>,
     },
+    AuthorizerReconfigured {
+        endpoint: Endpoint,
+        secret: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for AuthorizerEvent {
@@ -60,6 +72,7 @@ impl DomainEvent for AuthorizerEvent {
             Self::AuthorizerRegistered { .. } => "AuthorizerRegistered",
             Self::AuthorizerDeactivated { .. } => "AuthorizerDeactivated",
             Self::AuthorizerActivated { .. } => "AuthorizerActivated",
+            Self::AuthorizerReconfigured { .. } => "AuthorizerReconfigured",
         }
         .to_owned()
     }
@@ -136,6 +149,21 @@ impl Authorizer {
             AuthorizerCommand::Activate { at } if self.inactive => {
                 vec![AuthorizerEvent::AuthorizerActivated { at }]
             }
+            AuthorizerCommand::Reconfigure {
+                endpoint,
+                secret,
+                at,
+            } => {
+                if self.endpoint.as_ref() == Some(&endpoint) && self.secret == secret {
+                    vec![]
+                } else {
+                    vec![AuthorizerEvent::AuthorizerReconfigured {
+                        endpoint,
+                        secret,
+                        at,
+                    }]
+                }
+            }
             AuthorizerCommand::Deactivate { .. } | AuthorizerCommand::Activate { .. } => vec![],
         })
     }
@@ -176,6 +204,12 @@ impl Aggregate for Authorizer {
             }
             AuthorizerEvent::AuthorizerDeactivated { .. } => self.inactive = true,
             AuthorizerEvent::AuthorizerActivated { .. } => self.inactive = false,
+            AuthorizerEvent::AuthorizerReconfigured {
+                endpoint, secret, ..
+            } => {
+                self.endpoint = Some(endpoint);
+                self.secret = secret;
+            }
         }
     }
 }
@@ -218,6 +252,31 @@ mod tests {
         TestFramework::<Authorizer>::with(())
             .given(vec![registered()])
             .when(AuthorizerCommand::Activate { at: at() })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn reconfigure_records_only_a_change() {
+        let endpoint = Endpoint::parse("e", "http://127.0.0.1:7001/grants").unwrap();
+        TestFramework::<Authorizer>::with(())
+            .given(vec![registered()])
+            .when(AuthorizerCommand::Reconfigure {
+                endpoint: endpoint.clone(),
+                secret: "whsec_c2VjcmV0".into(),
+                at: at(),
+            })
+            .then_expect_events(vec![AuthorizerEvent::AuthorizerReconfigured {
+                endpoint,
+                secret: "whsec_c2VjcmV0".into(),
+                at: at(),
+            }]);
+        TestFramework::<Authorizer>::with(())
+            .given(vec![registered()])
+            .when(AuthorizerCommand::Reconfigure {
+                endpoint: Endpoint::parse("e", "http://127.0.0.1:7000/grants").unwrap(),
+                secret: "whsec_c2VjcmV0".into(),
+                at: at(),
+            })
             .then_expect_events(vec![]);
     }
 
