@@ -701,3 +701,82 @@ async fn an_unused_reservation_expires_and_frees_the_compartment() {
     let items = inbox(&app, &li).await;
     assert_eq!(items[0]["kind"], "reservation_expired");
 }
+
+#[tokio::test]
+async fn worked_example_2_through_the_authorizer_sandbox_company_a_picks_on_duty_wang() {
+    use latch::authorizer_sandbox::{parse_couriers, AuthorizerSandbox, AuthorizerSandboxSettings};
+    let app = spawn_app().await;
+    let mut settings = AuthorizerSandboxSettings::new(
+        "127.0.0.1:0".parse().unwrap(),
+        "0001",
+        SECRET_A,
+        &app.address,
+    );
+    // 13477777777 is on the roster but off duty; Wang is the courier on duty.
+    settings.roster = parse_couriers(&["13477777777=赵".into(), "13466666666=王".into()]).unwrap();
+    settings.roster[0].on_duty = false;
+    settings.clock = std::sync::Arc::new(app.clock.clone());
+    let sandbox = AuthorizerSandbox::build(settings).await.unwrap();
+    let endpoint = sandbox.endpoint();
+    let base = sandbox.base_url().to_owned();
+    let stop = app.shutdown.clone();
+    tokio::spawn(sandbox.run_until_stopped(async move { stop.cancelled().await }));
+    world(&app, &endpoint).await;
+    let zheng = token(&app, "13488888888").await;
+    let wang = token(&app, "13466666666").await;
+    reserve(&app, &zheng).await;
+
+    let res = app
+        .post(
+            "/lockers/grants/via-authorizer",
+            &zheng,
+            Some(json!({"site": SITE, "compartment": "01", "authorizer": "0001"})),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    let grant_id = res.json::<Value>().await.unwrap()["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually(Duration::from_secs(15), "Wang holds 01", || async {
+        let mine: Value = app
+            .get("/lockers/me/compartments", &wang)
+            .await
+            .json()
+            .await
+            .ok()?;
+        (mine[0]["compartment_id"] == "610091A01:01").then_some(())
+    })
+    .await;
+    let id = grant_id.clone();
+    eventually(Duration::from_secs(10), "grant completed", || async {
+        let g: Value = app
+            .get(&format!("/lockers/grants/{id}"), &zheng)
+            .await
+            .json()
+            .await
+            .ok()?;
+        (g["status"] == "completed" && g["receiver"] == "13466666666").then_some(())
+    })
+    .await;
+    // The sandbox's own record: one request, accepted for Wang, callback answered 2xx.
+    let handled: Value = eventually(Duration::from_secs(10), "sandbox recorded", || async {
+        let v: Value = app
+            .http
+            .get(format!("{base}/sandbox/requests"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (!v.as_array()?.is_empty()).then_some(v)
+    })
+    .await;
+    assert_eq!(handled[0]["request_id"], grant_id.as_str());
+    assert_eq!(handled[0]["outcome"], "accepted");
+    assert_eq!(handled[0]["courier"], "13466666666");
+    assert_eq!(handled[0]["callback_status"], 200);
+    let items = inbox(&app, &zheng).await;
+    assert!(items.iter().any(|i| i["kind"] == "grant_confirmed"));
+}
