@@ -332,6 +332,7 @@ fn compartment(id: String, event: CompartmentEvent) -> Vec<Change> {
             depositor,
             parcel,
             at,
+            ..
         } => vec![
             Change::Deposited {
                 id: id.clone(),

@@ -334,6 +334,56 @@ async fn worked_example_1_li_grants_large_compartment_01_directly_to_13499996666
             .as_deref(),
         Some("13499996666")
     );
+    // The receiver uses it: deposits once, the recipient collects with the code, it is free.
+    let res = app
+        .post(
+            "/lockers/compartments/610091A01:01/deposit",
+            &li,
+            Some(json!({"parcel": "SF1234567890"})),
+        )
+        .await;
+    assert_eq!(error_of(res).await.1, "not_the_holder");
+    let body = created(
+        app.post(
+            "/lockers/compartments/610091A01:01/deposit",
+            &receiver,
+            Some(json!({"parcel": "SF1234567890"})),
+        )
+        .await,
+        "deposit",
+    )
+    .await;
+    let code = body["pickup_code"].as_str().unwrap().to_owned();
+    let res = app
+        .post(
+            "/lockers/compartments/610091A01:01/collect",
+            &li,
+            Some(json!({"pickup_code": "00000000x"})),
+        )
+        .await;
+    assert_eq!(error_of(res).await.1, "wrong_pickup_code");
+    let res = app
+        .post(
+            "/lockers/compartments/610091A01:01/collect",
+            &li,
+            Some(json!({"pickup_code": code})),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    eventually(
+        Duration::from_secs(10),
+        "compartment free again",
+        || async {
+            let (status,): (String,) = sqlx::query_as(
+                "SELECT status FROM locker_compartments WHERE compartment_id = '610091A01:01'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .ok()?;
+            (status == "free").then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

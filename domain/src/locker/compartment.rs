@@ -48,9 +48,7 @@ pub enum CompartmentCommand {
         at: DateTime<Utc>,
     },
     /// Frees the compartment if its reservation went unused past its expiry; otherwise nothing.
-    Expire {
-        at: DateTime<Utc>,
-    },
+    Expire { at: DateTime<Utc> },
     /// Hands the empty-use right from `from` (who must hold it) to `to`.
     Grant {
         grant_id: Uuid,
@@ -59,12 +57,17 @@ pub enum CompartmentCommand {
         via: Option<AuthorizerNumber>,
         at: DateTime<Utc>,
     },
+    /// The holder's one deposit: the parcel number is recorded and the recipient's pickup code
+    /// is kept only as a hash.
     Deposit {
         user: UserNumber,
         parcel: ParcelNumber,
+        pickup_code_hash: String,
         at: DateTime<Utc>,
     },
+    /// The recipient collects with the pickup code (given as its hash).
     Collect {
+        pickup_code_hash: String,
         at: DateTime<Utc>,
     },
 }
@@ -109,6 +112,7 @@ pub enum CompartmentEvent {
     ParcelDeposited {
         depositor: UserNumber,
         parcel: ParcelNumber,
+        pickup_code_hash: String,
         at: DateTime<Utc>,
     },
     ParcelCollected {
@@ -154,6 +158,8 @@ pub enum CompartmentError {
     BadWindow,
     #[error("there is no parcel in this compartment")]
     Empty,
+    #[error("the pickup code is wrong")]
+    WrongPickupCode,
 }
 
 impl CompartmentError {
@@ -168,6 +174,7 @@ impl CompartmentError {
             Self::ReservationExpired => "reservation_expired",
             Self::BadWindow => "invalid_window",
             Self::Empty => "compartment_empty",
+            Self::WrongPickupCode => "wrong_pickup_code",
         }
     }
     pub fn is_not_found(&self) -> bool {
@@ -185,6 +192,7 @@ pub struct Compartment {
     pub expires_at: Option<DateTime<Utc>>,
     pub depositor: Option<UserNumber>,
     pub parcel: Option<ParcelNumber>,
+    pub pickup_code_hash: Option<String>,
 }
 
 impl Compartment {
@@ -266,7 +274,12 @@ impl Compartment {
                     at,
                 }])
             }
-            C::Deposit { user, parcel, at } => {
+            C::Deposit {
+                user,
+                parcel,
+                pickup_code_hash,
+                at,
+            } => {
                 if self.status != Status::Reserved {
                     return Err(CompartmentError::NotReserved);
                 }
@@ -279,14 +292,23 @@ impl Compartment {
                 Ok(vec![E::ParcelDeposited {
                     depositor: user,
                     parcel,
+                    pickup_code_hash,
                     at,
                 }])
             }
-            C::Collect { at } => match (&self.status, &self.parcel) {
-                (Status::Occupied, Some(parcel)) => Ok(vec![E::ParcelCollected {
-                    parcel: parcel.clone(),
-                    at,
-                }]),
+            C::Collect {
+                pickup_code_hash,
+                at,
+            } => match (&self.status, &self.parcel) {
+                (Status::Occupied, Some(parcel)) => {
+                    if self.pickup_code_hash.as_deref() != Some(pickup_code_hash.as_str()) {
+                        return Err(CompartmentError::WrongPickupCode);
+                    }
+                    Ok(vec![E::ParcelCollected {
+                        parcel: parcel.clone(),
+                        at,
+                    }])
+                }
                 _ => Err(CompartmentError::Empty),
             },
         }
@@ -337,15 +359,20 @@ impl Aggregate for Compartment {
                 self.expires_at = None;
                 self.depositor = None;
                 self.parcel = None;
+                self.pickup_code_hash = None;
             }
             E::HolderChanged { to, .. } => self.holder = Some(to),
             E::ParcelDeposited {
-                depositor, parcel, ..
+                depositor,
+                parcel,
+                pickup_code_hash,
+                ..
             } => {
                 self.status = Status::Occupied;
                 self.holder = None;
                 self.depositor = Some(depositor);
                 self.parcel = Some(parcel);
+                self.pickup_code_hash = Some(pickup_code_hash);
             }
         }
     }
@@ -536,12 +563,14 @@ mod tests {
             .when(CompartmentCommand::Deposit {
                 user: receiver(),
                 parcel: parcel.clone(),
+                pickup_code_hash: "h".into(),
                 at: t(30),
             })
             .then_expect_error(CompartmentError::NotHolder);
         let deposited = CompartmentEvent::ParcelDeposited {
             depositor: li(),
             parcel: parcel.clone(),
+            pickup_code_hash: "h".into(),
             at: t(30),
         };
         CompartmentTest::with(())
@@ -549,6 +578,7 @@ mod tests {
             .when(CompartmentCommand::Deposit {
                 user: li(),
                 parcel: parcel.clone(),
+                pickup_code_hash: "h".into(),
                 at: t(30),
             })
             .then_expect_events(vec![deposited.clone()]);
@@ -556,7 +586,17 @@ mod tests {
         occupied.push(deposited);
         CompartmentTest::with(())
             .given(occupied.clone())
-            .when(CompartmentCommand::Collect { at: t(40) })
+            .when(CompartmentCommand::Collect {
+                pickup_code_hash: "wrong".into(),
+                at: t(40),
+            })
+            .then_expect_error(CompartmentError::WrongPickupCode);
+        CompartmentTest::with(())
+            .given(occupied.clone())
+            .when(CompartmentCommand::Collect {
+                pickup_code_hash: "h".into(),
+                at: t(40),
+            })
             .then_expect_events(vec![CompartmentEvent::ParcelCollected {
                 parcel,
                 at: t(40),
