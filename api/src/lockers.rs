@@ -639,6 +639,45 @@ async fn reserve(
     .fetch_all(&state.store.pool)
     .await?;
     let ctx = meta.context(&actor, &body.raw);
+    // A retry of a reservation that went through names the compartment it reserved then.
+    if let Some(key) = &ctx.idempotency {
+        let earlier: Option<(String,)> = sqlx::query_as(
+            "SELECT aggregate_id FROM command_keys
+              WHERE idempotency_key = $1 AND aggregate_type = 'locker_compartment'",
+        )
+        .bind(&key.key)
+        .fetch_optional(&state.store.pool)
+        .await?;
+        if let Some((id,)) = earlier {
+            let command = CompartmentCommand::Reserve {
+                user: user.clone(),
+                window_start,
+                expires_at,
+                at: now,
+            };
+            let done = state
+                .store
+                .compartments
+                .execute(&id, command.name(), command, &ctx)
+                .await?;
+            if let Some(latch_domain::locker::CompartmentEvent::CompartmentReserved {
+                holder,
+                expires_at,
+                ..
+            }) = done.events.first()
+            {
+                return Ok((
+                    StatusCode::CREATED,
+                    Json(json!({
+                        "compartment_id": id,
+                        "size": size.as_str(),
+                        "holder": holder.as_str(),
+                        "expires_at": expires_at,
+                    })),
+                ));
+            }
+        }
+    }
     for (id,) in candidates {
         let command = CompartmentCommand::Reserve {
             user: user.clone(),

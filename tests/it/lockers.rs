@@ -830,3 +830,36 @@ async fn worked_example_2_through_the_authorizer_sandbox_company_a_picks_on_duty
     let items = inbox(&app, &zheng).await;
     assert!(items.iter().any(|i| i["kind"] == "grant_confirmed"));
 }
+
+#[tokio::test]
+async fn a_retried_reservation_names_the_same_compartment_and_reserves_nothing_more() {
+    let app = spawn_app().await;
+    world(&app, "http://127.0.0.1:9/grants").await;
+    let li = token(&app, "13455555555").await;
+    let send = || {
+        app.http
+            .post(format!("{}/lockers/reservations", app.address))
+            .bearer_auth(&li)
+            .header("idempotency-key", "reserve-1")
+            .json(&json!({"site": SITE, "size": "large"}))
+            .send()
+    };
+    let first = created(send().await.unwrap(), "reserve").await;
+    eventually(Duration::from_secs(10), "reservation projected", || async {
+        let n = count(
+            &app.pool,
+            "SELECT count(*) FROM locker_compartments WHERE status = 'reserved'",
+        )
+        .await;
+        (n == 1).then_some(())
+    })
+    .await;
+    let again = created(send().await.unwrap(), "retried reserve").await;
+    assert_eq!(first["compartment_id"], again["compartment_id"]);
+    let reserved = count(
+        &app.pool,
+        "SELECT count(*) FROM events WHERE event_type = 'CompartmentReserved'",
+    )
+    .await;
+    assert_eq!(reserved, 1);
+}
