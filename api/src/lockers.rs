@@ -81,15 +81,59 @@ impl Default for LockerSettings {
     }
 }
 
+/// Sends a text message to a phone. The real SMS gateway is a third party behind this trait.
+#[async_trait::async_trait]
+pub trait SmsSender: Send + Sync {
+    async fn send(&self, phone: &str, text: &str) -> Result<(), String>;
+}
+
+/// The sandbox SMS gateway: keeps what it was asked to send (operators can list it) and logs
+/// it; nothing leaves the process.
+#[derive(Debug, Default)]
+pub struct SandboxSms {
+    sent: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl SandboxSms {
+    /// Every message so far, as (phone, text).
+    pub fn sent(&self) -> Vec<(String, String)> {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl SmsSender for SandboxSms {
+    async fn send(&self, phone: &str, text: &str) -> Result<(), String> {
+        tracing::info!(%phone, %text, "sandbox SMS");
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        if sent.len() >= 10_000 {
+            sent.remove(0);
+        }
+        sent.push((phone.to_owned(), text.to_owned()));
+        Ok(())
+    }
+}
+
 /// Per-process state of the lockers API.
 pub struct Lockers {
     pub settings: LockerSettings,
     login_limit: Limit<String>,
     http: reqwest::Client,
+    sms: Arc<dyn SmsSender>,
+    /// Set when `sms` is the sandbox, so operators can read what it "sent".
+    sandbox_sms: Option<Arc<SandboxSms>>,
 }
 
 impl Lockers {
+    /// With the sandbox SMS gateway.
     pub fn new(settings: LockerSettings, clock: SharedClock) -> Self {
+        let sandbox = Arc::new(SandboxSms::default());
+        let mut lockers = Self::with_sms(settings, clock, sandbox.clone());
+        lockers.sandbox_sms = Some(sandbox);
+        lockers
+    }
+
+    pub fn with_sms(settings: LockerSettings, clock: SharedClock, sms: Arc<dyn SmsSender>) -> Self {
         Self {
             login_limit: Limit::per_minute(settings.login_attempts_per_minute, clock),
             settings,
@@ -97,8 +141,32 @@ impl Lockers {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
+            sms,
+            sandbox_sms: None,
         }
     }
+}
+
+/// What the sandbox SMS gateway was asked to send (operators; 404 with a real gateway).
+async fn sandbox_sms(
+    State(state): State<AppState>,
+    actor: Actor,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    actor.require(Role::Operator)?;
+    let sms = state
+        .lockers
+        .sandbox_sms
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound {
+            code: "no_sandbox_sms",
+            message: "a real SMS gateway is configured".into(),
+        })?;
+    let sent: Vec<_> = sms
+        .sent()
+        .into_iter()
+        .map(|(phone, text)| json!({ "phone": phone, "text": text }))
+        .collect();
+    Ok(Json(json!(sent)))
 }
 
 pub fn router() -> Router<AppState> {
@@ -133,6 +201,7 @@ pub fn router() -> Router<AppState> {
         .route("/lockers/grants/{grant_id}", get(show_grant))
         .route("/lockers/compartments/{id}/holder", get(holder_at))
         .route("/lockers/compartments/{id}/deposit", post(deposit))
+        .route("/lockers/sandbox/sms", get(sandbox_sms))
         .route("/lockers/compartments/{id}/collect", post(collect))
 }
 
@@ -1066,6 +1135,10 @@ async fn notify_holder_changed(
             json!({ "kind": "grant_confirmed", "grant_id": grant_id, "site": id.site.as_str(),
                     "compartment": id.number.as_str(), "receiver": to.as_str(), "authorizer": a.as_str() }),
         ));
+    }
+    let text = format!("【Latch】{from} 已将格口 {id} 的使用权授予您，请前往投递");
+    if let Err(e) = state.lockers.sms.send(to.as_str(), &text).await {
+        tracing::warn!(phone = %to, error = %e, "SMS not sent");
     }
     for (subject, body) in messages {
         if let Err(e) = state

@@ -296,6 +296,14 @@ async fn worked_example_1_li_grants_large_compartment_01_directly_to_13499996666
     assert_eq!(mine, json!([]));
     let items = inbox(&app, &receiver).await;
     assert_eq!(items[0]["kind"], "come_use");
+    let sms: Value = app
+        .get("/lockers/sandbox/sms", &app.operator)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sms[0]["phone"], "13499996666");
+    assert!(sms[0]["text"].as_str().unwrap().contains("610091A01:01"));
     let items = inbox(&app, &li).await;
     assert_eq!(items[0]["kind"], "grant_confirmed");
     let grant: Value = app
