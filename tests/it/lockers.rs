@@ -871,3 +871,51 @@ async fn a_retried_reservation_names_the_same_compartment_and_reserves_nothing_m
     .await;
     assert_eq!(reserved, 1);
 }
+
+#[tokio::test]
+async fn with_nobody_on_duty_the_authorizer_declines_and_the_holder_stays() {
+    use latch::authorizer_sandbox::{AuthorizerSandbox, AuthorizerSandboxSettings};
+    let app = spawn_app().await;
+    let mut settings = AuthorizerSandboxSettings::new(
+        "127.0.0.1:0".parse().unwrap(),
+        "0001",
+        SECRET_A,
+        &app.address,
+    );
+    settings.clock = std::sync::Arc::new(app.clock.clone());
+    let sandbox = AuthorizerSandbox::build(settings).await.unwrap();
+    let endpoint = sandbox.endpoint();
+    let stop = app.shutdown.clone();
+    tokio::spawn(sandbox.run_until_stopped(async move { stop.cancelled().await }));
+    world(&app, &endpoint).await;
+    let zheng = token(&app, "13488888888").await;
+    reserve(&app, &zheng).await;
+    let res = app
+        .post(
+            "/lockers/grants/via-authorizer",
+            &zheng,
+            Some(json!({"site": SITE, "compartment": "01", "authorizer": "0001"})),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    let grant_id = res.json::<Value>().await.unwrap()["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = grant_id.clone();
+    let grant = eventually(Duration::from_secs(15), "grant declined", || async {
+        let g: Value = app
+            .get(&format!("/lockers/grants/{id}"), &zheng)
+            .await
+            .json()
+            .await
+            .ok()?;
+        (g["status"] == "declined").then_some(g)
+    })
+    .await;
+    assert_eq!(grant["reason"], "无人值班");
+    assert_eq!(
+        holder_of(&app, "610091A01:01").await.as_deref(),
+        Some("13488888888")
+    );
+}
