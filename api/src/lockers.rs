@@ -16,7 +16,7 @@
 //! settles two racing grants.
 
 use crate::auth::{issue_token_until, Actor, Role};
-use crate::error::{from_command_error, ApiError};
+use crate::error::{from_command_error, ApiError, ErrorBody};
 use crate::extract::{JsonBody, RequestMeta};
 use crate::kazaya::verify_signature;
 use crate::qr::limits::Limit;
@@ -274,7 +274,9 @@ pub struct RegisterSite {
     pub name: String,
 }
 
-async fn register_site(
+#[utoipa::path(post, path = "/lockers/sites", tag = "lockers", request_body = RegisterSite, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
+    responses((status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn register_site(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,
@@ -313,7 +315,9 @@ pub struct InstallCompartment {
     pub size: String,
 }
 
-async fn install_compartment(
+#[utoipa::path(post, path = "/lockers/compartments", tag = "lockers", request_body = InstallCompartment, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
+    responses((status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn install_compartment(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,
@@ -379,7 +383,9 @@ fn verify_password(password: &str, hash: &str) -> bool {
     })
 }
 
-async fn register_user(
+#[utoipa::path(post, path = "/lockers/users", tag = "lockers", request_body = RegisterUser, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
+    responses((status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn register_user(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,
@@ -478,7 +484,9 @@ pub struct RegisterAuthorizer {
     pub secret: String,
 }
 
-async fn register_authorizer(
+#[utoipa::path(post, path = "/lockers/authorizers", tag = "lockers", request_body = RegisterAuthorizer, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
+    responses((status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn register_authorizer(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,
@@ -581,7 +589,9 @@ pub struct AuthorizerRow {
 }
 
 /// The active authorizers (any signed-in user or operator).
-async fn list_authorizers(
+#[utoipa::path(get, path = "/lockers/authorizers", tag = "lockers",
+    responses((status = 200, body = Vec<AuthorizerRow>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_authorizers(
     State(state): State<AppState>,
     _actor: Actor,
 ) -> Result<Json<Vec<AuthorizerRow>>, ApiError> {
@@ -611,7 +621,9 @@ pub struct LoggedIn {
     pub expires_at: DateTime<Utc>,
 }
 
-async fn login(
+#[utoipa::path(post, path = "/lockers/login", tag = "lockers", request_body = Login,
+    responses((status = 200, body = LoggedIn), (status = 429, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn login(
     State(state): State<AppState>,
     body: JsonBody<Login>,
 ) -> Result<Json<LoggedIn>, ApiError> {
@@ -680,7 +692,9 @@ pub struct Reserve {
     pub expires_at: Option<String>,
 }
 
-async fn reserve(
+#[utoipa::path(post, path = "/lockers/reservations", tag = "lockers", request_body = Reserve, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
+    responses((status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn reserve(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,
@@ -788,7 +802,9 @@ async fn reserve(
     })
 }
 
-async fn my_compartments(
+#[utoipa::path(get, path = "/lockers/me/compartments", tag = "lockers",
+    responses((status = 200, body = Vec<CompartmentRow>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn my_compartments(
     State(state): State<AppState>,
     actor: Actor,
 ) -> Result<Json<Vec<CompartmentRow>>, ApiError> {
@@ -807,7 +823,9 @@ pub struct InboxItem {
     pub created_at: DateTime<Utc>,
 }
 
-async fn my_inbox(
+#[utoipa::path(get, path = "/lockers/me/inbox", tag = "lockers",
+    responses((status = 200, body = Vec<InboxItem>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn my_inbox(
     State(state): State<AppState>,
     actor: Actor,
 ) -> Result<Json<Vec<InboxItem>>, ApiError> {
@@ -1022,7 +1040,9 @@ async fn held(
     Ok(compartment)
 }
 
-async fn grant_direct(
+#[utoipa::path(post, path = "/lockers/grants", tag = "lockers", request_body = GrantDirect, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
+    responses((status = 201, body = GrantOutcome), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn grant_direct(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,
@@ -1172,7 +1192,9 @@ pub struct GrantRequestMessage {
     pub deadline: DateTime<Utc>,
 }
 
-async fn grant_via_authorizer(
+#[utoipa::path(post, path = "/lockers/grants/via-authorizer", tag = "lockers", request_body = GrantViaAuthorizer, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
+    responses((status = 202, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn grant_via_authorizer(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,
@@ -1355,7 +1377,10 @@ pub struct CallbackData {
     pub reason: Option<String>,
 }
 
-async fn authorizer_callback(
+#[utoipa::path(post, path = "/lockers/authorizers/{number}/callback", tag = "lockers", request_body = CallbackBody,
+    params(("number" = String, Path), ("webhook-id" = String, Header), ("webhook-timestamp" = String, Header), ("webhook-signature" = String, Header)),
+    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn authorizer_callback(
     State(state): State<AppState>,
     Path(number): Path<String>,
     headers: HeaderMap,
@@ -1616,7 +1641,9 @@ pub struct GrantRow {
 }
 
 /// A grant request's state (its requester, or an operator).
-async fn show_grant(
+#[utoipa::path(get, path = "/lockers/grants/{grant_id}", tag = "lockers", params(("grant_id" = Uuid, Path)),
+    responses((status = 200, body = GrantRow), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn show_grant(
     State(state): State<AppState>,
     actor: Actor,
     Path(grant_id): Path<String>,

@@ -919,3 +919,26 @@ async fn with_nobody_on_duty_the_authorizer_declines_and_the_holder_stays() {
         Some("13488888888")
     );
 }
+
+#[tokio::test]
+async fn the_lockers_api_is_described() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/lockers/login",
+        "/lockers/grants",
+        "/lockers/grants/via-authorizer",
+        "/lockers/authorizers/{number}/callback",
+        "/lockers/me/compartments",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+}
