@@ -245,6 +245,10 @@ impl Application {
                 open_timeout: chrono::Duration::from_std(s.open_timeout)
                     .unwrap_or(chrono::Duration::seconds(15)),
             };
+            tasks.spawn(latch_api::lockers::serve_nats_answers(
+                state.clone(),
+                shutdown.clone(),
+            ));
             let app = latch_api::router(state);
             let stop = shutdown.clone();
             tasks.spawn(async move {

@@ -1586,6 +1586,62 @@ pub async fn authorizer_callback(
     }
 }
 
+/// Authorizers that subscribe instead of serving an endpoint may answer over NATS too: a
+/// message on `latch.authorizers.{number}.answers` with the callback's body and its Standard
+/// Webhooks headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`) is handled exactly
+/// as the signed HTTP callback, and the outcome (or the error body) is the reply.
+pub async fn serve_nats_answers(state: AppState, shutdown: tokio_util::sync::CancellationToken) {
+    use futures::StreamExt;
+    let mut answers = match state.nats.subscribe("latch.authorizers.*.answers").await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to authorizer answers");
+            return;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = answers.next() => match m { Some(m) => m, None => return },
+        };
+        let Some(number) = message
+            .subject
+            .as_str()
+            .strip_prefix("latch.authorizers.")
+            .and_then(|r| r.strip_suffix(".answers"))
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let mut headers = HeaderMap::new();
+        if let Some(h) = &message.headers {
+            for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+                if let Some(v) = h
+                    .get(name)
+                    .and_then(|v| axum::http::HeaderValue::from_str(v.as_str()).ok())
+                {
+                    headers.insert(name, v);
+                }
+            }
+        }
+        let state = state.clone();
+        tokio::spawn(async move {
+            let body = Bytes::from(message.payload.to_vec());
+            let reply = match authorizer_callback(State(state.clone()), Path(number), headers, body)
+                .await
+            {
+                Ok(Json(v)) => v,
+                Err(e) => serde_json::to_value(e.to_body().1).unwrap_or_default(),
+            };
+            if let Some(to) = message.reply {
+                if let Err(e) = state.nats.publish(to, reply.to_string().into()).await {
+                    tracing::warn!(error = %e, "answer reply not sent");
+                }
+            }
+        });
+    }
+}
+
 fn outcome_json(grant_id: Uuid, grant: &Grant) -> serde_json::Value {
     json!({
         "grant_id": grant_id,

@@ -942,3 +942,56 @@ async fn the_lockers_api_is_described() {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
 }
+
+#[tokio::test]
+async fn an_authorizer_may_answer_over_nats_signed_like_the_callback() {
+    let app = spawn_app().await;
+    world(&app, "http://127.0.0.1:9/grants").await;
+    let zheng = token(&app, "13488888888").await;
+    reserve(&app, &zheng).await;
+    let res = app
+        .post(
+            "/lockers/grants/via-authorizer",
+            &zheng,
+            Some(json!({"site": SITE, "compartment": "01", "authorizer": "0001"})),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    let grant_id = res.json::<Value>().await.unwrap()["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = accepted(&grant_id, "13466666666", "0001");
+    let now = app.clock.now().timestamp();
+    let to_nats = |h: HeaderMap| {
+        let mut headers = async_nats::HeaderMap::new();
+        for (k, v) in h.iter() {
+            headers.insert(k.as_str(), v.to_str().unwrap());
+        }
+        headers
+    };
+    // Forged (B's secret): refused, nothing changes.
+    let reply = app
+        .nats
+        .request_with_headers(
+            "latch.authorizers.0001.answers",
+            to_nats(signed(SECRET_B, "msg_n_0", now, &body)),
+            body.clone().into(),
+        )
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["error"]["code"], "webhook_signature_invalid");
+    let reply = app
+        .nats
+        .request_with_headers(
+            "latch.authorizers.0001.answers",
+            to_nats(signed(SECRET_A, "msg_n_1", now, &body)),
+            body.clone().into(),
+        )
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["status"], "completed");
+    assert_eq!(reply["holder"], "13466666666");
+}
