@@ -113,32 +113,9 @@ pub async fn run(
     ));
     let vending = settings.vending.clone();
     let app = Application::build(settings).await?;
-    // Courier company A (authorizer 0001), as its sandbox: Wang is on duty.
-    let authorizer_secret = crate::kazaya_sandbox::generate_webhook_secret();
-    let mut courier_settings = crate::authorizer_sandbox::AuthorizerSandboxSettings::new(
-        "127.0.0.1:0".parse().expect("an address"),
-        "0001",
-        &authorizer_secret,
-        &format!("http://127.0.0.1:{}", app.port()),
-    );
-    courier_settings.roster =
-        crate::authorizer_sandbox::parse_couriers(&["13466666666=王".into()])?;
-    let courier = crate::authorizer_sandbox::AuthorizerSandbox::build(courier_settings).await?;
-    let courier_endpoint = courier.endpoint();
     let store = app.store();
     let devices = seed(&store, opts.devices).await?;
     let stickers = seed_planograms(&store, &devices, &vending).await?;
-    seed_lockers(&store, &courier_endpoint, &authorizer_secret).await?;
-    let courier_stop = CancellationToken::new();
-    let courier_until = courier_stop.clone();
-    let courier_task = tokio::spawn(async move {
-        if let Err(e) = courier
-            .run_until_stopped(async move { courier_until.cancelled().await })
-            .await
-        {
-            tracing::error!(error = %e, "authorizer sandbox stopped");
-        }
-    });
     let kazaya_stop = CancellationToken::new();
     let kazaya_until = kazaya_stop.clone();
     let kazaya_task = tokio::spawn(async move {
@@ -193,8 +170,6 @@ pub async fn run(
          \n    the phone's side {base}/app/qr#code=<the QR content>  (asks once for the user token)\
          \n\n  Scan-to-open vending (open on a phone, or a browser in phone view):\
          \n{stickers}         \n    Kazaya sandbox {kazaya_url}  (register any phone number; pay or decline on its page)\
-         \n\n  Parcel lockers: site 610091A01, users 13455555555 13499996666 13488888888 13466666666\
-         \n    (password {DEV_LOCKER_PASSWORD}), POST {base}/lockers/login; authorizer 0001 快递公司A at {courier_endpoint}\
          \n\n  {n} simulated cabinets are heartbeating; publish on/off to latch.sim.<id>.fault to break one,\
          \n  a script like {{\"take\":[{{\"shelf\":1,\"count\":2}}]}} to latch.sim.<id>.shopper for the next shopper,\
          \n  anything to latch.sim.<id>.restock to refill.\
@@ -215,9 +190,7 @@ pub async fn run(
     shutdown.cancel();
     kazaya_stop.cancel();
     let _ = sim.await;
-    courier_stop.cancel();
     let _ = kazaya_task.await;
-    let _ = courier_task.await;
     drop(private_nats);
     drop(private_pg);
     Ok(())
@@ -275,113 +248,6 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
 }
 
 /// Registers demo devices until there are `count`; returns all device ids.
-/// The dev locker users' password.
-pub const DEV_LOCKER_PASSWORD: &str = "latch-dev-1";
-
-/// Site 610091A01 with four compartments, the people of the issue's worked examples, and
-/// authorizers 0001 快递公司A (the sandbox) and 0002 快递公司B. What already exists is kept.
-async fn seed_lockers(
-    store: &Store,
-    endpoint: &str,
-    secret: &str,
-) -> Result<(), Box<dyn std::error::Error>> {
-    use latch_domain::locker::*;
-    let ctx = CommandContext::new("system:dev-seed");
-    let at = chrono::Utc::now();
-    let site = SiteCode::parse("site", "610091A01")?;
-    let _ = store
-        .locker_sites
-        .execute(
-            site.as_str(),
-            "RegisterSite",
-            SiteCommand::Register {
-                site: site.clone(),
-                name: Label::parse("name", "西湖驿站", 80)?,
-                at,
-            },
-            &ctx,
-        )
-        .await;
-    for (number, size) in [
-        ("01", Size::Large),
-        ("02", Size::Large),
-        ("03", Size::Medium),
-        ("04", Size::Small),
-    ] {
-        let id = CompartmentId::new(site.clone(), CompartmentNumber::parse("number", number)?);
-        let _ = store
-            .compartments
-            .execute(
-                &id.to_string(),
-                "InstallCompartment",
-                CompartmentCommand::Install {
-                    id: id.clone(),
-                    size,
-                    at,
-                },
-                &ctx,
-            )
-            .await;
-    }
-    let hash = latch_api::lockers::hash_password(DEV_LOCKER_PASSWORD).map_err(|e| e.to_string())?;
-    for (number, name) in [
-        ("13455555555", "李"),
-        ("13499996666", "张"),
-        ("13488888888", "郑"),
-        ("13466666666", "王"),
-    ] {
-        let _ = store
-            .locker_users
-            .execute(
-                number,
-                "RegisterLockerUser",
-                UserCommand::Register {
-                    number: UserNumber::parse("number", number)?,
-                    name: Label::parse("name", name, 80)?,
-                    password_hash: hash.clone(),
-                    at,
-                },
-                &ctx,
-            )
-            .await;
-    }
-    for (number, name, endpoint) in [
-        ("0001", "快递公司A", endpoint),
-        ("0002", "快递公司B", "http://127.0.0.1:9/grants"),
-    ] {
-        let _ = store
-            .authorizers
-            .execute(
-                number,
-                "RegisterAuthorizer",
-                AuthorizerCommand::Register {
-                    number: AuthorizerNumber::parse("number", number)?,
-                    name: Label::parse("name", name, 80)?,
-                    endpoint: Endpoint::parse("endpoint", endpoint)?,
-                    secret: secret.to_owned(),
-                    at,
-                },
-                &ctx,
-            )
-            .await;
-        // A later run's sandbox listens elsewhere and signs with a new secret.
-        store
-            .authorizers
-            .execute(
-                number,
-                "ReconfigureAuthorizer",
-                AuthorizerCommand::Reconfigure {
-                    endpoint: Endpoint::parse("endpoint", endpoint)?,
-                    secret: secret.to_owned(),
-                    at,
-                },
-                &ctx,
-            )
-            .await?;
-    }
-    Ok(())
-}
-
 async fn seed(store: &Store, count: usize) -> Result<Vec<Uuid>, Box<dyn std::error::Error>> {
     let existing: Vec<(String,)> = sqlx::query_as(
         "SELECT aggregate_id FROM events WHERE aggregate_type = 'device' AND sequence = 1 ORDER BY id",
