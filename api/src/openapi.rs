@@ -40,6 +40,12 @@ use utoipa::{Modify, OpenApi};
         crate::vending::shop::pay,
         crate::vending::shop::sync,
         crate::vending::shop::webhook,
+        crate::audit::events,
+        crate::audit::aggregate,
+        crate::audit::as_of_handler,
+        crate::audit::verify_handler,
+        crate::audit::checkpoints,
+        crate::audit::check_checkpoint,
     ),
     modifiers(&Bearer)
 )]
