@@ -196,6 +196,8 @@ impl Application {
                     heartbeat_timeout: chrono::Duration::from_std(s.heartbeat_timeout)
                         .unwrap_or(chrono::Duration::seconds(30)),
                     interval: s.sweep_interval,
+                    weights_after_timeout: chrono::Duration::from_std(s.weights_after_timeout)
+                        .unwrap_or(chrono::Duration::seconds(120)),
                 },
             };
             tasks.spawn(sweeper.run(shutdown.clone()));

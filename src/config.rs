@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// Seconds a remote door opening may take before it is recorded as failed.
     #[arg(long, env = "LATCH_OPEN_TIMEOUT_SECS", default_value_t = 15)]
     pub open_timeout_secs: u64,
+    /// A cabinet that closed its door without reporting weights after, for this long, has its
+    /// session settled into review and is freed.
+    #[arg(long, env = "LATCH_WEIGHTS_AFTER_TIMEOUT_SECS", default_value_t = 120)]
+    pub weights_after_timeout_secs: u64,
     /// Milliseconds between liveness / deadline sweeps.
     #[arg(long, env = "LATCH_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     pub sweep_interval_ms: u64,
@@ -179,6 +183,7 @@ pub struct Settings {
     pub roles: Vec<Role>,
     pub heartbeat_timeout: Duration,
     pub open_timeout: Duration,
+    pub weights_after_timeout: Duration,
     pub sweep_interval: Duration,
     pub relay_poll: Duration,
     pub db_max_connections: u32,
@@ -204,6 +209,7 @@ impl Settings {
             roles: Role::all(),
             heartbeat_timeout: Duration::from_secs(30),
             open_timeout: Duration::from_secs(15),
+            weights_after_timeout: Duration::from_secs(120),
             sweep_interval: Duration::from_secs(1),
             relay_poll: Duration::from_millis(5),
             db_max_connections: 20,
@@ -257,6 +263,7 @@ impl From<ServeArgs> for Settings {
             http_addr: a.http_addr,
             heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout_secs),
             open_timeout: Duration::from_secs(a.open_timeout_secs),
+            weights_after_timeout: Duration::from_secs(a.weights_after_timeout_secs.max(1)),
             sweep_interval: Duration::from_millis(a.sweep_interval_ms),
             relay_poll: Duration::from_millis(a.relay_poll_ms),
             db_max_connections: a.db_max_connections,

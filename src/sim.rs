@@ -904,7 +904,17 @@ async fn cabinet(
     });
     cab.refresh_planogram().await;
     let started = tokio::time::Instant::now();
-    cab.close_door().await;
+    // The first door report is what makes the cabinet usable; a busy or just-started
+    // JetStream may not take it at once, so keep offering it until it is acknowledged.
+    let mut wait = Duration::from_millis(200);
+    while let Err(e) = cab.device.door(false, None).await {
+        tracing::warn!(error = %e, "initial door state not delivered; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
     if faulty {
         let _ = cab.device.fault(true, "simulated").await;
     }

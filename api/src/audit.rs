@@ -109,6 +109,14 @@ fn ndjson(rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, sqlx::Error>>) -> Resp
 }
 
 /// The log in log order, NDJSON.
+#[utoipa::path(get, path = "/audit/events", tag = "audit",
+    params(("from" = Option<i64>, Query), ("aggregate_type" = Option<String>, Query),
+           ("aggregate_id" = Option<String>, Query), ("event_type" = Option<String>, Query),
+           ("since" = Option<String>, Query), ("until" = Option<String>, Query),
+           ("follow" = Option<bool>, Query)),
+    responses((status = 200, description = "NDJSON, one logged event a line", content_type = "application/x-ndjson"),
+               (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn events(
     State(state): State<AppState>,
     actor: Actor,
@@ -172,6 +180,11 @@ pub async fn events(
 }
 
 /// One aggregate's whole history, NDJSON.
+#[utoipa::path(get, path = "/audit/aggregates/{aggregate_type}/{aggregate_id}", tag = "audit",
+    params(("aggregate_type" = String, Path), ("aggregate_id" = String, Path)),
+    responses((status = 200, description = "NDJSON", content_type = "application/x-ndjson"),
+               (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn aggregate(
     State(state): State<AppState>,
     actor: Actor,
@@ -202,6 +215,10 @@ pub struct AsOfParams {
 }
 
 /// Read models as they stood at `at`.
+#[utoipa::path(get, path = "/audit/as-of", tag = "audit",
+    params(("at" = String, Query, description = "RFC 3339"), ("device_id" = Option<String>, Query)),
+    responses((status = 200, body = Object), (status = 400, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn as_of_handler(
     State(state): State<AppState>,
     actor: Actor,
@@ -229,6 +246,9 @@ pub async fn as_of_handler(
 }
 
 /// Walks the whole chain.
+#[utoipa::path(get, path = "/audit/verify", tag = "audit",
+    responses((status = 200, body = Object), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn verify_handler(
     State(state): State<AppState>,
     actor: Actor,
@@ -238,6 +258,9 @@ pub async fn verify_handler(
 }
 
 /// Every signed checkpoint, oldest first.
+#[utoipa::path(get, path = "/audit/checkpoints", tag = "audit",
+    responses((status = 200, body = [Object]), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn checkpoints(
     State(state): State<AppState>,
     actor: Actor,
@@ -248,6 +271,9 @@ pub async fn checkpoints(
 
 /// An old checkpoint against today's log: 200 with the verdict, 422 `bad_signature` for a
 /// forged one.
+#[utoipa::path(post, path = "/audit/checkpoints/check", tag = "audit", request_body = Object,
+    responses((status = 200, body = Object), (status = 422, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn check_checkpoint(
     State(state): State<AppState>,
     actor: Actor,

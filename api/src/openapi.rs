@@ -53,6 +53,12 @@ use utoipa::{Modify, OpenApi};
         crate::lockers::grant_via_authorizer,
         crate::lockers::show_grant,
         crate::lockers::authorizer_callback,
+        crate::audit::events,
+        crate::audit::aggregate,
+        crate::audit::as_of_handler,
+        crate::audit::verify_handler,
+        crate::audit::checkpoints,
+        crate::audit::check_checkpoint,
     ),
     modifiers(&Bearer)
 )]

@@ -4,13 +4,13 @@
 //! fold of the log (used to check the table) both call it, so they cannot disagree.
 
 use crate::log::LoggedEvent;
-use crate::projector::{Projection, ProjectionError};
+use crate::projector::{apply_model, Model, Projection, ProjectionError};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use latch_domain::device::{Device, DeviceEvent, OpenFailure};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 pub const NAME: &str = "device_status";
@@ -206,32 +206,44 @@ impl Projection for DeviceStatusProjection {
         conn: &mut PgConnection,
         events: &[LoggedEvent],
     ) -> Result<(), ProjectionError> {
-        let mine: Vec<&LoggedEvent> = events
-            .iter()
-            .filter(|e| e.aggregate_type == Device::TYPE)
-            .collect();
-        if mine.is_empty() {
-            return Ok(());
-        }
-        let mut ids = Vec::with_capacity(mine.len());
-        for e in &mine {
-            ids.push(device_uuid(e)?);
-        }
-        let mut rows: HashMap<Uuid, DeviceStatus> = load_rows(&mut *conn, NAME, &ids)
-            .await?
-            .into_iter()
-            .map(|r| (r.device_id, r))
-            .collect();
-        let mut changed = BTreeSet::new();
-        for (event, id) in mine.into_iter().zip(ids) {
-            if let Some(next) = evolve(rows.remove(&id), event)? {
-                rows.insert(id, next);
-                changed.insert(id);
-            }
-        }
-        let changed: Vec<&DeviceStatus> = changed.iter().filter_map(|id| rows.get(id)).collect();
-        upsert_into(conn, NAME, &changed).await?;
-        Ok(())
+        apply_model(self, conn, events).await
+    }
+}
+
+impl Model for DeviceStatusProjection {
+    type Row = DeviceStatus;
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn aggregate_type(&self) -> &'static str {
+        Device::TYPE
+    }
+    fn key(&self, event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
+        device_uuid(event)
+    }
+    fn evolve(
+        &self,
+        current: Option<DeviceStatus>,
+        event: &LoggedEvent,
+    ) -> Result<Option<DeviceStatus>, ProjectionError> {
+        evolve(current, event)
+    }
+    async fn load(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, DeviceStatus)>, sqlx::Error> {
+        let rows = load_rows(conn, table, ids).await?;
+        Ok(rows.into_iter().map(|r| (r.device_id, r)).collect())
+    }
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        rows: &[&DeviceStatus],
+    ) -> Result<(), sqlx::Error> {
+        upsert_into(conn, table, rows).await
     }
 }
 

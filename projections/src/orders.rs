@@ -6,14 +6,13 @@
 //! previous row and one event.
 
 use crate::log::LoggedEvent;
-use crate::projector::{Projection, ProjectionError};
+use crate::projector::{apply_model, Model, Projection, ProjectionError};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use latch_domain::vending::{ShoppingEvent, ShoppingSession};
 use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
-use std::collections::{BTreeSet, HashMap};
 use uuid::Uuid;
 
 pub const NAME: &str = "orders";
@@ -203,32 +202,44 @@ impl Projection for OrdersProjection {
         conn: &mut PgConnection,
         events: &[LoggedEvent],
     ) -> Result<(), ProjectionError> {
-        let mine: Vec<&LoggedEvent> = events
-            .iter()
-            .filter(|e| e.aggregate_type == ShoppingSession::TYPE)
-            .collect();
-        if mine.is_empty() {
-            return Ok(());
-        }
-        let mut ids = Vec::with_capacity(mine.len());
-        for e in &mine {
-            ids.push(session_uuid(e)?);
-        }
-        let mut rows: HashMap<Uuid, OrderRow> = load_rows(&mut *conn, NAME, &ids)
-            .await?
-            .into_iter()
-            .map(|r| (r.session_id, r))
-            .collect();
-        let mut changed = BTreeSet::new();
-        for (event, id) in mine.into_iter().zip(ids) {
-            if let Some(next) = evolve(rows.remove(&id), event)? {
-                rows.insert(id, next);
-                changed.insert(id);
-            }
-        }
-        let changed: Vec<&OrderRow> = changed.iter().filter_map(|id| rows.get(id)).collect();
-        upsert_into(conn, NAME, &changed).await?;
-        Ok(())
+        apply_model(self, conn, events).await
+    }
+}
+
+impl Model for OrdersProjection {
+    type Row = OrderRow;
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn aggregate_type(&self) -> &'static str {
+        ShoppingSession::TYPE
+    }
+    fn key(&self, event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
+        session_uuid(event)
+    }
+    fn evolve(
+        &self,
+        current: Option<OrderRow>,
+        event: &LoggedEvent,
+    ) -> Result<Option<OrderRow>, ProjectionError> {
+        evolve(current, event)
+    }
+    async fn load(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, OrderRow)>, sqlx::Error> {
+        let rows = load_rows(conn, table, ids).await?;
+        Ok(rows.into_iter().map(|r| (r.session_id, r)).collect())
+    }
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        rows: &[&OrderRow],
+    ) -> Result<(), sqlx::Error> {
+        upsert_into(conn, table, rows).await
     }
 }
 

@@ -7,7 +7,9 @@
 
 use crate::log::{self, LoggedEvent};
 use sqlx::{PgConnection, PgPool};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -40,6 +42,68 @@ pub trait Projection: Send + Sync {
         conn: &mut PgConnection,
         events: &[LoggedEvent],
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+}
+
+/// A read model that is a fold per aggregate into one row, kept in one table: the live
+/// projector ([`apply_model`]) and a rebuild (into a shadow table) drive it the same way.
+pub trait Model: Send + Sync {
+    type Row: Clone + Send + Sync;
+    /// Table and checkpoint name.
+    fn name(&self) -> &'static str;
+    fn aggregate_type(&self) -> &'static str;
+    fn key(&self, event: &LoggedEvent) -> Result<Uuid, ProjectionError>;
+    fn evolve(
+        &self,
+        current: Option<Self::Row>,
+        event: &LoggedEvent,
+    ) -> Result<Option<Self::Row>, ProjectionError>;
+    fn load(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        ids: &[Uuid],
+    ) -> impl Future<Output = Result<Vec<(Uuid, Self::Row)>, sqlx::Error>> + Send;
+    fn write(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        rows: &[&Self::Row],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+/// The whole of a [`Model`]'s live projection: the batch's events of its aggregate type, each
+/// row loaded once, evolved event by event, and every changed row written once.
+pub async fn apply_model<M: Model>(
+    model: &M,
+    conn: &mut PgConnection,
+    events: &[LoggedEvent],
+) -> Result<(), ProjectionError> {
+    let mine: Vec<&LoggedEvent> = events
+        .iter()
+        .filter(|e| e.aggregate_type == model.aggregate_type())
+        .collect();
+    if mine.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(mine.len());
+    for e in &mine {
+        ids.push(model.key(e)?);
+    }
+    let mut rows: HashMap<Uuid, M::Row> = model
+        .load(&mut *conn, model.name(), &ids)
+        .await?
+        .into_iter()
+        .collect();
+    let mut changed = BTreeSet::new();
+    for (event, id) in mine.into_iter().zip(ids) {
+        if let Some(next) = model.evolve(rows.remove(&id), event)? {
+            rows.insert(id, next);
+            changed.insert(id);
+        }
+    }
+    let changed: Vec<&M::Row> = changed.iter().filter_map(|id| rows.get(id)).collect();
+    model.write(conn, model.name(), &changed).await?;
+    Ok(())
 }
 
 pub async fn checkpoint(pool: &PgPool, name: &str) -> Result<i64, sqlx::Error> {

@@ -5,13 +5,12 @@
 //! fold the same events with the same meaning.
 
 use crate::log::LoggedEvent;
-use crate::projector::{Projection, ProjectionError};
+use crate::projector::{apply_model, Model, Projection, ProjectionError};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use latch_domain::qr_login::{QrLogin, QrLoginEvent};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
-use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
 pub const NAME: &str = "qr_login_status";
@@ -145,32 +144,44 @@ impl Projection for QrLoginStatusProjection {
         conn: &mut PgConnection,
         events: &[LoggedEvent],
     ) -> Result<(), ProjectionError> {
-        let mine: Vec<&LoggedEvent> = events
-            .iter()
-            .filter(|e| e.aggregate_type == QrLogin::TYPE)
-            .collect();
-        if mine.is_empty() {
-            return Ok(());
-        }
-        let mut ids = Vec::with_capacity(mine.len());
-        for e in &mine {
-            ids.push(login_uuid(e)?);
-        }
-        let mut rows: HashMap<Uuid, QrLoginStatus> = load_rows(&mut *conn, NAME, &ids)
-            .await?
-            .into_iter()
-            .map(|r| (r.login_id, r))
-            .collect();
-        let mut changed = BTreeMap::new();
-        for (event, id) in mine.into_iter().zip(ids) {
-            if let Some(next) = evolve(rows.remove(&id), event)? {
-                rows.insert(id, next.clone());
-                changed.insert(id, next);
-            }
-        }
-        let changed: Vec<&QrLoginStatus> = changed.values().collect();
-        upsert_into(conn, NAME, &changed).await?;
-        Ok(())
+        apply_model(self, conn, events).await
+    }
+}
+
+impl Model for QrLoginStatusProjection {
+    type Row = QrLoginStatus;
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn aggregate_type(&self) -> &'static str {
+        QrLogin::TYPE
+    }
+    fn key(&self, event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
+        login_uuid(event)
+    }
+    fn evolve(
+        &self,
+        current: Option<QrLoginStatus>,
+        event: &LoggedEvent,
+    ) -> Result<Option<QrLoginStatus>, ProjectionError> {
+        evolve(current, event)
+    }
+    async fn load(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, QrLoginStatus)>, sqlx::Error> {
+        let rows = load_rows(conn, table, ids).await?;
+        Ok(rows.into_iter().map(|r| (r.login_id, r)).collect())
+    }
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        rows: &[&QrLoginStatus],
+    ) -> Result<(), sqlx::Error> {
+        upsert_into(conn, table, rows).await
     }
 }
 

@@ -13,6 +13,8 @@ async fn latch_dev_serves_demo_cabinets_that_come_online() {
     let db = TestDb::new().await;
     let nats = NatsServer::start().await.unwrap();
     let data = tempfile::tempdir().unwrap();
+    let log_path = data.path().join("latch-dev.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_latch"))
         .args(["dev", "--http-addr", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
@@ -21,7 +23,7 @@ async fn latch_dev_serves_demo_cabinets_that_come_online() {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -57,25 +59,46 @@ async fn latch_dev_serves_demo_cabinets_that_come_online() {
     let api = field("API");
     let user = field("user token");
     let http = reqwest::Client::new();
-    eventually(
-        Duration::from_secs(30),
-        "four demo cabinets online",
-        || async {
-            let res = http
-                .get(format!("{api}/devices"))
-                .bearer_auth(&user)
-                .send()
-                .await
-                .ok()?;
-            let rows: Vec<Value> = res.json().await.ok()?;
-            (rows.len() == 4
-                && rows
-                    .iter()
-                    .all(|r| r["online"] == true && r["door"] == "closed"))
-            .then_some(())
-        },
-    )
+    let online = tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            let ready = async {
+                let res = http
+                    .get(format!("{api}/devices"))
+                    .bearer_auth(&user)
+                    .send()
+                    .await
+                    .ok()?;
+                let rows: Vec<Value> = res.json().await.ok()?;
+                (rows.len() == 4
+                    && rows
+                        .iter()
+                        .all(|r| r["online"] == true && r["door"] == "closed"))
+                .then_some(())
+            }
+            .await;
+            if ready.is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
     .await;
+    if online.is_err() {
+        let devices = http
+            .get(format!("{api}/devices"))
+            .bearer_auth(&user)
+            .send()
+            .await
+            .ok();
+        let devices = match devices {
+            Some(r) => r.text().await.unwrap_or_default(),
+            None => "(no answer)".into(),
+        };
+        panic!(
+            "the four demo cabinets were not online with doors closed within 90 s\ndevices: {devices}\nlatch dev's log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
     // The QR login page the banner points at is served, and the user token is an app user.
     let login = field("on a PC");
     let page = http.get(&login).send().await.unwrap();

@@ -979,6 +979,63 @@ async fn an_opening_that_times_out_abandons_its_session_and_frees_the_cabinet() 
 }
 
 #[tokio::test]
+async fn a_cabinet_that_closes_without_weights_after_sends_the_order_to_review_and_is_freed() {
+    let clock = latch_domain::ManualClock::new(chrono::Utc::now());
+    let app_clock = clock.clone();
+    let world = World::start_with(move |s| s.clock = Arc::new(app_clock)).await;
+    let cabinet = world.cabinet().await;
+    let token = world.shopper("ky_s").await;
+    let mut commands = world
+        .app
+        .nats
+        .subscribe(subjects::device_commands_all(&cabinet.id.to_string()))
+        .await
+        .unwrap();
+    world.app.nats.flush().await.unwrap();
+    let res = world.open(cabinet.id, &token).await;
+    assert_eq!(res.status(), 202);
+    let msg = tokio::time::timeout(WAIT, commands.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let open: OpenCommand = serde_json::from_slice(&msg.payload).unwrap();
+    let session = open.session_id.unwrap();
+    // Baseline, door open, door closed... and the load cells never report again.
+    cabinet
+        .sim
+        .send(weights(
+            cabinet.id,
+            session,
+            "before",
+            &[(1, 1700), (2, 2100)],
+            0,
+        ))
+        .await
+        .unwrap();
+    cabinet.sim.door(true, Some(open.request_id)).await.unwrap();
+    cabinet.sim.door(false, None).await.unwrap();
+    eventually(WAIT, "door closed, session held", || async {
+        let d = world.app.device(cabinet.id).await?;
+        (d["door"] == "closed" && d["current_session"] == session.to_string()).then_some(())
+    })
+    .await;
+    world.order_status(session, &token, "open").await;
+    clock.advance(chrono::Duration::seconds(121));
+    let order = world.order_status(session, &token, "needs_review").await;
+    assert!(
+        order["review_reasons"]
+            .to_string()
+            .contains("missing_reading"),
+        "{order}"
+    );
+    eventually(WAIT, "cabinet free", || async {
+        let d = world.app.device(cabinet.id).await?;
+        d["current_session"].is_null().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn planograms_are_operator_only_and_bad_slots_name_their_field() {
     let world = World::start().await;
     let cabinet = world.cabinet().await;

@@ -1,6 +1,7 @@
 //! Turning the passage of time into events: devices that fell silent go offline, remote openings
-//! that missed their deadline fail, QR login codes past their deadline expire. Time comes from the injected clock, so tests move it instead
-//! of sleeping.
+//! that missed their deadline fail, shopping sessions whose cabinet closed without reporting
+//! the weights after go to review (and free the cabinet), QR login codes past their deadline
+//! expire. Time comes from the injected clock, so tests move it instead of sleeping.
 
 use crate::consume::pause;
 use chrono::Duration as ChronoDuration;
@@ -8,6 +9,7 @@ use latch_domain::clock::SharedClock;
 use latch_domain::device::{DeviceCommand, DeviceId, OpenFailure};
 use latch_domain::qr_login::QrLoginCommand;
 use latch_domain::store::{CommandContext, CommandError, Store};
+use latch_domain::vending::{ShoppingCommand, Weighing};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +21,10 @@ pub struct SweeperConfig {
     pub heartbeat_timeout: ChronoDuration,
     /// How often to look.
     pub interval: Duration,
+    /// A shopping session whose cabinet closed its door this long ago without reporting the
+    /// weights after is settled without them: into review (nothing is charged on a guess), and
+    /// the cabinet is freed for the next shopper.
+    pub weights_after_timeout: ChronoDuration,
 }
 
 pub struct Sweeper {
@@ -91,10 +97,60 @@ impl Sweeper {
                 }
             }
         }
+        let silent_after_close: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT o.session_id, o.device_id FROM orders o
+               JOIN device_status d ON d.device_id = o.device_id
+              WHERE d.current_session = o.session_id
+                AND d.door = 'closed' AND d.pending_open_request IS NULL
+                AND d.last_event_at < $1
+              LIMIT 500",
+        )
+        .bind(now - self.config.weights_after_timeout)
+        .fetch_all(&self.store.pool)
+        .await?;
+        for (session, device) in silent_after_close {
+            issued += self.settle_without_weights(session, device, now).await;
+        }
         for login in latch_projections::qr_login_status::due(&self.store.pool, now, 500).await? {
             issued += self.expire_login(login, now).await;
         }
         Ok(issued)
+    }
+
+    async fn settle_without_weights(
+        &self,
+        session: Uuid,
+        device: Uuid,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> usize {
+        let ctx = CommandContext::new("system:weights-timeout").with_device(device.to_string());
+        let Ok(nothing) = Weighing::parse("shelves", &[]) else {
+            return 0;
+        };
+        tracing::warn!(%session, %device, "no weights after the door closed; order goes to review");
+        let close = ShoppingCommand::Close {
+            weighing_after: nothing,
+            at: now,
+        };
+        match self
+            .store
+            .shopping_sessions
+            .execute(&session.to_string(), close.name(), close, &ctx)
+            .await
+        {
+            Ok(_) | Err(CommandError::Rejected(_)) => {}
+            Err(e) => {
+                tracing::warn!(%session, error = %e, "settling without weights failed");
+                return 0;
+            }
+        }
+        let end = DeviceCommand::EndSession {
+            session_id: session,
+            at: now,
+        };
+        self.issue(device, end, "system:weights-timeout")
+            .await
+            .max(1)
     }
 
     async fn expire_login(&self, login: Uuid, now: chrono::DateTime<chrono::Utc>) -> usize {

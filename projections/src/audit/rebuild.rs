@@ -15,19 +15,18 @@
 //! type or version stops the rebuild with an error that names it (and the live table is left as
 //! it was).
 
-use crate::device_status::{self, DeviceStatus};
-use crate::orders::{self, OrderRow};
-use crate::qr_login_status::{self, QrLoginStatus};
+use crate::device_status;
+use crate::device_status::DeviceStatusProjection;
+use crate::orders;
+use crate::orders::OrdersProjection;
+use crate::projector::Model;
+use crate::qr_login_status;
+use crate::qr_login_status::QrLoginStatusProjection;
 use crate::{log, LoggedEvent, ProjectionError};
-use cqrs_es::Aggregate;
 use futures::TryStreamExt;
-use latch_domain::device::Device;
-use latch_domain::qr_login::QrLogin;
-use latch_domain::vending::ShoppingSession;
 use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -47,149 +46,6 @@ pub enum RebuildError {
 impl From<sqlx::Error> for RebuildError {
     fn from(e: sqlx::Error) -> Self {
         Self::Projection(ProjectionError::Sql(e))
-    }
-}
-
-/// One read model as the rebuild sees it: a keyed fold and its table.
-pub trait Model: Send + Sync {
-    type Row: Clone + Send + Sync;
-    /// Table and checkpoint name.
-    fn name(&self) -> &'static str;
-    fn aggregate_type(&self) -> &'static str;
-    fn key(&self, event: &LoggedEvent) -> Result<Uuid, ProjectionError>;
-    fn evolve(
-        &self,
-        current: Option<Self::Row>,
-        event: &LoggedEvent,
-    ) -> Result<Option<Self::Row>, ProjectionError>;
-    fn load(
-        &self,
-        conn: &mut PgConnection,
-        table: &str,
-        ids: &[Uuid],
-    ) -> impl Future<Output = Result<Vec<(Uuid, Self::Row)>, sqlx::Error>> + Send;
-    fn write(
-        &self,
-        conn: &mut PgConnection,
-        table: &str,
-        rows: &[&Self::Row],
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
-}
-
-pub struct DeviceStatusModel;
-
-impl Model for DeviceStatusModel {
-    type Row = DeviceStatus;
-    fn name(&self) -> &'static str {
-        device_status::NAME
-    }
-    fn aggregate_type(&self) -> &'static str {
-        Device::TYPE
-    }
-    fn key(&self, event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
-        device_status::device_uuid(event)
-    }
-    fn evolve(
-        &self,
-        current: Option<DeviceStatus>,
-        event: &LoggedEvent,
-    ) -> Result<Option<DeviceStatus>, ProjectionError> {
-        device_status::evolve(current, event)
-    }
-    async fn load(
-        &self,
-        conn: &mut PgConnection,
-        table: &str,
-        ids: &[Uuid],
-    ) -> Result<Vec<(Uuid, DeviceStatus)>, sqlx::Error> {
-        let rows = device_status::load_rows(conn, table, ids).await?;
-        Ok(rows.into_iter().map(|r| (r.device_id, r)).collect())
-    }
-    async fn write(
-        &self,
-        conn: &mut PgConnection,
-        table: &str,
-        rows: &[&DeviceStatus],
-    ) -> Result<(), sqlx::Error> {
-        device_status::upsert_into(conn, table, rows).await
-    }
-}
-
-pub struct OrdersModel;
-
-impl Model for OrdersModel {
-    type Row = OrderRow;
-    fn name(&self) -> &'static str {
-        orders::NAME
-    }
-    fn aggregate_type(&self) -> &'static str {
-        ShoppingSession::TYPE
-    }
-    fn key(&self, event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
-        orders::session_uuid(event)
-    }
-    fn evolve(
-        &self,
-        current: Option<OrderRow>,
-        event: &LoggedEvent,
-    ) -> Result<Option<OrderRow>, ProjectionError> {
-        orders::evolve(current, event)
-    }
-    async fn load(
-        &self,
-        conn: &mut PgConnection,
-        table: &str,
-        ids: &[Uuid],
-    ) -> Result<Vec<(Uuid, OrderRow)>, sqlx::Error> {
-        let rows = orders::load_rows(conn, table, ids).await?;
-        Ok(rows.into_iter().map(|r| (r.session_id, r)).collect())
-    }
-    async fn write(
-        &self,
-        conn: &mut PgConnection,
-        table: &str,
-        rows: &[&OrderRow],
-    ) -> Result<(), sqlx::Error> {
-        orders::upsert_into(conn, table, rows).await
-    }
-}
-
-pub struct QrLoginStatusModel;
-
-impl Model for QrLoginStatusModel {
-    type Row = QrLoginStatus;
-    fn name(&self) -> &'static str {
-        qr_login_status::NAME
-    }
-    fn aggregate_type(&self) -> &'static str {
-        QrLogin::TYPE
-    }
-    fn key(&self, event: &LoggedEvent) -> Result<Uuid, ProjectionError> {
-        qr_login_status::login_uuid(event)
-    }
-    fn evolve(
-        &self,
-        current: Option<QrLoginStatus>,
-        event: &LoggedEvent,
-    ) -> Result<Option<QrLoginStatus>, ProjectionError> {
-        qr_login_status::evolve(current, event)
-    }
-    async fn load(
-        &self,
-        conn: &mut PgConnection,
-        table: &str,
-        ids: &[Uuid],
-    ) -> Result<Vec<(Uuid, QrLoginStatus)>, sqlx::Error> {
-        let rows = qr_login_status::load_rows(conn, table, ids).await?;
-        Ok(rows.into_iter().map(|r| (r.login_id, r)).collect())
-    }
-    async fn write(
-        &self,
-        conn: &mut PgConnection,
-        table: &str,
-        rows: &[&QrLoginStatus],
-    ) -> Result<(), sqlx::Error> {
-        qr_login_status::upsert_into(conn, table, rows).await
     }
 }
 
@@ -319,9 +175,9 @@ pub async fn rebuild_named(
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<Rebuilt, RebuildError> {
     match name {
-        device_status::NAME => rebuild(pool, &DeviceStatusModel, progress).await,
-        qr_login_status::NAME => rebuild(pool, &QrLoginStatusModel, progress).await,
-        orders::NAME => rebuild(pool, &OrdersModel, progress).await,
+        device_status::NAME => rebuild(pool, &DeviceStatusProjection, progress).await,
+        qr_login_status::NAME => rebuild(pool, &QrLoginStatusProjection, progress).await,
+        orders::NAME => rebuild(pool, &OrdersProjection, progress).await,
         other => Err(RebuildError::UnknownProjection(other.to_owned())),
     }
 }
