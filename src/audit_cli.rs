@@ -120,6 +120,16 @@ fn output(out: &Option<PathBuf>) -> Result<Box<dyn Write>, Error> {
     })
 }
 
+/// A command's result on standard output: what the operator asked for (a report, a key, a
+/// checkpoint), as opposed to the progress and diagnostics that go to the log on stderr.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, $($arg)*)?;
+    }};
+}
+
 pub async fn audit(cmd: AuditCmd) -> Result<(), Error> {
     match cmd {
         AuditCmd::Replay(args) => replay(args).await,
@@ -133,7 +143,7 @@ pub async fn audit(cmd: AuditCmd) -> Result<(), Error> {
             let started = Instant::now();
             let report = verify::walk(&pool, None, &|p| pb.set_position(p as u64)).await?;
             pb.finish_and_clear();
-            println!("{report}");
+            say!("{report}");
             tracing::info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "verify done"
@@ -150,7 +160,7 @@ pub async fn audit(cmd: AuditCmd) -> Result<(), Error> {
                 return Err(format!("{} exists; not overwriting a key", out.display()).into());
             }
             let key = signing::load_or_generate(&out)?;
-            println!("{}", hex::encode(key.verifying_key().as_bytes()));
+            say!("{}", hex::encode(key.verifying_key().as_bytes()));
             Ok(())
         }
     }
@@ -197,8 +207,8 @@ async fn checkpoint(cmd: CheckpointCmd) -> Result<(), Error> {
                 .ok_or("give --audit-signing-key or --audit-signing-key-file")?;
             let pool = connect(&connections).await?;
             match signing::sign_head(&pool, &key).await? {
-                Some(cp) => println!("{}", serde_json::to_string_pretty(&cp)?),
-                None => println!("the log is empty; nothing to sign"),
+                Some(cp) => say!("{}", serde_json::to_string_pretty(&cp)?),
+                None => say!("the log is empty; nothing to sign"),
             }
             Ok(())
         }
@@ -235,7 +245,7 @@ async fn checkpoint(cmd: CheckpointCmd) -> Result<(), Error> {
                 match signing::check(&pool, cp, trusted.as_ref()).await {
                     Ok(verdict) => {
                         all_good &= verdict.consistent;
-                        println!(
+                        say!(
                             "position {}: {} — {}",
                             verdict.position,
                             if verdict.consistent {
@@ -248,7 +258,7 @@ async fn checkpoint(cmd: CheckpointCmd) -> Result<(), Error> {
                     }
                     Err(e) => {
                         all_good = false;
-                        println!("position {}: REFUSED — {e}", cp.position);
+                        say!("position {}: REFUSED — {e}", cp.position);
                     }
                 }
             }
@@ -286,7 +296,7 @@ pub async fn projections(cmd: ProjectionsCmd) -> Result<(), Error> {
             })
             .await?;
             pb.finish_and_clear();
-            println!(
+            say!(
                 "{}: rebuilt to position {} ({} events, {} rows) in {:.2} s ({:.0} events/s); live projector held off {} ms",
                 done.name,
                 done.position,
