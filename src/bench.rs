@@ -175,18 +175,21 @@ pub(crate) fn rss_kib(pid: &str, field: &str) -> Option<u64> {
         .ok()
 }
 
-pub(crate) fn mib(kib: Option<u64>) -> String {
-    kib.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
-}
-
-async fn pipeline(args: PipelineArgs) -> Result<Report, Box<dyn std::error::Error>> {
-    let mut report = Report::default();
-    let (server, _) = args
-        .database_url
+/// Runs `phases` against a database of its own (named `{prefix}_{time}` beside the one in
+/// `database_url`), dropped afterwards however the phases ended.
+pub(crate) async fn in_scratch_database<F, Fut>(
+    database_url: &str,
+    prefix: &str,
+    phases: F,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+{
+    let (server, _) = database_url
         .rsplit_once('/')
         .ok_or("DATABASE_URL has no database name")?;
-    let name = format!("latch_bench_{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
-    let db_url = format!("{server}/{name}");
+    let name = format!("{prefix}_{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
     let admin_url = format!("{server}/postgres");
     {
         let mut admin = PgConnection::connect(&admin_url).await?;
@@ -194,12 +197,38 @@ async fn pipeline(args: PipelineArgs) -> Result<Report, Box<dyn std::error::Erro
             .execute(&mut admin)
             .await?;
     }
-    let result = phases(&args, &db_url, &mut report).await;
+    let result = phases(format!("{server}/{name}")).await;
     let mut admin = PgConnection::connect(&admin_url).await?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&mut admin)
         .await?;
-    result?;
+    result
+}
+
+/// The note every report ends with: how many cores, and whether the figures are real.
+pub(crate) fn machine_note() -> String {
+    format!(
+        "machine: {} cores; build: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if cfg!(debug_assertions) {
+            "debug (use --release for real figures)"
+        } else {
+            "release"
+        }
+    )
+}
+
+pub(crate) fn mib(kib: Option<u64>) -> String {
+    kib.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+async fn pipeline(args: PipelineArgs) -> Result<Report, Box<dyn std::error::Error>> {
+    let mut report = Report::default();
+    let (a, r) = (&args, &mut report);
+    in_scratch_database(&args.database_url, "latch_bench", |db| async move {
+        phases(a, &db, r).await
+    })
+    .await?;
     report.notes.push(format!(
         "peak RSS of the bench process (clients + in-process server): {}",
         mib(rss_kib("self", "VmHWM:"))
@@ -449,15 +478,7 @@ async fn phases(
         ratio: "-".into(),
         target: "< 100 MB".into(),
     });
-    report.notes.push(format!(
-        "machine: {} cores; build: {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        if cfg!(debug_assertions) {
-            "debug (use --release for real figures)"
-        } else {
-            "release"
-        }
-    ));
+    report.notes.push(machine_note());
     Ok(())
 }
 

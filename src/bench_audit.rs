@@ -9,11 +9,11 @@
 //! the rows read back in `id` order (the same `LogRow::chain_bytes` the relay hashes) and the log
 //! rows go in with `COPY event_log FROM STDIN`. The resulting log passes `audit verify`.
 
-use crate::bench::{mib, rss_kib, Report, Row};
+use crate::bench::{in_scratch_database, machine_note, mib, rss_kib, Report, Row};
 use clap::Args;
 use futures::TryStreamExt;
 use latch_projections::log::{chain_hash, LogRow, GENESIS};
-use sqlx::{Connection, PgConnection, PgPool, Row as _};
+use sqlx::{PgPool, Row as _};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -31,29 +31,12 @@ pub struct AuditArgs {
 }
 
 pub async fn run(args: AuditArgs) -> Result<Report, Box<dyn std::error::Error>> {
-    let (server, _) = args
-        .database_url
-        .rsplit_once('/')
-        .ok_or("DATABASE_URL has no database name")?;
-    let name = format!(
-        "latch_bench_audit_{}",
-        chrono::Utc::now().format("%Y%m%d%H%M%S")
-    );
-    let db_url = format!("{server}/{name}");
-    let admin_url = format!("{server}/postgres");
-    {
-        let mut admin = PgConnection::connect(&admin_url).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await?;
-    }
     let mut report = Report::default();
-    let result = phases(&args, &db_url, &mut report).await;
-    let mut admin = PgConnection::connect(&admin_url).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
-    result?;
+    let (a, r) = (&args, &mut report);
+    in_scratch_database(&args.database_url, "latch_bench_audit", |db| async move {
+        phases(a, &db, r).await
+    })
+    .await?;
     Ok(report)
 }
 
@@ -150,15 +133,7 @@ async fn phases(
         seeded.as_secs_f64()
     );
     report.notes.push(note);
-    report.notes.push(format!(
-        "machine: {} cores; build: {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-    ));
+    report.notes.push(machine_note());
     pool.close().await;
     Ok(())
 }

@@ -9,14 +9,16 @@
 //! 3. a `latch serve --roles api` child process: its RSS idle, after minting M logins, and while
 //!    M push channels (`GET /qr/ws`) are held open, each having received its first state.
 
-use crate::bench::{closed_loop, hist, mib, rss_kib, start_app, Rate, Report, Row};
+use crate::bench::{
+    closed_loop, hist, in_scratch_database, machine_note, mib, rss_kib, start_app, Rate, Report,
+    Row,
+};
 use crate::config::{Role, Settings};
 use clap::Args;
 use futures::{FutureExt, SinkExt, StreamExt};
 use latch_api::qr::QrConfig;
 use latch_nats::server::NatsServer;
 use reqwest::header::{COOKIE, SET_COOKIE};
-use sqlx::{Connection, PgConnection};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -60,41 +62,16 @@ pub struct QrArgs {
 
 pub async fn run(args: QrArgs) -> Result<Report, Error> {
     let mut report = Report::default();
-    let (server, _) = args
-        .database_url
-        .rsplit_once('/')
-        .ok_or("DATABASE_URL has no database name")?;
-    let name = format!(
-        "latch_bench_qr_{}",
-        chrono::Utc::now().format("%Y%m%d%H%M%S")
-    );
-    let db_url = format!("{server}/{name}");
-    let admin_url = format!("{server}/postgres");
-    {
-        let mut admin = PgConnection::connect(&admin_url).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await?;
-    }
-    let result = phases(&args, &db_url, &mut report).await;
-    let mut admin = PgConnection::connect(&admin_url).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
-    result?;
+    let (a, r) = (&args, &mut report);
+    in_scratch_database(&args.database_url, "latch_bench_qr", |db| async move {
+        phases(a, &db, r).await
+    })
+    .await?;
     report.notes.push(format!(
         "peak RSS of the bench process (clients + in-process server): {}",
         mib(rss_kib("self", "VmHWM:"))
     ));
-    report.notes.push(format!(
-        "machine: {} cores; build: {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        if cfg!(debug_assertions) {
-            "debug (use --release for real figures)"
-        } else {
-            "release"
-        }
-    ));
+    report.notes.push(machine_note());
     Ok(report)
 }
 

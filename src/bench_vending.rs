@@ -20,7 +20,9 @@
 //!    table is polled until each session's row has left `open`;
 //! 5. memory and CPU of the `latch serve` process along the way.
 
-use crate::bench::{closed_loop, hist, mib, rss_kib, Rate, Report, Row};
+use crate::bench::{
+    closed_loop, hist, in_scratch_database, machine_note, mib, rss_kib, Rate, Report, Row,
+};
 use crate::config::Settings;
 use crate::sim::SimDevice;
 use clap::Args;
@@ -31,7 +33,7 @@ use latch_domain::telemetry::{OpenCommand, WireTelemetry};
 use latch_domain::vending::RawReading;
 use latch_nats::server::NatsServer;
 use latch_nats::subjects;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,41 +82,16 @@ pub struct VendingArgs {
 
 pub async fn run(args: VendingArgs) -> Result<Report, Error> {
     let mut report = Report::default();
-    let (server, _) = args
-        .database_url
-        .rsplit_once('/')
-        .ok_or("DATABASE_URL has no database name")?;
-    let name = format!(
-        "latch_bench_vending_{}",
-        chrono::Utc::now().format("%Y%m%d%H%M%S")
-    );
-    let db_url = format!("{server}/{name}");
-    let admin_url = format!("{server}/postgres");
-    {
-        let mut admin = PgConnection::connect(&admin_url).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await?;
-    }
-    let result = phases(&args, &db_url, &mut report).await;
-    let mut admin = PgConnection::connect(&admin_url).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
-    result?;
+    let (a, r) = (&args, &mut report);
+    in_scratch_database(&args.database_url, "latch_bench_vending", |db| async move {
+        phases(a, &db, r).await
+    })
+    .await?;
     report.notes.push(format!(
         "peak RSS of the bench process (shoppers, cabinets, baselines): {}",
         mib(rss_kib("self", "VmHWM:"))
     ));
-    report.notes.push(format!(
-        "machine: {} cores; build: {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        if cfg!(debug_assertions) {
-            "debug (use --release for real figures)"
-        } else {
-            "release"
-        }
-    ));
+    report.notes.push(machine_note());
     Ok(report)
 }
 
