@@ -195,11 +195,23 @@ pub struct StickerQuery {
     k: Option<String>,
 }
 
-fn oauth_mac(key: &[u8], value: &str) -> String {
+fn oauth_hmac(key: &[u8], value: &str) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(b"latch-oauth-cookie:v1:");
     mac.update(value.as_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    mac
+}
+
+fn oauth_mac(key: &[u8], value: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(oauth_hmac(key, value).finalize().into_bytes())
+}
+
+/// Constant-time check of the cookie's MAC (the HMAC crate's own comparison).
+fn oauth_mac_ok(key: &[u8], value: &str, mac: &str) -> bool {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(mac)
+        .is_ok_and(|tag| oauth_hmac(key, value).verify_slice(&tag).is_ok())
 }
 
 fn random_token() -> String {
@@ -301,12 +313,7 @@ pub async fn auth_callback(
         return failed("login_expired", "Scan the cabinet again.");
     };
     let parts: Vec<&str> = value.split('.').collect();
-    let expected = oauth_mac(&config.sticker_key, value);
-    let mac_ok: bool = {
-        use subtle_eq::ct_eq;
-        ct_eq(expected.as_bytes(), mac.as_bytes())
-    };
-    if parts.len() != 3 || !mac_ok {
+    if parts.len() != 3 || !oauth_mac_ok(&config.sticker_key, value, mac) {
         return failed("login_expired", "Scan the cabinet again.");
     }
     let (saved_state, verifier, device) = (parts[0], parts[1], parts[2]);
@@ -407,13 +414,6 @@ pub async fn auth_callback(
         Redirect::to(&format!("/m/cabinet/{device}")),
     )
         .into_response()
-}
-
-/// Constant-time comparison without another dependency.
-mod subtle_eq {
-    pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
