@@ -208,6 +208,19 @@ impl Application {
                 shutdown.clone(),
             ));
         }
+        if s.runs(Role::GrantDelivery) {
+            let delivery = latch_workers::grant_delivery::GrantDelivery::new(
+                self.store.clone(),
+                self.nats.clone(),
+                js.clone(),
+                s.clock.clone(),
+                latch_workers::grant_delivery::DeliveryConfig {
+                    backoff: s.lockers.webhook_backoff.clone(),
+                    ..Default::default()
+                },
+            );
+            tasks.spawn(delivery.run(shutdown.clone()));
+        }
         if let Some(listener) = self.listener {
             let hub = Arc::new(Hub::new(self.pool.clone(), s.clock.clone()));
             tasks.spawn(hub.clone().run(self.nats.clone(), shutdown.clone()));

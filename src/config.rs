@@ -29,6 +29,8 @@ pub enum Role {
     Dispatch,
     /// Liveness and open-deadline sweeps.
     Sweeper,
+    /// Grant requests -> authorizers' NATS subjects and signed webhooks, retried.
+    GrantDelivery,
 }
 
 impl Role {
@@ -40,6 +42,7 @@ impl Role {
             Role::Ingest,
             Role::Dispatch,
             Role::Sweeper,
+            Role::GrantDelivery,
         ]
     }
 }
@@ -150,6 +153,11 @@ pub struct ServeArgs {
     /// Mark cookies Secure (serve behind HTTPS).
     #[arg(long, env = "LATCH_SECURE_COOKIES", default_value_t = false)]
     pub secure_cookies: bool,
+    /// Milliseconds between grant-request webhook attempts (comma-separated): one attempt,
+    /// then one more after each pause, then the request is dead-lettered. Default
+    /// 1000,2000,5000,10000,20000,30000,60000,120000.
+    #[arg(long, env = "LATCH_GRANT_WEBHOOK_BACKOFF_MS", value_delimiter = ',')]
+    pub grant_webhook_backoff_ms: Vec<u64>,
     #[command(flatten)]
     pub audit: AuditKeyArgs,
     /// Latch's address as phones and Kazaya reach it (sticker links, OAuth redirect, payment
@@ -252,9 +260,18 @@ impl From<ServeArgs> for Settings {
             secure_cookies: a.secure_cookies,
             session_ttl: chrono::Duration::hours(a.session_ttl_hours.clamp(1, 24 * 30) as i64),
         };
+        let mut lockers = latch_api::lockers::LockerSettings::default();
+        if !a.grant_webhook_backoff_ms.is_empty() {
+            lockers.webhook_backoff = a
+                .grant_webhook_backoff_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect();
+        }
         Self {
             vending,
             kazaya,
+            lockers,
             roles: if a.roles.is_empty() {
                 Role::all()
             } else {

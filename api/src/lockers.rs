@@ -7,8 +7,9 @@
 //!   authorizer, and read their inbox.
 //! - Authorizers receive each grant request as a signed webhook (Standard Webhooks, their own
 //!   secret) at their service endpoint, retried on a backoff schedule, and also on NATS subject
-//!   `latch.authorizers.{number}.grants`; they answer on a signed callback, deduplicated by
-//!   webhook id.
+//!   `latch.authorizers.{number}.grants`; the grant-delivery worker
+//!   (`latch_workers::grant_delivery`) does both from the `GrantRequested` event, so a restart
+//!   loses nothing. They answer on a signed callback, deduplicated by webhook id.
 //!
 //! Every check that could refuse a grant (receiver exists and is active, authorizer active, the
 //! compartment held by the requester) runs before anything is written, so bad input changes
@@ -26,13 +27,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
 use latch_domain::clock::SharedClock;
 use latch_domain::device::{Label, SiteCode};
 use latch_domain::locker::compartment::Status;
 use latch_domain::locker::grant::GrantStatus;
+use latch_domain::locker::signing::secret_key;
+/// Re-exported for authorizers' test doubles: what Latch signs with.
+pub use latch_domain::locker::signing::sign;
 use latch_domain::locker::{
     Authorizer, AuthorizerCommand, AuthorizerError, AuthorizerNumber, Compartment,
     CompartmentCommand, CompartmentError, CompartmentId, CompartmentNumber, Endpoint, Grant,
@@ -43,7 +45,6 @@ use latch_domain::store::{CommandContext, CommandError, IdempotencyKey, Store};
 use latch_projections::lockers::{self as model, CompartmentRow};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::Sha256;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -62,7 +63,8 @@ pub struct LockerSettings {
     pub grant_timeout: chrono::Duration,
     /// A reservation's default length when the request names no end.
     pub reservation: chrono::Duration,
-    /// Delays before each webhook delivery attempt (the first is normally zero).
+    /// Pauses between grant-request webhook attempts (the grant-delivery role): one attempt,
+    /// then one more after each pause, then the request is dead-lettered.
     pub webhook_backoff: Vec<Duration>,
 }
 
@@ -73,7 +75,9 @@ impl Default for LockerSettings {
             session: chrono::Duration::hours(12),
             grant_timeout: chrono::Duration::minutes(5),
             reservation: chrono::Duration::hours(2),
-            webhook_backoff: [0, 1, 2, 5, 10, 30]
+            // Nine attempts over about four minutes: inside the default five-minute grant timeout,
+            // after which delivering is pointless.
+            webhook_backoff: [1, 2, 5, 10, 20, 30, 60, 120]
                 .into_iter()
                 .map(Duration::from_secs)
                 .collect(),
@@ -118,7 +122,6 @@ impl SmsSender for SandboxSms {
 pub struct Lockers {
     pub settings: LockerSettings,
     login_limit: Limit<String>,
-    http: reqwest::Client,
     sms: Arc<dyn SmsSender>,
     /// Set when `sms` is the sandbox, so operators can read what it "sent".
     sandbox_sms: Option<Arc<SandboxSms>>,
@@ -137,10 +140,6 @@ impl Lockers {
         Self {
             login_limit: Limit::per_minute(settings.login_attempts_per_minute, clock),
             settings,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
             sms,
             sandbox_sms: None,
         }
@@ -868,7 +867,7 @@ async fn holder_at(
 
 /// How a pickup code is kept: SHA-256 over the compartment and the code, hex.
 fn pickup_hash(id: &CompartmentId, code: &str) -> String {
-    use sha2::Digest;
+    use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(format!("{id}:{code}").as_bytes()))
 }
 
@@ -1180,18 +1179,6 @@ pub struct GrantViaAuthorizer {
     pub authorizer: String,
 }
 
-/// What an authorizer receives (webhook `data` and the NATS message).
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct GrantRequestMessage {
-    pub request_id: Uuid,
-    pub site: String,
-    pub compartment: String,
-    pub size: String,
-    pub authorizer: String,
-    pub requester: String,
-    pub deadline: DateTime<Utc>,
-}
-
 #[utoipa::path(post, path = "/lockers/grants/via-authorizer", tag = "lockers", request_body = GrantViaAuthorizer, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
     responses((status = 202, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn grant_via_authorizer(
@@ -1206,7 +1193,7 @@ pub async fn grant_via_authorizer(
         CompartmentNumber::parse("compartment", &body.value.compartment)?,
     );
     let number = AuthorizerNumber::parse("authorizer", &body.value.authorizer)?;
-    let authorizer = active_authorizer(&state.store, &number, "authorizer").await?;
+    active_authorizer(&state.store, &number, "authorizer").await?;
     let compartment = held(&state.store, &id, &holder).await?;
     let now = state.clock.now();
     let grant_id = Uuid::now_v7();
@@ -1232,27 +1219,14 @@ pub async fn grant_via_authorizer(
             &meta.context(&actor, &body.raw),
         )
         .await?;
+    // The grant-delivery worker sends the request from the logged event, not from here: a
+    // crash after the commit must not lose it.
     let Some(latch_domain::locker::GrantEvent::GrantRequested {
-        grant_id,
-        size,
-        deadline,
-        ..
+        grant_id, deadline, ..
     }) = done.events.first().cloned()
     else {
         return Err(ApiError::Internal("grant request produced no event".into()));
     };
-    if !done.replayed {
-        let message = GrantRequestMessage {
-            request_id: grant_id,
-            site: id.site.as_str().to_owned(),
-            compartment: id.number.as_str().to_owned(),
-            size: size.as_str().to_owned(),
-            authorizer: number.to_string(),
-            requester: holder.to_string(),
-            deadline,
-        };
-        send_grant_request(&state, &authorizer, message).await;
-    }
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -1282,79 +1256,6 @@ async fn active_authorizer(
         )),
         Some(a) => Ok(a),
     }
-}
-
-fn secret_key(secret: &str) -> Option<Vec<u8>> {
-    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .ok()
-        .filter(|k| !k.is_empty())
-}
-
-/// `v1,` + base64(HMAC-SHA256(key, `{id}.{timestamp}.{body}`)): the Standard Webhooks signature.
-pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
-}
-
-/// Publishes the request on the authorizer's subject and delivers it to its endpoint in the
-/// background, retried on the backoff schedule with the same webhook id.
-async fn send_grant_request(
-    state: &AppState,
-    authorizer: &Authorizer,
-    message: GrantRequestMessage,
-) {
-    let subject = format!("latch.authorizers.{}.grants", message.authorizer);
-    let body = json!({ "type": "grant.requested", "data": message }).to_string();
-    if let Err(e) = state
-        .nats
-        .publish(subject.clone(), body.clone().into())
-        .await
-    {
-        tracing::warn!(%subject, error = %e, "grant request not published");
-    }
-    let (Some(endpoint), Some(key)) = (authorizer.endpoint.clone(), secret_key(&authorizer.secret))
-    else {
-        return;
-    };
-    let http = state.lockers.http.clone();
-    let backoff = state.lockers.settings.webhook_backoff.clone();
-    let clock = state.clock.clone();
-    let webhook_id = format!("msg_{}", message.request_id.simple());
-    tokio::spawn(async move {
-        for (attempt, delay) in backoff.iter().enumerate() {
-            tokio::time::sleep(*delay).await;
-            let timestamp = clock.now().timestamp();
-            let signature = sign(&key, &webhook_id, timestamp, body.as_bytes());
-            let result = http
-                .post(endpoint.as_str())
-                .header("content-type", "application/json")
-                .header("webhook-id", &webhook_id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", signature)
-                .header("idempotency-key", &webhook_id)
-                .body(body.clone())
-                .send()
-                .await;
-            match result {
-                Ok(r) if r.status().is_success() => {
-                    tracing::info!(%webhook_id, attempt, "grant request delivered");
-                    return;
-                }
-                Ok(r) => {
-                    tracing::warn!(%webhook_id, attempt, status = %r.status(), "grant request refused")
-                }
-                Err(e) => tracing::warn!(%webhook_id, attempt, error = %e, "grant request failed"),
-            }
-        }
-        tracing::error!(%webhook_id, "grant request undelivered after every attempt");
-    });
 }
 
 /// An authorizer's answer: `type` is `grant.accepted` or `grant.declined`.

@@ -8,6 +8,7 @@ use axum::http::HeaderMap;
 use base64::Engine;
 use futures::StreamExt;
 use latch_domain::Clock;
+use latch_workers::CancellationToken;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -306,13 +307,18 @@ async fn worked_example_1_li_grants_large_compartment_01_directly_to_13499996666
     assert!(sms[0]["text"].as_str().unwrap().contains("610091A01:01"));
     let items = inbox(&app, &li).await;
     assert_eq!(items[0]["kind"], "grant_confirmed");
-    let grant: Value = app
-        .get(&format!("/lockers/grants/{grant_id}"), &li)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(grant["status"], "completed");
+    // The grant's own stream is appended after the compartment's, so its row may lag the
+    // holder change the test waited for above.
+    let grant = eventually(Duration::from_secs(10), "grant projected", || async {
+        let g: Value = app
+            .get(&format!("/lockers/grants/{grant_id}"), &li)
+            .await
+            .json()
+            .await
+            .ok()?;
+        (g["status"] == "completed").then_some(g)
+    })
+    .await;
     assert_eq!(grant["kind"], "direct");
 
     // The holder history answers "who held it then".
@@ -994,4 +1000,302 @@ async fn an_authorizer_may_answer_over_nats_signed_like_the_callback() {
     let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(reply["status"], "completed");
     assert_eq!(reply["holder"], "13466666666");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durable grant-request delivery (the grant-delivery role)
+
+/// Every attempt an authorizer's endpoint saw: (webhook id, status answered).
+type Attempts = Arc<Mutex<Vec<(String, u16)>>>;
+
+/// An authorizer endpoint that answers 503 until `up` is set, recording every attempt.
+async fn flaky_endpoint(
+    listener: tokio::net::TcpListener,
+    up: Arc<std::sync::atomic::AtomicBool>,
+) -> Attempts {
+    let attempts: Attempts = Arc::default();
+    let seen = attempts.clone();
+    let app = axum::Router::new().route(
+        "/grants",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let (seen, up) = (seen.clone(), up.clone());
+            async move {
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                assert!(latch_api::kazaya::verify_signature(
+                    SECRET_A,
+                    &headers,
+                    &body,
+                    crate::common::start_time() + chrono::Duration::minutes(1),
+                )
+                .is_ok());
+                let status = if up.load(std::sync::atomic::Ordering::SeqCst) {
+                    axum::http::StatusCode::NO_CONTENT
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                };
+                seen.lock().unwrap().push((id, status.as_u16()));
+                status
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    attempts
+}
+
+fn fast_retries(s: &mut latch::config::Settings) {
+    s.lockers.webhook_backoff = vec![Duration::from_millis(100); 50];
+}
+
+/// The app without its grant-delivery role, as if that worker were down.
+async fn app_without_delivery(backoff: Vec<Duration>) -> TestApp {
+    spawn_app_with(move |s| {
+        s.roles.retain(|r| *r != latch::config::Role::GrantDelivery);
+        s.lockers.webhook_backoff = backoff;
+    })
+    .await
+}
+
+/// A process running only the grant-delivery role against the app's database and NATS.
+async fn start_delivery_worker(
+    app: &TestApp,
+    backoff: Vec<Duration>,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let mut settings = test_settings(&app.db, &app.nats_server, &app.clock);
+    settings.roles = vec![latch::config::Role::GrantDelivery];
+    settings.lockers.webhook_backoff = backoff;
+    let worker = latch::Application::build(settings).await.unwrap();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        worker
+            .run_until_stopped(async move { s.cancelled().await })
+            .await
+            .unwrap();
+    });
+    (stop, task)
+}
+
+/// Zheng reserves 01 and hands it to authorizer 0001; the grant id.
+async fn request_via_company_a(app: &TestApp) -> String {
+    let zheng = token(app, "13488888888").await;
+    reserve(app, &zheng).await;
+    app.clock.advance(chrono::Duration::minutes(1));
+    let res = app
+        .post(
+            "/lockers/grants/via-authorizer",
+            &zheng,
+            Some(json!({"site": SITE, "compartment": "01", "authorizer": "0001"})),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    res.json::<Value>().await.unwrap()["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn webhook_id_of(grant_id: &str) -> String {
+    latch_workers::grant_delivery::webhook_id(uuid::Uuid::parse_str(grant_id).unwrap())
+}
+
+async fn delivery_consumer(app: &TestApp) -> Option<async_nats::jetstream::consumer::Info> {
+    app.js
+        .get_stream("EVENTS")
+        .await
+        .ok()?
+        .consumer_info(latch_workers::grant_delivery::CONSUMER)
+        .await
+        .ok()
+}
+
+/// Waits until the delivery consumer holds nothing unsettled.
+async fn delivery_settled(app: &TestApp) {
+    eventually(
+        Duration::from_secs(15),
+        "delivery consumer settled",
+        || async {
+            let info = delivery_consumer(app).await?;
+            (info.num_ack_pending == 0
+                && info.num_pending == 0
+                && info.delivered.stream_sequence > 0)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_grant_request_reaches_an_endpoint_that_comes_up_later_once_with_one_webhook_id() {
+    let app = spawn_app_with(fast_retries).await;
+    // A port with nothing listening on it yet.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    world(&app, &format!("http://127.0.0.1:{port}/grants")).await;
+    let grant_id = request_via_company_a(&app).await;
+    eventually(Duration::from_secs(15), "two attempts refused", || async {
+        (delivery_consumer(&app).await?.delivered.consumer_sequence >= 2).then_some(())
+    })
+    .await;
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let attempts = flaky_endpoint(listener, Arc::new(true.into())).await;
+    eventually(Duration::from_secs(15), "webhook delivered", || async {
+        (!attempts.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    delivery_settled(&app).await;
+    let attempts = attempts.lock().unwrap().clone();
+    assert_eq!(attempts, vec![(webhook_id_of(&grant_id), 204)]);
+    let dead = stream_messages(&app.js, "DEADLETTER").await;
+    assert!(dead.is_empty(), "nothing dead-lettered");
+}
+
+#[tokio::test]
+async fn a_grant_request_made_while_the_delivery_worker_is_down_or_restarting_is_still_delivered() {
+    let backoff = vec![Duration::from_millis(100); 50];
+    let app = app_without_delivery(backoff.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/grants", listener.local_addr().unwrap());
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attempts = flaky_endpoint(listener, up.clone()).await;
+    world(&app, &endpoint).await;
+    let grant_id = request_via_company_a(&app).await;
+    // Logged and relayed, but nobody delivers it yet.
+    eventually(Duration::from_secs(10), "grant request relayed", || async {
+        let n = count(
+            &app.pool,
+            "SELECT count(*) FROM event_log l JOIN events e USING (event_id)
+              WHERE e.event_type = 'GrantRequested'",
+        )
+        .await;
+        (n == 1).then_some(())
+    })
+    .await;
+    assert!(attempts.lock().unwrap().is_empty());
+
+    // The worker starts, meets an endpoint that is down, and is stopped mid-schedule.
+    let (stop, task) = start_delivery_worker(&app, backoff.clone()).await;
+    eventually(
+        Duration::from_secs(15),
+        "first attempts refused",
+        || async { (attempts.lock().unwrap().len() >= 2).then_some(()) },
+    )
+    .await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("worker stops")
+        .unwrap();
+    let refused = attempts.lock().unwrap().len();
+
+    // Endpoint up, worker started again: delivered, once, with the same id as every attempt.
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (stop, task) = start_delivery_worker(&app, backoff).await;
+    eventually(Duration::from_secs(15), "webhook delivered", || async {
+        attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, status)| *status == 204)
+            .then_some(())
+    })
+    .await;
+    delivery_settled(&app).await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("worker stops")
+        .unwrap();
+    let attempts = attempts.lock().unwrap().clone();
+    assert_eq!(attempts.len(), refused + 1, "{attempts:?}");
+    assert!(attempts
+        .iter()
+        .all(|(id, _)| *id == webhook_id_of(&grant_id)));
+    assert_eq!(attempts.iter().filter(|(_, s)| *s == 204).count(), 1);
+}
+
+#[tokio::test]
+async fn an_answered_grant_request_gets_no_further_delivery_attempts() {
+    // A pause long enough that the answer lands well before the second attempt is due.
+    let app = spawn_app_with(|s| {
+        s.lockers.webhook_backoff = vec![Duration::from_secs(2); 5];
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/grants", listener.local_addr().unwrap());
+    let attempts = flaky_endpoint(listener, Arc::new(false.into())).await;
+    world(&app, &endpoint).await;
+    let grant_id = request_via_company_a(&app).await;
+    eventually(Duration::from_secs(15), "first attempt refused", || async {
+        (!attempts.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+
+    // Company A answers anyway (it heard the request on NATS): declined.
+    let body = json!({
+        "type": "grant.declined",
+        "data": {"request_id": grant_id, "site": SITE, "compartment": "01",
+                 "authorizer": "0001", "reason": "无人值班"}
+    })
+    .to_string();
+    let now = app.clock.now().timestamp();
+    let res = callback(&app, "0001", signed(SECRET_A, "msg_d_1", now, &body), &body).await;
+    assert_eq!(created(res, "decline").await["status"], "declined");
+
+    delivery_settled(&app).await;
+    assert_eq!(
+        attempts.lock().unwrap().clone(),
+        vec![(webhook_id_of(&grant_id), 503)]
+    );
+    assert!(stream_messages(&app.js, "DEADLETTER").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_grant_request_is_dead_lettered_with_a_reason_when_every_attempt_fails() {
+    let app = spawn_app_with(|s| {
+        s.lockers.webhook_backoff = vec![Duration::from_millis(50); 2];
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/grants", listener.local_addr().unwrap());
+    let attempts = flaky_endpoint(listener, Arc::new(false.into())).await;
+    world(&app, &endpoint).await;
+    let grant_id = request_via_company_a(&app).await;
+    let dead = eventually(Duration::from_secs(15), "dead-lettered", || async {
+        let m = stream_messages(&app.js, "DEADLETTER").await;
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].subject.as_str(), "latch.dlq.grant-delivery");
+    let reason = dead[0].headers.get("Latch-Reason").unwrap().as_str();
+    assert_eq!(reason, "webhook_undelivered");
+    assert!(dead[0]
+        .headers
+        .get("Latch-Detail")
+        .unwrap()
+        .as_str()
+        .contains("503"));
+    delivery_settled(&app).await;
+    assert_eq!(
+        attempts.lock().unwrap().len(),
+        3,
+        "one attempt + two retries"
+    );
+    // The grant is left to its deadline; the holder never changed.
+    let g: Value = app
+        .get(&format!("/lockers/grants/{grant_id}"), &app.operator)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(g["status"], "requested");
 }

@@ -12,10 +12,13 @@
 //! - [`sweeper`]: silence -> DeviceWentOffline; missed deadlines -> DoorOpenFailed.
 //! - [`vending`]: a cabinet's weights -> shopping session started / settled; failed openings
 //!   abandon the session they were for.
+//! - [`grant_delivery`]: GrantRequested events naming an authorizer -> its NATS subject and a
+//!   signed webhook to its endpoint, retried on a backoff schedule, dead-lettered when given up.
 //! - [`consume`]: the batching loop shared by the JetStream consumers.
 
 pub mod consume;
 pub mod dispatch;
+pub mod grant_delivery;
 pub mod ingest;
 pub mod projector;
 pub mod relay;

@@ -10,6 +10,7 @@
 //! - [`user`]: a locker user (user number = phone), password hash, active/disabled.
 //! - [`authorizer`]: a third-party authorizer (number, name, endpoint, signing secret, status).
 //! - [`grant`]: one stream per grant request, direct or via an authorizer, to its outcome.
+//! - [`signing`]: the authorizer's Standard Webhooks secret and signature.
 //!
 //! Cross-aggregate checks (the receiver exists and is active, the authorizer is active) are made
 //! by the caller from the other aggregates before it sends the command that changes the holder;
@@ -19,6 +20,7 @@
 pub mod authorizer;
 pub mod compartment;
 pub mod grant;
+pub mod signing;
 pub mod site;
 pub mod user;
 pub mod values;
