@@ -34,6 +34,8 @@ pub enum Which {
     Vending(crate::bench_vending::VendingArgs),
     /// Audit: rebuild rate beside a raw ordered read of the same log, and `audit verify`.
     Audit(crate::bench_audit::AuditArgs),
+    /// Lockers: direct grants/s to the read model, and webhook grants through the sandbox.
+    Lockers(crate::bench_lockers::LockersArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -61,6 +63,7 @@ pub async fn run(which: Which) -> Result<Report, Box<dyn std::error::Error>> {
         Which::Qr(args) => crate::bench_qr::run(args).await,
         Which::Vending(args) => crate::bench_vending::run(args).await,
         Which::Audit(args) => crate::bench_audit::run(args).await,
+        Which::Lockers(args) => crate::bench_lockers::run(args).await,
     }
 }
 

@@ -1123,14 +1123,14 @@ async fn sanity_notes(env: &Env, report: &mut Report) -> Result<(), Error> {
 }
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
-fn free_port() -> std::io::Result<u16> {
+pub(crate) fn free_port() -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
 
 /// CPU seconds used so far by the `latch serve` child, by every `postgres` process, by every
 /// `nats-server` and by this process (which includes the bench's own NATS and HTTP clients).
-fn cpu_split(serve: &str) -> Vec<(&'static str, f64)> {
+pub(crate) fn cpu_split(serve: &str) -> Vec<(&'static str, f64)> {
     let by_name = |name: &str| -> f64 {
         std::fs::read_dir("/proc")
             .into_iter()

@@ -5,13 +5,14 @@
 //! one [`app::Application`] and provides the command-line tools around it:
 //! [`sim`] (simulated cabinets), [`authorizer_sandbox`] (a courier company as a third-party
 //! authorizer), [`dev`] (the one-command demo), [`bench`], [`bench_qr`],
-//! [`bench_vending`] and [`bench_audit`] (measurements), [`audit_cli`] (replay, verify, checkpoints, rebuilds).
+//! [`bench_vending`], [`bench_audit`] and [`bench_lockers`] (measurements), [`audit_cli`] (replay, verify, checkpoints, rebuilds).
 
 pub mod app;
 pub mod audit_cli;
 pub mod authorizer_sandbox;
 pub mod bench;
 pub mod bench_audit;
+pub mod bench_lockers;
 pub mod bench_qr;
 pub mod bench_vending;
 pub mod config;
