@@ -711,6 +711,8 @@ impl Projection for LockersProjection {
 pub struct CompartmentRow {
     pub compartment_id: String,
     pub site: String,
+    /// The site's name, when the site is known to the read model.
+    pub site_name: Option<String>,
     pub number: String,
     pub size: String,
     pub status: String,
@@ -723,8 +725,10 @@ pub struct CompartmentRow {
 /// The compartments `user` holds now.
 pub async fn held_by(pool: &sqlx::PgPool, user: &str) -> Result<Vec<CompartmentRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT compartment_id, site, number, size, status, holder, window_start, expires_at, updated_at
-           FROM locker_compartments WHERE holder = $1 ORDER BY compartment_id",
+        "SELECT c.compartment_id, c.site, s.name AS site_name, c.number, c.size, c.status, c.holder,
+                c.window_start, c.expires_at, c.updated_at
+           FROM locker_compartments c LEFT JOIN locker_sites s ON s.site = c.site
+          WHERE c.holder = $1 ORDER BY c.compartment_id",
     )
     .bind(user)
     .fetch_all(pool)
