@@ -134,7 +134,8 @@ pub async fn run(
     let store = app.store();
     let devices = seed(&store, opts.devices).await?;
     let stickers = seed_planograms(&store, &devices, &vending).await?;
-    seed_lockers(&store, &courier_endpoint).await?;
+    let door = locker_door(&store, &devices).await?;
+    seed_lockers(&store, &courier_endpoint, door).await?;
     let courier_stop = CancellationToken::new();
     let courier_until = courier_stop.clone();
     let courier_task = tokio::spawn(async move {
@@ -294,11 +295,31 @@ pub const DEV_AUTHORIZER_SECRET: &str = "whsec_bGF0Y2gtZGV2LWNvdXJpZXItc2VjcmV0L
 /// Company B has no sandbox in the demo: its requests go nowhere and expire.
 const DEV_COMPANY_B_ENDPOINT: &str = "http://127.0.0.1:9/grants";
 
+/// The demo locker device at the demo site, whose door the demo compartments share.
+async fn locker_door(
+    store: &Store,
+    devices: &[Uuid],
+) -> Result<Option<DeviceId>, Box<dyn std::error::Error>> {
+    for id in devices {
+        let Some(device) = store.devices.load(&id.to_string()).await? else {
+            continue;
+        };
+        if device.kind == Some(DeviceKind::Locker)
+            && device.site.as_ref().map(SiteCode::as_str) == Some(DEV_LOCKER_SITE)
+        {
+            return Ok(Some(DeviceId::from(*id)));
+        }
+    }
+    Ok(None)
+}
+
 /// What [`seed_lockers`] appended (all zero on a restart).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LockerSeed {
     pub sites: usize,
     pub compartments: usize,
+    /// Compartments given the demo door after they were installed.
+    pub doors: usize,
     pub users: usize,
     pub authorizers: usize,
     /// Authorizers whose endpoint moved (the sandbox listens on a new port each start).
@@ -307,10 +328,12 @@ pub struct LockerSeed {
 
 /// Seeds the parcel-locker demo: site 610091A01 with compartments of every size, the people of
 /// issue 5's worked examples (password [`DEV_LOCKER_PASSWORD`]) and authorizers 0001 快递公司A
-/// (at `courier_endpoint`) and 0002 快递公司B. What already exists is left as it is.
+/// (at `courier_endpoint`) and 0002 快递公司B. The compartments open with `door` (a locker device
+/// at the site), when there is one. What already exists is left as it is.
 pub async fn seed_lockers(
     store: &Store,
     courier_endpoint: &str,
+    door: Option<DeviceId>,
 ) -> Result<LockerSeed, Box<dyn std::error::Error>> {
     use latch_domain::locker::{
         AuthorizerCommand, AuthorizerError, AuthorizerNumber, CompartmentCommand, CompartmentError,
@@ -349,12 +372,23 @@ pub async fn seed_lockers(
         ("06", Size::Small),
     ] {
         let id = CompartmentId::new(site.clone(), CompartmentNumber::parse("number", number)?);
-        if store.exists("locker_compartment", &id.to_string()).await? {
+        if let Some(existing) = store.compartments.load(&id.to_string()).await? {
+            // Installed by a run before there was a door to give it.
+            if let (None, Some(door)) = (existing.door, door) {
+                let command = CompartmentCommand::WireDoor { door, at };
+                store
+                    .compartments
+                    .execute(&id.to_string(), command.name(), command, &ctx)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                seeded.doors += 1;
+            }
             continue;
         }
         let command = CompartmentCommand::Install {
             id: id.clone(),
             size,
+            door,
             at,
         };
         match store

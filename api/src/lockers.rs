@@ -203,6 +203,8 @@ pub fn router() -> Router<AppState> {
         .route("/lockers/grants/{grant_id}", get(show_grant))
         .route("/lockers/compartments/{id}/holder", get(holder_at))
         .route("/lockers/compartments/{id}/deposit", post(deposit))
+        .route("/lockers/compartments/{id}", get(show_compartment))
+        .route("/lockers/compartments/{id}/door", post(wire_door))
         .route("/lockers/sandbox/sms", get(sandbox_sms))
         .route("/lockers/compartments/{id}/collect", post(collect))
 }
@@ -315,6 +317,42 @@ pub struct InstallCompartment {
     pub number: String,
     /// small, medium or large.
     pub size: String,
+    /// The registered device (kind `locker`, same site) that opens this compartment's door.
+    pub door_device: Option<String>,
+}
+
+/// `raw` names a registered locker device at `site`: a door for one of its compartments.
+async fn locker_door(
+    state: &AppState,
+    site: &SiteCode,
+    raw: &str,
+) -> Result<latch_domain::device::DeviceId, ApiError> {
+    use latch_domain::device::{DeviceId, DeviceKind};
+    let id = DeviceId::parse("door_device", raw)?;
+    let device = state.store.devices.load(&id.to_string()).await?;
+    match device {
+        Some(d) if d.registered => {
+            if d.kind != Some(DeviceKind::Locker) {
+                return Err(unprocessable(
+                    "door_not_a_locker",
+                    "door_device",
+                    "a compartment door must be a device of kind locker",
+                ));
+            }
+            if d.site.as_ref() != Some(site) {
+                return Err(unprocessable(
+                    "door_at_another_site",
+                    "door_device",
+                    format!("device {id} is not at site {}", site.as_str()),
+                ));
+            }
+            Ok(id)
+        }
+        _ => Err(ApiError::NotFound {
+            code: "device_not_found",
+            message: format!("no device {id}"),
+        }),
+    }
 }
 
 #[utoipa::path(post, path = "/lockers/compartments", tag = "lockers", request_body = InstallCompartment, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
@@ -335,10 +373,15 @@ pub async fn install_compartment(
             message: format!("no site {}", site.as_str()),
         });
     }
+    let door = match &body.value.door_device {
+        Some(raw) => Some(locker_door(&state, &site, raw).await?),
+        None => None,
+    };
     let id = CompartmentId::new(site, number);
     let command = CompartmentCommand::Install {
         id: id.clone(),
         size,
+        door,
         at: state.clock.now(),
     };
     state
@@ -353,8 +396,82 @@ pub async fn install_compartment(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "compartment_id": id.to_string(), "size": size.as_str(), "status": "free" })),
+        Json(json!({
+            "compartment_id": id.to_string(),
+            "size": size.as_str(),
+            "status": "free",
+            "door_device": door.map(|d| d.to_string()),
+        })),
     ))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WireDoor {
+    /// The registered device (kind `locker`, same site) that opens this compartment's door.
+    pub door_device: String,
+}
+
+/// Fits (or replaces) the device that opens a compartment's door.
+#[utoipa::path(post, path = "/lockers/compartments/{id}/door", tag = "lockers", request_body = WireDoor,
+    params(("id" = String, Path, description = "\"{site}:{number}\"")),
+    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn wire_door(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    Path(id): Path<String>,
+    body: JsonBody<WireDoor>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    actor.require(Role::Operator)?;
+    let id = CompartmentId::parse("id", &id)?;
+    let door = locker_door(&state, &id.site, &body.value.door_device).await?;
+    let command = CompartmentCommand::WireDoor {
+        door,
+        at: state.clock.now(),
+    };
+    state
+        .store
+        .compartments
+        .execute(
+            &id.to_string(),
+            command.name(),
+            command,
+            &meta.context(&actor, &body.raw),
+        )
+        .await?;
+    Ok(Json(
+        json!({ "compartment_id": id.to_string(), "door_device": door.to_string() }),
+    ))
+}
+
+/// A compartment, with its door: for operators, its holder and its depositor.
+#[utoipa::path(get, path = "/lockers/compartments/{id}", tag = "lockers",
+    params(("id" = String, Path, description = "\"{site}:{number}\"")),
+    responses((status = 200, body = CompartmentRow), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn show_compartment(
+    State(state): State<AppState>,
+    LockerCaller(actor): LockerCaller,
+    Path(id): Path<String>,
+) -> Result<Json<CompartmentRow>, ApiError> {
+    let id = CompartmentId::parse("id", &id)?.to_string();
+    let not_found = || ApiError::NotFound {
+        code: "compartment_not_found",
+        message: format!("no compartment {id}"),
+    };
+    let row = model::compartment_row(&state.store.pool, &id)
+        .await?
+        .ok_or_else(not_found)?;
+    if actor.role != Role::Operator {
+        let user = me(&actor)?;
+        // Someone else's compartment is answered as absent, so ids cannot be probed.
+        if row.holder.as_deref() != Some(user.as_str())
+            && row.depositor.as_deref() != Some(user.as_str())
+        {
+            return Err(not_found());
+        }
+    }
+    Ok(Json(row))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

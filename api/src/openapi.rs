@@ -42,6 +42,8 @@ use utoipa::{Modify, OpenApi};
         crate::vending::shop::webhook,
         crate::lockers::register_site,
         crate::lockers::install_compartment,
+        crate::lockers::wire_door,
+        crate::lockers::show_compartment,
         crate::lockers::register_user,
         crate::lockers::register_authorizer,
         crate::lockers::list_authorizers,

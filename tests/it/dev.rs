@@ -171,21 +171,39 @@ async fn latch_dev_serves_demo_cabinets_that_come_online() {
     // connection to the old process would be reset.
     let http = reqwest::Client::new();
     let again = locker_events(&db).await;
-    let count = |rows: &[(String, i64)], t: &str| {
+    let of = |rows: &[(String, i64)], t: &str| {
         rows.iter()
             .find(|(k, _)| k == t)
             .map(|(_, n)| *n)
             .unwrap_or(0)
     };
-    assert_eq!(count(&seeded, "locker_site"), 1, "{seeded:?}");
-    assert_eq!(count(&seeded, "locker_compartment"), 6, "{seeded:?}");
-    assert_eq!(count(&seeded, "locker_user"), 4, "{seeded:?}");
-    assert_eq!(count(&seeded, "locker_authorizer"), 2, "{seeded:?}");
+    assert_eq!(of(&seeded, "locker_site"), 1, "{seeded:?}");
+    assert_eq!(of(&seeded, "locker_compartment"), 6, "{seeded:?}");
+    assert_eq!(of(&seeded, "locker_user"), 4, "{seeded:?}");
+    assert_eq!(of(&seeded, "locker_authorizer"), 2, "{seeded:?}");
     for t in ["locker_site", "locker_compartment", "locker_user"] {
-        assert_eq!(count(&again, t), count(&seeded, t), "{t} after a restart");
+        assert_eq!(of(&again, t), of(&seeded, t), "{t} after a restart");
     }
     // At most company A's new address.
-    assert!(count(&again, "locker_authorizer") <= 3, "{again:?}");
+    assert!(of(&again, "locker_authorizer") <= 3, "{again:?}");
+    // The demo compartments open with the demo locker's door, which the simulator plays.
+    let pool = db.pool().await;
+    let wired = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let n = count(
+                &pool,
+                "SELECT count(*) FROM locker_compartments WHERE door_device IS NOT NULL",
+            )
+            .await;
+            if n == 6 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(wired.is_ok(), "the six demo compartments have a door");
+    pool.close().await;
 
     let zheng = async {
         let res = http
@@ -280,7 +298,7 @@ async fn seeding_the_locker_demo_twice_appends_nothing_the_second_time() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let store = latch_domain::store::Store::new(pool.clone());
-    let first = latch::dev::seed_lockers(&store, "http://127.0.0.1:8091/grants")
+    let first = latch::dev::seed_lockers(&store, "http://127.0.0.1:8091/grants", None)
         .await
         .unwrap();
     assert_eq!(
@@ -293,13 +311,13 @@ async fn seeding_the_locker_demo_twice_appends_nothing_the_second_time() {
         (1, 6, 4, 2)
     );
     let events = count(&pool, "SELECT count(*) FROM events").await;
-    let again = latch::dev::seed_lockers(&store, "http://127.0.0.1:8091/grants")
+    let again = latch::dev::seed_lockers(&store, "http://127.0.0.1:8091/grants", None)
         .await
         .unwrap();
     assert_eq!(again, latch::dev::LockerSeed::default());
     assert_eq!(count(&pool, "SELECT count(*) FROM events").await, events);
     // The sandbox moved: company A is pointed at it, nothing else changes.
-    let moved = latch::dev::seed_lockers(&store, "http://127.0.0.1:8092/grants")
+    let moved = latch::dev::seed_lockers(&store, "http://127.0.0.1:8092/grants", None)
         .await
         .unwrap();
     assert_eq!(

@@ -12,11 +12,13 @@
 //! - [`sweeper`]: silence -> DeviceWentOffline; missed deadlines -> DoorOpenFailed.
 //! - [`vending`]: a cabinet's weights -> shopping session started / settled; failed openings
 //!   abandon the session they were for.
+//! - [`locker_doors`]: a parcel deposited or collected -> the compartment door's open request.
 //! - [`consume`]: the batching loop shared by the JetStream consumers.
 
 pub mod consume;
 pub mod dispatch;
 pub mod ingest;
+pub mod locker_doors;
 pub mod projector;
 pub mod relay;
 pub mod sweeper;
