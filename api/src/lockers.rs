@@ -2,7 +2,8 @@
 //!
 //! - Operators manage sites, compartments, locker users and third-party authorizers.
 //! - Locker users log in with their user number and password (argon2; failures rate limited per
-//!   user number) and get a bearer token for `locker:{number}` with the user role; they reserve
+//!   user number) and get a bearer token for `locker:{number}` with the user role (the phone
+//!   pages get the same token in an HttpOnly cookie, see [`crate::locker_pages`]); they reserve
 //!   a compartment by size, list what they hold, grant it directly to another user or through an
 //!   authorizer, and read their inbox.
 //! - Authorizers receive each grant request as a signed webhook (Standard Webhooks, their own
@@ -19,6 +20,7 @@ use crate::auth::{issue_token_until, Actor, Role};
 use crate::error::{from_command_error, ApiError, ErrorBody};
 use crate::extract::{JsonBody, RequestMeta};
 use crate::kazaya::verify_signature;
+use crate::locker_pages::LockerCaller;
 use crate::qr::limits::Limit;
 use crate::AppState;
 use axum::body::Bytes;
@@ -449,7 +451,7 @@ pub async fn wire_door(
     responses((status = 200, body = CompartmentRow), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn show_compartment(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
     Path(id): Path<String>,
 ) -> Result<Json<CompartmentRow>, ApiError> {
     let id = CompartmentId::parse("id", &id)?.to_string();
@@ -710,7 +712,7 @@ pub struct AuthorizerRow {
     responses((status = 200, body = Vec<AuthorizerRow>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_authorizers(
     State(state): State<AppState>,
-    _actor: Actor,
+    LockerCaller(_actor): LockerCaller,
 ) -> Result<Json<Vec<AuthorizerRow>>, ApiError> {
     let rows = sqlx::query_as::<_, AuthorizerRow>(
         "SELECT number, name, status FROM locker_authorizers WHERE status = 'active' ORDER BY number",
@@ -744,7 +746,13 @@ pub async fn login(
     State(state): State<AppState>,
     body: JsonBody<Login>,
 ) -> Result<Json<LoggedIn>, ApiError> {
-    let number = UserNumber::parse("user_number", &body.value.user_number)?;
+    check_login(&state, &body.value).await.map(Json)
+}
+
+/// Checks a user number and password and issues a session token: what `POST /lockers/login`
+/// answers, and what the phone pages' login turns into a cookie.
+pub(crate) async fn check_login(state: &AppState, login: &Login) -> Result<LoggedIn, ApiError> {
+    let number = UserNumber::parse("user_number", &login.user_number)?;
     if let Err(wait) = state.lockers.login_limit.check(&number.to_string()) {
         return Err(ApiError::TooManyRequests {
             code: "too_many_login_attempts",
@@ -766,7 +774,7 @@ pub async fn login(
         .await?
         .unwrap_or_default();
     let hash = user.password_hash.clone();
-    let password = body.value.password.clone();
+    let password = login.password.clone();
     let ok = user.number.is_some()
         && tokio::task::spawn_blocking(move || verify_password(&password, &hash))
             .await
@@ -790,12 +798,12 @@ pub async fn login(
         Some(expires_at),
     )
     .await?;
-    Ok(Json(LoggedIn {
+    Ok(LoggedIn {
         token,
         user_number: number.to_string(),
         name: user.name.map(|n| n.as_str().to_owned()).unwrap_or_default(),
         expires_at,
-    }))
+    })
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -813,7 +821,7 @@ pub struct Reserve {
     responses((status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn reserve(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
     meta: RequestMeta,
     body: JsonBody<Reserve>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
@@ -923,7 +931,7 @@ pub async fn reserve(
     responses((status = 200, body = Vec<CompartmentRow>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn my_compartments(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
 ) -> Result<Json<Vec<CompartmentRow>>, ApiError> {
     let user = me(&actor)?;
     Ok(Json(
@@ -944,7 +952,7 @@ pub struct InboxItem {
     responses((status = 200, body = Vec<InboxItem>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn my_inbox(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
 ) -> Result<Json<Vec<InboxItem>>, ApiError> {
     let user = me(&actor)?;
     let rows = sqlx::query_as::<_, InboxItem>(
@@ -998,7 +1006,7 @@ pub struct Deposit {
 /// The holder deposits a parcel: recorded once, with a pickup code for the recipient.
 async fn deposit(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
     meta: RequestMeta,
     Path(id): Path<String>,
     body: JsonBody<Deposit>,
@@ -1050,7 +1058,7 @@ pub struct Collect {
 /// The recipient collects with the pickup code; the compartment becomes free.
 async fn collect(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
     meta: RequestMeta,
     Path(id): Path<String>,
     body: JsonBody<Collect>,
@@ -1161,7 +1169,7 @@ async fn held(
     responses((status = 201, body = GrantOutcome), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn grant_direct(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
     meta: RequestMeta,
     body: JsonBody<GrantDirect>,
 ) -> Result<(StatusCode, Json<GrantOutcome>), ApiError> {
@@ -1313,7 +1321,7 @@ pub struct GrantRequestMessage {
     responses((status = 202, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn grant_via_authorizer(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
     meta: RequestMeta,
     body: JsonBody<GrantViaAuthorizer>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
@@ -1818,7 +1826,7 @@ pub struct GrantRow {
     responses((status = 200, body = GrantRow), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn show_grant(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
     Path(grant_id): Path<String>,
 ) -> Result<Json<GrantRow>, ApiError> {
     let grant_id = Uuid::parse_str(&grant_id)

@@ -744,6 +744,8 @@ impl Projection for LockersProjection {
 pub struct CompartmentRow {
     pub compartment_id: String,
     pub site: String,
+    /// The site's name, when the site is known to the read model.
+    pub site_name: Option<String>,
     pub number: String,
     pub size: String,
     pub status: String,
@@ -758,9 +760,11 @@ pub struct CompartmentRow {
     pub updated_at: DateTime<Utc>,
 }
 
-const COMPARTMENT_ROW: &str = "SELECT c.compartment_id, c.site, c.number, c.size, c.status,
-        c.holder, c.window_start, c.expires_at, c.depositor, c.parcel, c.door_device, d.door, c.updated_at
-   FROM locker_compartments c LEFT JOIN device_status d ON d.device_id = c.door_device";
+const COMPARTMENT_ROW: &str = "SELECT c.compartment_id, c.site, s.name AS site_name, c.number, c.size,
+        c.status, c.holder, c.window_start, c.expires_at, c.depositor, c.parcel, c.door_device, d.door,
+        c.updated_at
+   FROM locker_compartments c LEFT JOIN device_status d ON d.device_id = c.door_device
+   LEFT JOIN locker_sites s ON s.site = c.site";
 
 /// The compartments `user` holds now.
 pub async fn held_by(pool: &sqlx::PgPool, user: &str) -> Result<Vec<CompartmentRow>, sqlx::Error> {

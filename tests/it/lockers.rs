@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const SITE: &str = "610091A01";
-const PASSWORD: &str = "secret-pass-1";
-const SECRET_A: &str = "whsec_a3VhaWRpLWEtc2VjcmV0LWtleQ==";
+pub(crate) const SITE: &str = "610091A01";
+pub(crate) const PASSWORD: &str = "secret-pass-1";
+pub(crate) const SECRET_A: &str = "whsec_a3VhaWRpLWEtc2VjcmV0LWtleQ==";
 const SECRET_B: &str = "whsec_a3VhaWRpLWItc2VjcmV0LWtleQ==";
 
 type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
@@ -39,14 +39,14 @@ async fn endpoint() -> (String, Received) {
     (format!("http://{addr}/grants"), received)
 }
 
-async fn created(res: reqwest::Response, what: &str) -> Value {
+pub(crate) async fn created(res: reqwest::Response, what: &str) -> Value {
     let status = res.status();
     let body: Value = res.json().await.unwrap_or(Value::Null);
     assert!(status.is_success(), "{what}: {status} {body}");
     body
 }
 
-async fn user(app: &TestApp, number: &str, name: &str) {
+pub(crate) async fn user(app: &TestApp, number: &str, name: &str) {
     let res = app
         .post(
             "/lockers/users",
@@ -69,7 +69,7 @@ async fn authorizer(app: &TestApp, number: &str, name: &str, endpoint: &str, sec
 }
 
 /// Site 610091A01 with large compartments 01 and 02, and the people of both examples.
-async fn world(app: &TestApp, endpoint_a: &str) {
+pub(crate) async fn world(app: &TestApp, endpoint_a: &str) {
     let res = app
         .post(
             "/lockers/sites",
@@ -116,7 +116,7 @@ async fn world(app: &TestApp, endpoint_a: &str) {
     .await;
 }
 
-async fn login(app: &TestApp, number: &str, password: &str) -> reqwest::Response {
+pub(crate) async fn login(app: &TestApp, number: &str, password: &str) -> reqwest::Response {
     app.http
         .post(format!("{}/lockers/login", app.address))
         .json(&json!({"user_number": number, "password": password}))
@@ -125,13 +125,13 @@ async fn login(app: &TestApp, number: &str, password: &str) -> reqwest::Response
         .unwrap()
 }
 
-async fn token(app: &TestApp, number: &str) -> String {
+pub(crate) async fn token(app: &TestApp, number: &str) -> String {
     let body = created(login(app, number, PASSWORD).await, "login").await;
     body["token"].as_str().unwrap().to_owned()
 }
 
 /// Reserves a large compartment at the site and waits for it to show as held.
-async fn reserve(app: &TestApp, token: &str) -> String {
+pub(crate) async fn reserve(app: &TestApp, token: &str) -> String {
     let body = created(
         app.post(
             "/lockers/reservations",
@@ -160,7 +160,7 @@ async fn reserve(app: &TestApp, token: &str) -> String {
     id
 }
 
-async fn holder_of(app: &TestApp, id: &str) -> Option<String> {
+pub(crate) async fn holder_of(app: &TestApp, id: &str) -> Option<String> {
     let (holder,): (Option<String>,) =
         sqlx::query_as("SELECT holder FROM locker_compartments WHERE compartment_id = $1")
             .bind(id)
@@ -232,7 +232,7 @@ fn accepted(request_id: &str, receiver: &str, number: &str) -> String {
     .to_string()
 }
 
-async fn inbox(app: &TestApp, token: &str) -> Vec<Value> {
+pub(crate) async fn inbox(app: &TestApp, token: &str) -> Vec<Value> {
     app.get("/lockers/me/inbox", token)
         .await
         .json::<Vec<Value>>()
