@@ -187,6 +187,14 @@ impl Application {
                 clock: s.clock.clone(),
             };
             tasks.spawn(dispatch.run(shutdown.clone()));
+            let doors = latch_workers::locker_doors::LockerDoors {
+                store: self.store.clone(),
+                js: js.clone(),
+                clock: s.clock.clone(),
+                open_timeout: chrono::Duration::from_std(s.open_timeout)
+                    .unwrap_or(chrono::Duration::seconds(15)),
+            };
+            tasks.spawn(doors.run(shutdown.clone()));
         }
         if s.runs(Role::Sweeper) {
             let sweeper = Sweeper {

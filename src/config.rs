@@ -25,7 +25,8 @@ pub enum Role {
     Projector,
     /// Device telemetry -> commands.
     Ingest,
-    /// Open requests -> device command subjects.
+    /// Open requests -> device command subjects; locker deposits and collections -> open
+    /// requests for the compartment door.
     Dispatch,
     /// Liveness and open-deadline sweeps.
     Sweeper,

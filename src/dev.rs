@@ -2,10 +2,16 @@
 //!
 //! Uses the configured (or default-port) Postgres and NATS when they answer; otherwise starts
 //! private ones from the binaries on the machine under the data folder, and says so. Then it
-//! migrates, seeds devices, planograms and tokens, starts the Kazaya sandbox, serves every
-//! role and runs the cabinet simulator.
+//! migrates, seeds devices, planograms and tokens, starts the Kazaya sandbox and the courier
+//! company's authorizer sandbox, seeds the parcel-locker demo (site, compartments, users,
+//! authorizers), serves every role and runs the cabinet simulator.
+//!
+//! Every seed step looks before it writes, so `latch dev` restarted on the same data folder
+//! (and database) appends nothing it appended before; only the authorizer sandbox's address,
+//! which is new on every start, is re-registered when it moved.
 
 use crate::app::{shutdown_signal, Application};
+use crate::authorizer_sandbox::{parse_couriers, AuthorizerSandbox, AuthorizerSandboxSettings};
 use crate::config::{Settings, DEFAULT_NATS_URL};
 use crate::kazaya_sandbox::{ClientRegistration, KazayaSandbox, SandboxSettings};
 use crate::sim::{self, SimConfig};
@@ -113,9 +119,33 @@ pub async fn run(
     ));
     let vending = settings.vending.clone();
     let app = Application::build(settings).await?;
+    // Courier company A (authorizer 0001), as its sandbox: Wang is on duty. It calls back the
+    // port Latch actually bound.
+    let mut courier_settings = AuthorizerSandboxSettings::new(
+        "127.0.0.1:0".parse().expect("an address"),
+        "0001",
+        DEV_AUTHORIZER_SECRET,
+        &format!("http://127.0.0.1:{}", app.port()),
+    );
+    courier_settings.roster = parse_couriers(&["13466666666=王".into()])?;
+    let courier = AuthorizerSandbox::build(courier_settings).await?;
+    let courier_endpoint = courier.endpoint();
+    let courier_url = courier.base_url().to_owned();
     let store = app.store();
     let devices = seed(&store, opts.devices).await?;
     let stickers = seed_planograms(&store, &devices, &vending).await?;
+    let door = locker_door(&store, &devices).await?;
+    seed_lockers(&store, &courier_endpoint, door).await?;
+    let courier_stop = CancellationToken::new();
+    let courier_until = courier_stop.clone();
+    let courier_task = tokio::spawn(async move {
+        if let Err(e) = courier
+            .run_until_stopped(async move { courier_until.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "authorizer sandbox stopped");
+        }
+    });
     let kazaya_stop = CancellationToken::new();
     let kazaya_until = kazaya_stop.clone();
     let kazaya_task = tokio::spawn(async move {
@@ -170,6 +200,12 @@ pub async fn run(
          \n    the phone's side {base}/app/qr#code=<the QR content>  (asks once for the user token)\
          \n\n  Scan-to-open vending (open on a phone, or a browser in phone view):\
          \n{stickers}         \n    Kazaya sandbox {kazaya_url}  (register any phone number; pay or decline on its page)\
+         \n\n  Parcel lockers (phone pages):\
+         \n    locker page   {base}/lockers/app\
+         \n    demo logins   13455555555 (李), 13488888888 (郑), 13466666666 (王), 13499996666 (张)\
+         \n    password      {DEV_LOCKER_PASSWORD}\
+         \n    site {DEV_LOCKER_SITE} (compartments 01-02 large, 03-04 medium, 05-06 small): reserve one, then grant it\
+         \n    to 13499996666, or via 0001 快递公司A (its sandbox at {courier_url}, 王 on duty) or 0002 快递公司B\
          \n\n  {n} simulated cabinets are heartbeating; publish on/off to latch.sim.<id>.fault to break one,\
          \n  a script like {{\"take\":[{{\"shelf\":1,\"count\":2}}]}} to latch.sim.<id>.shopper for the next shopper,\
          \n  anything to latch.sim.<id>.restock to refill.\
@@ -189,8 +225,10 @@ pub async fn run(
     .await?;
     shutdown.cancel();
     kazaya_stop.cancel();
+    courier_stop.cancel();
     let _ = sim.await;
     let _ = kazaya_task.await;
+    let _ = courier_task.await;
     drop(private_nats);
     drop(private_pg);
     Ok(())
@@ -245,6 +283,206 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
             .await?;
     }
     Ok(())
+}
+
+/// The demo locker users' password (printed in the banner).
+pub const DEV_LOCKER_PASSWORD: &str = "latch-dev-1";
+/// The demo locker site.
+pub const DEV_LOCKER_SITE: &str = "610091A01";
+/// Signs grant requests and callbacks between Latch and the demo courier companies. Fixed, so a
+/// restart keeps agreeing with what the database already holds; it guards nothing real.
+pub const DEV_AUTHORIZER_SECRET: &str = "whsec_bGF0Y2gtZGV2LWNvdXJpZXItc2VjcmV0LWtleQ==";
+/// Company B has no sandbox in the demo: its requests go nowhere and expire.
+const DEV_COMPANY_B_ENDPOINT: &str = "http://127.0.0.1:9/grants";
+
+/// The demo locker device at the demo site, whose door the demo compartments share.
+async fn locker_door(
+    store: &Store,
+    devices: &[Uuid],
+) -> Result<Option<DeviceId>, Box<dyn std::error::Error>> {
+    for id in devices {
+        let Some(device) = store.devices.load(&id.to_string()).await? else {
+            continue;
+        };
+        if device.kind == Some(DeviceKind::Locker)
+            && device.site.as_ref().map(SiteCode::as_str) == Some(DEV_LOCKER_SITE)
+        {
+            return Ok(Some(DeviceId::from(*id)));
+        }
+    }
+    Ok(None)
+}
+
+/// What [`seed_lockers`] appended (all zero on a restart).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LockerSeed {
+    pub sites: usize,
+    pub compartments: usize,
+    /// Compartments given the demo door after they were installed.
+    pub doors: usize,
+    pub users: usize,
+    pub authorizers: usize,
+    /// Authorizers whose endpoint moved (the sandbox listens on a new port each start).
+    pub reconfigured: usize,
+}
+
+/// Seeds the parcel-locker demo: site 610091A01 with compartments of every size, the people of
+/// issue 5's worked examples (password [`DEV_LOCKER_PASSWORD`]) and authorizers 0001 快递公司A
+/// (at `courier_endpoint`) and 0002 快递公司B. The compartments open with `door` (a locker device
+/// at the site), when there is one. What already exists is left as it is.
+pub async fn seed_lockers(
+    store: &Store,
+    courier_endpoint: &str,
+    door: Option<DeviceId>,
+) -> Result<LockerSeed, Box<dyn std::error::Error>> {
+    use latch_domain::locker::{
+        AuthorizerCommand, AuthorizerError, AuthorizerNumber, CompartmentCommand, CompartmentError,
+        CompartmentId, CompartmentNumber, Endpoint, SiteCommand, SiteError, Size, UserCommand,
+        UserError, UserNumber,
+    };
+    use latch_domain::store::CommandError::Rejected;
+    let ctx = CommandContext::new("system:dev-seed");
+    let at = chrono::Utc::now();
+    let mut seeded = LockerSeed::default();
+
+    let site = SiteCode::parse("site", DEV_LOCKER_SITE)?;
+    if !store.exists("locker_site", site.as_str()).await? {
+        let command = SiteCommand::Register {
+            site: site.clone(),
+            name: Label::parse("name", "西湖驿站", 80)?,
+            at,
+        };
+        match store
+            .locker_sites
+            .execute(site.as_str(), command.name(), command, &ctx)
+            .await
+        {
+            Ok(_) => seeded.sites += 1,
+            Err(Rejected(SiteError::AlreadyRegistered)) => {}
+            Err(e) => return Err(e.to_string().into()),
+        }
+    }
+
+    for (number, size) in [
+        ("01", Size::Large),
+        ("02", Size::Large),
+        ("03", Size::Medium),
+        ("04", Size::Medium),
+        ("05", Size::Small),
+        ("06", Size::Small),
+    ] {
+        let id = CompartmentId::new(site.clone(), CompartmentNumber::parse("number", number)?);
+        if let Some(existing) = store.compartments.load(&id.to_string()).await? {
+            // Installed by a run before there was a door to give it.
+            if let (None, Some(door)) = (existing.door, door) {
+                let command = CompartmentCommand::WireDoor { door, at };
+                store
+                    .compartments
+                    .execute(&id.to_string(), command.name(), command, &ctx)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                seeded.doors += 1;
+            }
+            continue;
+        }
+        let command = CompartmentCommand::Install {
+            id: id.clone(),
+            size,
+            door,
+            at,
+        };
+        match store
+            .compartments
+            .execute(&id.to_string(), command.name(), command, &ctx)
+            .await
+        {
+            Ok(_) => seeded.compartments += 1,
+            Err(Rejected(CompartmentError::AlreadyInstalled)) => {}
+            Err(e) => return Err(e.to_string().into()),
+        }
+    }
+
+    let mut missing = Vec::new();
+    for (number, name) in [
+        ("13455555555", "李"),
+        ("13499996666", "张"),
+        ("13488888888", "郑"),
+        ("13466666666", "王"),
+    ] {
+        if !store.exists("locker_user", number).await? {
+            missing.push((UserNumber::parse("number", number)?, name));
+        }
+    }
+    if !missing.is_empty() {
+        // argon2 is deliberately slow: hash once, off the async threads, and only when needed.
+        let hash =
+            tokio::task::spawn_blocking(|| latch_api::lockers::hash_password(DEV_LOCKER_PASSWORD))
+                .await?
+                .map_err(|e| e.to_string())?;
+        for (number, name) in missing {
+            let command = UserCommand::Register {
+                number: number.clone(),
+                name: Label::parse("name", name, 80)?,
+                password_hash: hash.clone(),
+                at,
+            };
+            match store
+                .locker_users
+                .execute(number.as_str(), command.name(), command, &ctx)
+                .await
+            {
+                Ok(_) => seeded.users += 1,
+                Err(Rejected(UserError::AlreadyRegistered)) => {}
+                Err(e) => return Err(e.to_string().into()),
+            }
+        }
+    }
+
+    for (number, name, endpoint) in [
+        ("0001", "快递公司A", courier_endpoint),
+        ("0002", "快递公司B", DEV_COMPANY_B_ENDPOINT),
+    ] {
+        let endpoint = Endpoint::parse("endpoint", endpoint)?;
+        match store.authorizers.load(number).await? {
+            None => {
+                let command = AuthorizerCommand::Register {
+                    number: AuthorizerNumber::parse("number", number)?,
+                    name: Label::parse("name", name, 80)?,
+                    endpoint,
+                    secret: DEV_AUTHORIZER_SECRET.to_owned(),
+                    at,
+                };
+                match store
+                    .authorizers
+                    .execute(number, command.name(), command, &ctx)
+                    .await
+                {
+                    Ok(_) => seeded.authorizers += 1,
+                    Err(Rejected(AuthorizerError::AlreadyRegistered)) => {}
+                    Err(e) => return Err(e.to_string().into()),
+                }
+            }
+            Some(existing)
+                if existing.endpoint.as_ref() != Some(&endpoint)
+                    || existing.secret != DEV_AUTHORIZER_SECRET =>
+            {
+                let command = AuthorizerCommand::Reconfigure {
+                    endpoint,
+                    secret: DEV_AUTHORIZER_SECRET.to_owned(),
+                    at,
+                };
+                store
+                    .authorizers
+                    .execute(number, command.name(), command, &ctx)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                seeded.reconfigured += 1;
+            }
+            Some(_) => {}
+        }
+    }
+    tracing::info!(?seeded, "locker demo seeded");
+    Ok(seeded)
 }
 
 /// Registers demo devices until there are `count`; returns all device ids.

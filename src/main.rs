@@ -193,7 +193,7 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
                 data_dir,
                 devices,
             };
-            dev::run(options, |banner| println!("{banner}")).await?;
+            dev::run(options, |banner| print_banner(&banner)).await?;
         }
         Cmd::Token {
             connections,
@@ -245,4 +245,18 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// Prints `latch dev`'s banner in one write. Whoever started it may stop reading once they have
+/// it (a test does); a closed stdout must not take the running demo down, as `println!` would by
+/// panicking on the broken pipe.
+fn print_banner(banner: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_all(format!("{banner}\n").as_bytes())
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "could not print the banner; carrying on");
+    }
 }

@@ -125,6 +125,20 @@ impl Auth {
         cache.insert(hash, (actor.clone(), expires, Instant::now()));
         Ok(actor)
     }
+
+    /// Revokes a token (a logout). Other API processes may still accept it from their lookup
+    /// cache for up to [`CACHE_TTL`]; this one stops at once.
+    pub async fn revoke(&self, token: &str) -> Result<(), sqlx::Error> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        sqlx::query(
+            "UPDATE api_tokens SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(&hash[..])
+        .execute(&self.pool)
+        .await?;
+        self.cache.lock().expect("auth cache").remove(&hash);
+        Ok(())
+    }
 }
 
 /// Issues a new token and returns it; it cannot be recovered later.

@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod kazaya;
+pub mod locker_pages;
 pub mod lockers;
 pub mod openapi;
 pub mod pages;
@@ -83,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router())
         .merge(vending::router())
         .merge(lockers::router())
+        .merge(locker_pages::router())
         .fallback(|| async {
             error::ApiError::NotFound {
                 code: "no_such_route",

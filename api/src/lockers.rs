@@ -2,7 +2,8 @@
 //!
 //! - Operators manage sites, compartments, locker users and third-party authorizers.
 //! - Locker users log in with their user number and password (argon2; failures rate limited per
-//!   user number) and get a bearer token for `locker:{number}` with the user role; they reserve
+//!   user number) and get a bearer token for `locker:{number}` with the user role (the phone
+//!   pages get the same token in an HttpOnly cookie, see [`crate::locker_pages`]); they reserve
 //!   a compartment by size, list what they hold, grant it directly to another user or through an
 //!   authorizer, and read their inbox.
 //! - Authorizers receive each grant request as a signed webhook (Standard Webhooks, their own
@@ -20,6 +21,7 @@ use crate::auth::{issue_token_until, Actor, Role};
 use crate::error::{from_command_error, ApiError, ErrorBody};
 use crate::extract::{JsonBody, RequestMeta};
 use crate::kazaya::verify_signature;
+use crate::locker_pages::LockerCaller;
 use crate::qr::limits::Limit;
 use crate::AppState;
 use axum::body::Bytes;
@@ -200,6 +202,8 @@ pub fn router() -> Router<AppState> {
         .route("/lockers/grants/{grant_id}", get(show_grant))
         .route("/lockers/compartments/{id}/holder", get(holder_at))
         .route("/lockers/compartments/{id}/deposit", post(deposit))
+        .route("/lockers/compartments/{id}", get(show_compartment))
+        .route("/lockers/compartments/{id}/door", post(wire_door))
         .route("/lockers/sandbox/sms", get(sandbox_sms))
         .route("/lockers/compartments/{id}/collect", post(collect))
 }
@@ -312,6 +316,42 @@ pub struct InstallCompartment {
     pub number: String,
     /// small, medium or large.
     pub size: String,
+    /// The registered device (kind `locker`, same site) that opens this compartment's door.
+    pub door_device: Option<String>,
+}
+
+/// `raw` names a registered locker device at `site`: a door for one of its compartments.
+async fn locker_door(
+    state: &AppState,
+    site: &SiteCode,
+    raw: &str,
+) -> Result<latch_domain::device::DeviceId, ApiError> {
+    use latch_domain::device::{DeviceId, DeviceKind};
+    let id = DeviceId::parse("door_device", raw)?;
+    let device = state.store.devices.load(&id.to_string()).await?;
+    match device {
+        Some(d) if d.registered => {
+            if d.kind != Some(DeviceKind::Locker) {
+                return Err(unprocessable(
+                    "door_not_a_locker",
+                    "door_device",
+                    "a compartment door must be a device of kind locker",
+                ));
+            }
+            if d.site.as_ref() != Some(site) {
+                return Err(unprocessable(
+                    "door_at_another_site",
+                    "door_device",
+                    format!("device {id} is not at site {}", site.as_str()),
+                ));
+            }
+            Ok(id)
+        }
+        _ => Err(ApiError::NotFound {
+            code: "device_not_found",
+            message: format!("no device {id}"),
+        }),
+    }
 }
 
 #[utoipa::path(post, path = "/lockers/compartments", tag = "lockers", request_body = InstallCompartment, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
@@ -332,10 +372,15 @@ pub async fn install_compartment(
             message: format!("no site {}", site.as_str()),
         });
     }
+    let door = match &body.value.door_device {
+        Some(raw) => Some(locker_door(&state, &site, raw).await?),
+        None => None,
+    };
     let id = CompartmentId::new(site, number);
     let command = CompartmentCommand::Install {
         id: id.clone(),
         size,
+        door,
         at: state.clock.now(),
     };
     state
@@ -350,8 +395,82 @@ pub async fn install_compartment(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "compartment_id": id.to_string(), "size": size.as_str(), "status": "free" })),
+        Json(json!({
+            "compartment_id": id.to_string(),
+            "size": size.as_str(),
+            "status": "free",
+            "door_device": door.map(|d| d.to_string()),
+        })),
     ))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WireDoor {
+    /// The registered device (kind `locker`, same site) that opens this compartment's door.
+    pub door_device: String,
+}
+
+/// Fits (or replaces) the device that opens a compartment's door.
+#[utoipa::path(post, path = "/lockers/compartments/{id}/door", tag = "lockers", request_body = WireDoor,
+    params(("id" = String, Path, description = "\"{site}:{number}\"")),
+    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn wire_door(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    Path(id): Path<String>,
+    body: JsonBody<WireDoor>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    actor.require(Role::Operator)?;
+    let id = CompartmentId::parse("id", &id)?;
+    let door = locker_door(&state, &id.site, &body.value.door_device).await?;
+    let command = CompartmentCommand::WireDoor {
+        door,
+        at: state.clock.now(),
+    };
+    state
+        .store
+        .compartments
+        .execute(
+            &id.to_string(),
+            command.name(),
+            command,
+            &meta.context(&actor, &body.raw),
+        )
+        .await?;
+    Ok(Json(
+        json!({ "compartment_id": id.to_string(), "door_device": door.to_string() }),
+    ))
+}
+
+/// A compartment, with its door: for operators, its holder and its depositor.
+#[utoipa::path(get, path = "/lockers/compartments/{id}", tag = "lockers",
+    params(("id" = String, Path, description = "\"{site}:{number}\"")),
+    responses((status = 200, body = CompartmentRow), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn show_compartment(
+    State(state): State<AppState>,
+    LockerCaller(actor): LockerCaller,
+    Path(id): Path<String>,
+) -> Result<Json<CompartmentRow>, ApiError> {
+    let id = CompartmentId::parse("id", &id)?.to_string();
+    let not_found = || ApiError::NotFound {
+        code: "compartment_not_found",
+        message: format!("no compartment {id}"),
+    };
+    let row = model::compartment_row(&state.store.pool, &id)
+        .await?
+        .ok_or_else(not_found)?;
+    if actor.role != Role::Operator {
+        let user = me(&actor)?;
+        // Someone else's compartment is answered as absent, so ids cannot be probed.
+        if row.holder.as_deref() != Some(user.as_str())
+            && row.depositor.as_deref() != Some(user.as_str())
+        {
+            return Err(not_found());
+        }
+    }
+    Ok(Json(row))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -592,7 +711,7 @@ pub struct AuthorizerRow {
     responses((status = 200, body = Vec<AuthorizerRow>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_authorizers(
     State(state): State<AppState>,
-    _actor: Actor,
+    LockerCaller(_actor): LockerCaller,
 ) -> Result<Json<Vec<AuthorizerRow>>, ApiError> {
     let rows = sqlx::query_as::<_, AuthorizerRow>(
         "SELECT number, name, status FROM locker_authorizers WHERE status = 'active' ORDER BY number",
@@ -626,7 +745,13 @@ pub async fn login(
     State(state): State<AppState>,
     body: JsonBody<Login>,
 ) -> Result<Json<LoggedIn>, ApiError> {
-    let number = UserNumber::parse("user_number", &body.value.user_number)?;
+    check_login(&state, &body.value).await.map(Json)
+}
+
+/// Checks a user number and password and issues a session token: what `POST /lockers/login`
+/// answers, and what the phone pages' login turns into a cookie.
+pub(crate) async fn check_login(state: &AppState, login: &Login) -> Result<LoggedIn, ApiError> {
+    let number = UserNumber::parse("user_number", &login.user_number)?;
     if let Err(wait) = state.lockers.login_limit.check(&number.to_string()) {
         return Err(ApiError::TooManyRequests {
             code: "too_many_login_attempts",
@@ -648,7 +773,7 @@ pub async fn login(
         .await?
         .unwrap_or_default();
     let hash = user.password_hash.clone();
-    let password = body.value.password.clone();
+    let password = login.password.clone();
     let ok = user.number.is_some()
         && tokio::task::spawn_blocking(move || verify_password(&password, &hash))
             .await
@@ -672,12 +797,12 @@ pub async fn login(
         Some(expires_at),
     )
     .await?;
-    Ok(Json(LoggedIn {
+    Ok(LoggedIn {
         token,
         user_number: number.to_string(),
         name: user.name.map(|n| n.as_str().to_owned()).unwrap_or_default(),
         expires_at,
-    }))
+    })
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -695,7 +820,7 @@ pub struct Reserve {
     responses((status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn reserve(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
     meta: RequestMeta,
     body: JsonBody<Reserve>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
@@ -805,7 +930,7 @@ pub async fn reserve(
     responses((status = 200, body = Vec<CompartmentRow>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn my_compartments(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
 ) -> Result<Json<Vec<CompartmentRow>>, ApiError> {
     let user = me(&actor)?;
     Ok(Json(
@@ -826,7 +951,7 @@ pub struct InboxItem {
     responses((status = 200, body = Vec<InboxItem>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn my_inbox(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
 ) -> Result<Json<Vec<InboxItem>>, ApiError> {
     let user = me(&actor)?;
     let rows = sqlx::query_as::<_, InboxItem>(
@@ -880,7 +1005,7 @@ pub struct Deposit {
 /// The holder deposits a parcel: recorded once, with a pickup code for the recipient.
 async fn deposit(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
     meta: RequestMeta,
     Path(id): Path<String>,
     body: JsonBody<Deposit>,
@@ -932,7 +1057,7 @@ pub struct Collect {
 /// The recipient collects with the pickup code; the compartment becomes free.
 async fn collect(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
     meta: RequestMeta,
     Path(id): Path<String>,
     body: JsonBody<Collect>,
@@ -1043,7 +1168,7 @@ async fn held(
     responses((status = 201, body = GrantOutcome), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn grant_direct(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
     meta: RequestMeta,
     body: JsonBody<GrantDirect>,
 ) -> Result<(StatusCode, Json<GrantOutcome>), ApiError> {
@@ -1183,7 +1308,7 @@ pub struct GrantViaAuthorizer {
     responses((status = 202, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn grant_via_authorizer(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
     meta: RequestMeta,
     body: JsonBody<GrantViaAuthorizer>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
@@ -1602,7 +1727,7 @@ pub struct GrantRow {
     responses((status = 200, body = GrantRow), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn show_grant(
     State(state): State<AppState>,
-    actor: Actor,
+    LockerCaller(actor): LockerCaller,
     Path(grant_id): Path<String>,
 ) -> Result<Json<GrantRow>, ApiError> {
     let grant_id = Uuid::parse_str(&grant_id)

@@ -48,6 +48,11 @@ pub fn events_of_type(aggregate_type: &str, event_type: &str) -> String {
     )
 }
 
+/// Every event of one aggregate type.
+pub fn events_of_aggregate(aggregate_type: &str) -> String {
+    format!("latch.events.{}.>", token(aggregate_type))
+}
+
 pub fn deadletter(source: &str) -> String {
     format!("latch.dlq.{}", token(source))
 }

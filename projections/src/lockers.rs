@@ -33,6 +33,12 @@ pub enum Change {
         site: String,
         number: String,
         size: String,
+        door: Option<Uuid>,
+        at: DateTime<Utc>,
+    },
+    DoorWired {
+        id: String,
+        door: Uuid,
         at: DateTime<Utc>,
     },
     Reserved {
@@ -230,11 +236,22 @@ pub fn evolve(event: &LoggedEvent) -> Result<Vec<Change>, ProjectionError> {
 fn compartment(id: String, event: CompartmentEvent) -> Vec<Change> {
     use CompartmentEvent as E;
     match event {
-        E::CompartmentInstalled { id: cid, size, at } => vec![Change::CompartmentInstalled {
+        E::CompartmentInstalled {
+            id: cid,
+            size,
+            door,
+            at,
+        } => vec![Change::CompartmentInstalled {
             id,
             site: cid.site.as_str().to_owned(),
             number: cid.number.as_str().to_owned(),
             size: size.as_str().to_owned(),
+            door: door.map(|d| d.as_uuid()),
+            at,
+        }],
+        E::DoorWired { door, at } => vec![Change::DoorWired {
+            id,
+            door: door.as_uuid(),
             at,
         }],
         E::CompartmentReserved {
@@ -426,17 +443,32 @@ async fn write(conn: &mut PgConnection, change: &Change, position: i64) -> Resul
             site,
             number,
             size,
+            door,
             at,
         } => {
             sqlx::query(
                 "INSERT INTO locker_compartments
-                   (compartment_id, site, number, size, status, installed_at, updated_at, last_position)
-                 VALUES ($1, $2, $3, $4, 'free', $5, $5, $6) ON CONFLICT DO NOTHING",
+                   (compartment_id, site, number, size, status, door_device, installed_at,
+                    updated_at, last_position)
+                 VALUES ($1, $2, $3, $4, 'free', $5, $6, $6, $7) ON CONFLICT DO NOTHING",
             )
             .bind(id)
             .bind(site)
             .bind(number)
             .bind(size)
+            .bind(door)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
+        Change::DoorWired { id, door, at } => {
+            sqlx::query(
+                "UPDATE locker_compartments SET door_device = $2, updated_at = $3, last_position = $4
+                 WHERE compartment_id = $1",
+            )
+            .bind(id)
+            .bind(door)
             .bind(at)
             .bind(position)
             .execute(conn)
@@ -706,29 +738,53 @@ impl Projection for LockersProjection {
     }
 }
 
-/// A compartment as the ownership read model holds it.
+/// A compartment as the ownership read model holds it, with its door as the device-status
+/// model last saw it (both `None` while no door is wired).
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct CompartmentRow {
     pub compartment_id: String,
     pub site: String,
+    /// The site's name, when the site is known to the read model.
+    pub site_name: Option<String>,
     pub number: String,
     pub size: String,
     pub status: String,
     pub holder: Option<String>,
     pub window_start: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub depositor: Option<String>,
+    pub parcel: Option<String>,
+    pub door_device: Option<Uuid>,
+    /// `open`, `closed` or `unknown`.
+    pub door: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
 
+const COMPARTMENT_ROW: &str = "SELECT c.compartment_id, c.site, s.name AS site_name, c.number, c.size,
+        c.status, c.holder, c.window_start, c.expires_at, c.depositor, c.parcel, c.door_device, d.door,
+        c.updated_at
+   FROM locker_compartments c LEFT JOIN device_status d ON d.device_id = c.door_device
+   LEFT JOIN locker_sites s ON s.site = c.site";
+
 /// The compartments `user` holds now.
 pub async fn held_by(pool: &sqlx::PgPool, user: &str) -> Result<Vec<CompartmentRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT compartment_id, site, number, size, status, holder, window_start, expires_at, updated_at
-           FROM locker_compartments WHERE holder = $1 ORDER BY compartment_id",
-    )
+    sqlx::query_as(&format!(
+        "{COMPARTMENT_ROW} WHERE c.holder = $1 ORDER BY c.compartment_id"
+    ))
     .bind(user)
     .fetch_all(pool)
     .await
+}
+
+/// One compartment.
+pub async fn compartment_row(
+    pool: &sqlx::PgPool,
+    id: &str,
+) -> Result<Option<CompartmentRow>, sqlx::Error> {
+    sqlx::query_as(&format!("{COMPARTMENT_ROW} WHERE c.compartment_id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }
 
 /// Who held `compartment` at `at` (None: nobody).
@@ -811,6 +867,7 @@ mod tests {
             CompartmentEvent::CompartmentInstalled {
                 id: CompartmentId::parse("c", "610091A01:01").unwrap(),
                 size: latch_domain::locker::Size::Large,
+                door: None,
                 at: t(0),
             },
         );
@@ -821,6 +878,7 @@ mod tests {
                 site: "610091A01".into(),
                 number: "01".into(),
                 size: "large".into(),
+                door: None,
                 at: t(0),
             }]
         );

@@ -115,6 +115,27 @@ pub async fn checkpoint(pool: &PgPool, name: &str) -> Result<i64, sqlx::Error> {
     Ok(row.map_or(0, |(p,)| p))
 }
 
+/// The checkpoint, locked for this transaction (created at 0 on first use).
+async fn locked_checkpoint(conn: &mut PgConnection, name: &str) -> Result<i64, sqlx::Error> {
+    let select = "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE";
+    if let Some((position,)) = sqlx::query_as(select)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        return Ok(position);
+    }
+    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    let (position,) = sqlx::query_as(select)
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(position)
+}
+
 /// Applies `events` (in any order, duplicates allowed) and returns the new checkpoint.
 pub async fn apply_batch<P: Projection>(
     pool: &PgPool,
@@ -124,16 +145,16 @@ pub async fn apply_batch<P: Projection>(
     let mut ordered: Vec<&LoggedEvent> = events.iter().collect();
     ordered.sort_by_key(|e| e.position);
     let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(projection.name())
+    // A read model is derived: the log can always rebuild it. Were this commit lost to a
+    // Postgres crash, the change and its checkpoint would be lost together (one transaction),
+    // and the next batch finds the checkpoint behind and fills the gap from the log, which
+    // keeps it exactly once in effect. So the projector need not wait for the WAL flush; the
+    // event store and the relay's log still do.
+    sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
     // The row lock also keeps two replicas of one projector from applying the same batch.
-    let (mut position,): (i64,) =
-        sqlx::query_as("SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
-            .bind(projection.name())
-            .fetch_one(&mut *tx)
-            .await?;
+    let mut position = locked_checkpoint(&mut tx, projection.name()).await?;
     let start = position;
     // The consecutive run past the checkpoint, with any gap filled from the log.
     let mut run: Vec<LoggedEvent> = Vec::with_capacity(ordered.len());

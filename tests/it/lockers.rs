@@ -13,9 +13,9 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const SITE: &str = "610091A01";
-const PASSWORD: &str = "secret-pass-1";
-const SECRET_A: &str = "whsec_a3VhaWRpLWEtc2VjcmV0LWtleQ==";
+pub(crate) const SITE: &str = "610091A01";
+pub(crate) const PASSWORD: &str = "secret-pass-1";
+pub(crate) const SECRET_A: &str = "whsec_a3VhaWRpLWEtc2VjcmV0LWtleQ==";
 const SECRET_B: &str = "whsec_a3VhaWRpLWItc2VjcmV0LWtleQ==";
 
 type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
@@ -40,14 +40,14 @@ async fn endpoint() -> (String, Received) {
     (format!("http://{addr}/grants"), received)
 }
 
-async fn created(res: reqwest::Response, what: &str) -> Value {
+pub(crate) async fn created(res: reqwest::Response, what: &str) -> Value {
     let status = res.status();
     let body: Value = res.json().await.unwrap_or(Value::Null);
     assert!(status.is_success(), "{what}: {status} {body}");
     body
 }
 
-async fn user(app: &TestApp, number: &str, name: &str) {
+pub(crate) async fn user(app: &TestApp, number: &str, name: &str) {
     let res = app
         .post(
             "/lockers/users",
@@ -70,7 +70,7 @@ async fn authorizer(app: &TestApp, number: &str, name: &str, endpoint: &str, sec
 }
 
 /// Site 610091A01 with large compartments 01 and 02, and the people of both examples.
-async fn world(app: &TestApp, endpoint_a: &str) {
+pub(crate) async fn world(app: &TestApp, endpoint_a: &str) {
     let res = app
         .post(
             "/lockers/sites",
@@ -117,7 +117,7 @@ async fn world(app: &TestApp, endpoint_a: &str) {
     .await;
 }
 
-async fn login(app: &TestApp, number: &str, password: &str) -> reqwest::Response {
+pub(crate) async fn login(app: &TestApp, number: &str, password: &str) -> reqwest::Response {
     app.http
         .post(format!("{}/lockers/login", app.address))
         .json(&json!({"user_number": number, "password": password}))
@@ -126,13 +126,13 @@ async fn login(app: &TestApp, number: &str, password: &str) -> reqwest::Response
         .unwrap()
 }
 
-async fn token(app: &TestApp, number: &str) -> String {
+pub(crate) async fn token(app: &TestApp, number: &str) -> String {
     let body = created(login(app, number, PASSWORD).await, "login").await;
     body["token"].as_str().unwrap().to_owned()
 }
 
 /// Reserves a large compartment at the site and waits for it to show as held.
-async fn reserve(app: &TestApp, token: &str) -> String {
+pub(crate) async fn reserve(app: &TestApp, token: &str) -> String {
     let body = created(
         app.post(
             "/lockers/reservations",
@@ -161,7 +161,7 @@ async fn reserve(app: &TestApp, token: &str) -> String {
     id
 }
 
-async fn holder_of(app: &TestApp, id: &str) -> Option<String> {
+pub(crate) async fn holder_of(app: &TestApp, id: &str) -> Option<String> {
     let (holder,): (Option<String>,) =
         sqlx::query_as("SELECT holder FROM locker_compartments WHERE compartment_id = $1")
             .bind(id)
@@ -233,7 +233,7 @@ fn accepted(request_id: &str, receiver: &str, number: &str) -> String {
     .to_string()
 }
 
-async fn inbox(app: &TestApp, token: &str) -> Vec<Value> {
+pub(crate) async fn inbox(app: &TestApp, token: &str) -> Vec<Value> {
     app.get("/lockers/me/inbox", token)
         .await
         .json::<Vec<Value>>()
@@ -1332,4 +1332,208 @@ async fn a_grant_request_is_dead_lettered_with_a_reason_when_every_attempt_fails
         holder_of(&app, "610091A01:01").await.as_deref(),
         Some("13488888888")
     );
+}
+
+/// A locker device at the site, online with its door closed.
+async fn locker_door(app: &TestApp, label: &str) -> (uuid::Uuid, latch::sim::SimDevice) {
+    let id = app.register_device("locker", SITE, label).await;
+    let sim = latch::sim::SimDevice::new(id, app.js.clone());
+    sim.door(false, None).await.unwrap();
+    sim.heartbeat(1).await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "door online and closed",
+        || async {
+            let d = app.device(id).await?;
+            (d["online"] == true && d["door"] == "closed").then_some(())
+        },
+    )
+    .await;
+    (id, sim)
+}
+
+/// The next `open` command the device hears.
+async fn next_open(commands: &mut async_nats::Subscriber) -> uuid::Uuid {
+    let msg = tokio::time::timeout(Duration::from_secs(10), commands.next())
+        .await
+        .expect("an open command within 10 s")
+        .unwrap();
+    assert!(msg.subject.ends_with(".open"), "{}", msg.subject);
+    let command: latch_domain::telemetry::OpenCommand =
+        serde_json::from_slice(&msg.payload).unwrap();
+    command.request_id
+}
+
+async fn door_requests(app: &TestApp, door: uuid::Uuid) -> i64 {
+    count(
+        &app.pool,
+        &format!(
+            "SELECT count(*) FROM events WHERE aggregate_type = 'device'
+               AND aggregate_id = '{door}' AND event_type = 'DoorOpenRequested'"
+        ),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_door_opens_once_for_the_deposit_and_again_for_the_collection() {
+    let app = spawn_app().await;
+    let (endpoint_a, _) = endpoint().await;
+    world(&app, &endpoint_a).await;
+    let (door_1, sim_1) = locker_door(&app, "610091A01-01").await;
+    let (door_2, sim_2) = locker_door(&app, "610091A01-02").await;
+    let sims = [(door_1, sim_1), (door_2, sim_2)];
+    for (number, door) in [("01", door_1), ("02", door_2)] {
+        let res = app
+            .post(
+                &format!("/lockers/compartments/{SITE}:{number}/door"),
+                &app.operator,
+                Some(json!({"door_device": door.to_string()})),
+            )
+            .await;
+        created(res, "wire door").await;
+    }
+    let li = token(&app, "13455555555").await;
+    let id = reserve(&app, &li).await;
+    let (door, sim) = sims
+        .iter()
+        .find(|(d, _)| id.ends_with(if *d == door_1 { ":01" } else { ":02" }))
+        .unwrap();
+    let mut commands = app
+        .nats
+        .subscribe(latch_nats::subjects::device_commands_all(&door.to_string()))
+        .await
+        .unwrap();
+    app.nats.flush().await.unwrap();
+
+    // Li deposits: the compartment's own door is told to open, and its report confirms it.
+    let body = created(
+        app.post(
+            &format!("/lockers/compartments/{id}/deposit"),
+            &li,
+            Some(json!({"parcel": "SF1234567890"})),
+        )
+        .await,
+        "deposit",
+    )
+    .await;
+    let code = body["pickup_code"].as_str().unwrap().to_owned();
+    let request = next_open(&mut commands).await;
+    sim.door(true, Some(request)).await.unwrap();
+    let shown = eventually(Duration::from_secs(10), "door shown open", || async {
+        let c: Value = app
+            .get(&format!("/lockers/compartments/{id}"), &li)
+            .await
+            .json()
+            .await
+            .ok()?;
+        (c["door"] == "open").then_some(c)
+    })
+    .await;
+    assert_eq!(shown["door_device"], door.to_string());
+    assert_eq!(shown["status"], "occupied");
+    assert_eq!(shown["parcel"], "SF1234567890");
+    sim.door(false, None).await.unwrap();
+
+    // The deposit event handled again (a redelivery after a crash) opens nothing more.
+    let deposited = latch_projections::log::read_range(&app.pool, 0, None, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.event_type == "ParcelDeposited")
+        .unwrap();
+    let doors = latch_workers::locker_doors::LockerDoors {
+        store: std::sync::Arc::new(latch_domain::store::Store::new(app.pool.clone())),
+        js: app.js.clone(),
+        clock: std::sync::Arc::new(app.clock.clone()),
+        open_timeout: chrono::Duration::seconds(10),
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            doors.handle(&deposited).await.unwrap(),
+            latch_workers::locker_doors::Outcome::Done
+        );
+    }
+    assert_eq!(door_requests(&app, *door).await, 1);
+
+    // Collection opens it again; the other compartment's door never moved.
+    eventually(Duration::from_secs(10), "door shown closed", || async {
+        let d = app.device(*door).await?;
+        (d["door"] == "closed" && d["pending_open_request"].is_null()).then_some(())
+    })
+    .await;
+    let res = app
+        .post(
+            &format!("/lockers/compartments/{id}/collect"),
+            &app.operator,
+            Some(json!({"pickup_code": code})),
+        )
+        .await;
+    created(res, "collect").await;
+    let request = next_open(&mut commands).await;
+    sim.door(true, Some(request)).await.unwrap();
+    assert_eq!(door_requests(&app, *door).await, 2);
+    let other = if *door == door_1 { door_2 } else { door_1 };
+    assert_eq!(door_requests(&app, other).await, 0);
+}
+
+#[tokio::test]
+async fn wiring_a_door_refuses_what_is_not_this_sites_locker_and_changes_nothing() {
+    let app = spawn_app().await;
+    let (endpoint_a, _) = endpoint().await;
+    world(&app, &endpoint_a).await;
+    let cabinet = app.register_device("vending", SITE, "饮料柜").await;
+    let elsewhere = app.register_device("locker", "610091B02", "别处").await;
+    let before = app.event_count().await;
+    let wire = |door: String| {
+        let app = &app;
+        async move {
+            error_of(
+                app.post(
+                    &format!("/lockers/compartments/{SITE}:01/door"),
+                    &app.operator,
+                    Some(json!({"door_device": door})),
+                )
+                .await,
+            )
+            .await
+        }
+    };
+    let (status, code, field) = wire(cabinet.to_string()).await;
+    assert_eq!((status, code.as_str()), (422, "door_not_a_locker"));
+    assert_eq!(field.as_deref(), Some("door_device"));
+    let (status, code, _) = wire(elsewhere.to_string()).await;
+    assert_eq!((status, code.as_str()), (422, "door_at_another_site"));
+    let (status, code, _) = wire(uuid::Uuid::now_v7().to_string()).await;
+    assert_eq!((status, code.as_str()), (404, "device_not_found"));
+    let (status, _, field) = wire("not-a-uuid".into()).await;
+    assert!(status == 400 || status == 422, "{status}");
+    assert_eq!(field.as_deref(), Some("door_device"));
+    // Installing with such a door is refused the same way.
+    let (status, code, _) = error_of(
+        app.post(
+            "/lockers/compartments",
+            &app.operator,
+            Some(json!({"site": SITE, "number": "03", "size": "small",
+                        "door_device": cabinet.to_string()})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (422, "door_not_a_locker"));
+    // A locker user may not wire doors, nor see a compartment they neither hold nor filled.
+    let li = token(&app, "13455555555").await;
+    let res = app
+        .post(
+            &format!("/lockers/compartments/{SITE}:01/door"),
+            &li,
+            Some(json!({"door_device": elsewhere.to_string()})),
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(app.event_count().await, before);
+    let res = app
+        .get(&format!("/lockers/compartments/{SITE}:01"), &li)
+        .await;
+    assert_eq!(res.status(), 404);
 }

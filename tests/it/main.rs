@@ -9,6 +9,7 @@ mod dev;
 mod devices_api;
 mod event_store;
 mod kazaya;
+mod locker_pages;
 mod lockers;
 mod nats_auth;
 mod outages;

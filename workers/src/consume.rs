@@ -43,6 +43,35 @@ where
     Next::Batch(batch)
 }
 
+/// Like [`next_batch`], but after the first message keeps taking messages as they arrive for up
+/// to `linger`, so a steady trickle becomes one batch instead of many one-message batches. For
+/// consumers whose cost is per batch (a transaction each) rather than per message.
+pub async fn next_batch_lingering<S, M, E>(
+    messages: &mut S,
+    max: usize,
+    idle: Duration,
+    linger: Duration,
+    shutdown: &CancellationToken,
+) -> Next<M, E>
+where
+    S: Stream<Item = Result<M, E>> + Unpin,
+{
+    let mut batch = match next_batch(messages, max, idle, shutdown).await {
+        Next::Batch(batch) => batch,
+        other => return other,
+    };
+    let until = tokio::time::Instant::now() + linger;
+    while batch.len() < max {
+        match tokio::time::timeout_at(until, messages.next()).await {
+            Ok(Some(Ok(m))) => batch.push(m),
+            // An error ends the batch early (the batch in hand is good); a lasting failure shows
+            // again on the next call.
+            _ => break,
+        }
+    }
+    Next::Batch(batch)
+}
+
 pub async fn pause(shutdown: &CancellationToken, d: Duration) {
     tokio::select! {
         _ = shutdown.cancelled() => {}

@@ -14,12 +14,14 @@
 //!   abandon the session they were for.
 //! - [`grant_delivery`]: GrantRequested events naming an authorizer -> its NATS subject and a
 //!   signed webhook to its endpoint, retried on a backoff schedule, dead-lettered when given up.
+//! - [`locker_doors`]: a parcel deposited or collected -> the compartment door's open request.
 //! - [`consume`]: the batching loop shared by the JetStream consumers.
 
 pub mod consume;
 pub mod dispatch;
 pub mod grant_delivery;
 pub mod ingest;
+pub mod locker_doors;
 pub mod projector;
 pub mod relay;
 pub mod sweeper;

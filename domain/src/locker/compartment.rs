@@ -6,8 +6,14 @@
 //! racing for one compartment the second finds the holder changed and is refused. An unused
 //! reservation expires and frees the compartment. The holder deposits a parcel once (the door
 //! opens for them and the parcel number is recorded); collecting it frees the compartment.
+//!
+//! A compartment's door is a device of kind `locker` at the same site ([`Compartment::door`]),
+//! wired at installation or later. The door itself is not driven from here: a worker reacts to
+//! `ParcelDeposited` / `ParcelCollected` by asking that device to open, so a crash between the
+//! deposit and the opening is repaired by redelivery rather than lost.
 
 use super::values::{AuthorizerNumber, CompartmentId, ParcelNumber, Size, UserNumber};
+use crate::device::DeviceId;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -38,8 +44,12 @@ pub enum CompartmentCommand {
     Install {
         id: CompartmentId,
         size: Size,
+        /// The device (kind `locker`) that opens this compartment's door, if already fitted.
+        door: Option<DeviceId>,
         at: DateTime<Utc>,
     },
+    /// Fits or replaces the device that opens the door.
+    WireDoor { door: DeviceId, at: DateTime<Utc> },
     /// Reserve for `user`, from `window_start` (default: now) until `expires_at`.
     Reserve {
         user: UserNumber,
@@ -76,6 +86,7 @@ impl CompartmentCommand {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Install { .. } => "InstallCompartment",
+            Self::WireDoor { .. } => "WireCompartmentDoor",
             Self::Reserve { .. } => "ReserveCompartment",
             Self::Expire { .. } => "ExpireReservation",
             Self::Grant { .. } => "GrantCompartment",
@@ -90,6 +101,13 @@ pub enum CompartmentEvent {
     CompartmentInstalled {
         id: CompartmentId,
         size: Size,
+        /// Absent in events recorded before doors were wired: those compartments have none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        door: Option<DeviceId>,
+        at: DateTime<Utc>,
+    },
+    DoorWired {
+        door: DeviceId,
         at: DateTime<Utc>,
     },
     CompartmentReserved {
@@ -125,6 +143,7 @@ impl DomainEvent for CompartmentEvent {
     fn event_type(&self) -> String {
         match self {
             Self::CompartmentInstalled { .. } => "CompartmentInstalled",
+            Self::DoorWired { .. } => "CompartmentDoorWired",
             Self::CompartmentReserved { .. } => "CompartmentReserved",
             Self::ReservationExpired { .. } => "ReservationExpired",
             Self::HolderChanged { .. } => "HolderChanged",
@@ -186,6 +205,7 @@ impl CompartmentError {
 pub struct Compartment {
     pub id: Option<CompartmentId>,
     pub size: Option<Size>,
+    pub door: Option<DeviceId>,
     pub status: Status,
     pub holder: Option<UserNumber>,
     pub window_start: Option<DateTime<Utc>>,
@@ -207,17 +227,20 @@ impl Compartment {
     ) -> Result<Vec<CompartmentEvent>, CompartmentError> {
         use CompartmentCommand as C;
         use CompartmentEvent as E;
-        if let C::Install { id, size, at } = command {
+        if let C::Install { id, size, door, at } = command {
             if self.id.is_some() {
                 return Err(CompartmentError::AlreadyInstalled);
             }
-            return Ok(vec![E::CompartmentInstalled { id, size, at }]);
+            return Ok(vec![E::CompartmentInstalled { id, size, door, at }]);
         }
         if self.id.is_none() {
             return Err(CompartmentError::NotInstalled);
         }
         match command {
             C::Install { .. } => unreachable!("handled above"),
+            // Wiring the same device again is a retry, not a change.
+            C::WireDoor { door, .. } if self.door == Some(door) => Ok(vec![]),
+            C::WireDoor { door, at } => Ok(vec![E::DoorWired { door, at }]),
             C::Reserve {
                 user,
                 window_start,
@@ -337,10 +360,12 @@ impl Aggregate for Compartment {
     fn apply(&mut self, event: Self::Event) {
         use CompartmentEvent as E;
         match event {
-            E::CompartmentInstalled { id, size, .. } => {
+            E::CompartmentInstalled { id, size, door, .. } => {
                 self.id = Some(id);
                 self.size = Some(size);
+                self.door = door;
             }
+            E::DoorWired { door, .. } => self.door = Some(door),
             E::CompartmentReserved {
                 holder,
                 window_start,
@@ -408,6 +433,7 @@ mod tests {
         CompartmentEvent::CompartmentInstalled {
             id: id(),
             size: Size::Large,
+            door: None,
             at: t(0),
         }
     }
@@ -432,6 +458,67 @@ mod tests {
         }
     }
 
+    fn door(n: u128) -> DeviceId {
+        DeviceId::parse("door", &Uuid::from_u128(n).to_string()).unwrap()
+    }
+
+    #[test]
+    fn a_door_is_wired_at_installation_or_later() {
+        let with_door = CompartmentEvent::CompartmentInstalled {
+            id: id(),
+            size: Size::Large,
+            door: Some(door(1)),
+            at: t(0),
+        };
+        CompartmentTest::with(())
+            .given_no_previous_events()
+            .when(CompartmentCommand::Install {
+                id: id(),
+                size: Size::Large,
+                door: Some(door(1)),
+                at: t(0),
+            })
+            .then_expect_events(vec![with_door.clone()]);
+        CompartmentTest::with(())
+            .given(vec![installed()])
+            .when(CompartmentCommand::WireDoor {
+                door: door(2),
+                at: t(5),
+            })
+            .then_expect_events(vec![CompartmentEvent::DoorWired {
+                door: door(2),
+                at: t(5),
+            }]);
+        // The same device again: a retry, nothing new.
+        CompartmentTest::with(())
+            .given(vec![with_door])
+            .when(CompartmentCommand::WireDoor {
+                door: door(1),
+                at: t(5),
+            })
+            .then_expect_events(vec![]);
+        CompartmentTest::with(())
+            .given_no_previous_events()
+            .when(CompartmentCommand::WireDoor {
+                door: door(1),
+                at: t(5),
+            })
+            .then_expect_error(CompartmentError::NotInstalled);
+    }
+
+    #[test]
+    fn an_installation_recorded_before_doors_reads_as_doorless() {
+        let old = serde_json::json!({"CompartmentInstalled": {
+            "id": {"site": "610091A01", "number": "01"},
+            "size": "large",
+            "at": "2026-11-01T00:00:00Z"}});
+        let event: CompartmentEvent = serde_json::from_value(old).unwrap();
+        assert!(matches!(
+            event,
+            CompartmentEvent::CompartmentInstalled { door: None, .. }
+        ));
+    }
+
     #[test]
     fn install_then_reserve() {
         CompartmentTest::with(())
@@ -439,6 +526,7 @@ mod tests {
             .when(CompartmentCommand::Install {
                 id: id(),
                 size: Size::Large,
+                door: None,
                 at: t(0),
             })
             .then_expect_events(vec![installed()]);
