@@ -466,27 +466,39 @@ async fn setup(env: &Env, args: &LockersArgs) -> Result<Vec<String>, Error> {
     // Reservations one at a time: each takes the first free compartment the read model shows,
     // and running them at once would mostly race for the same one.
     for (i, token) in tokens.iter().enumerate().take(args.holders) {
-        post(
-            env,
-            "/lockers/reservations",
-            token,
-            json!({"site": DIRECT_SITE, "size": "large"}),
-        )
-        .await
-        .map_err(|e| format!("holder {i}: {e}"))?;
+        reserve(env, token, DIRECT_SITE)
+            .await
+            .map_err(|e| format!("holder {i}: {e}"))?;
     }
     for n in 0..args.grants {
-        post(
-            env,
-            "/lockers/reservations",
-            &tokens[n % args.holders],
-            json!({"site": WEBHOOK_SITE, "size": "large"}),
-        )
-        .await
-        .map_err(|e| format!("webhook compartment {n}: {e}"))?;
+        reserve(env, &tokens[n % args.holders], WEBHOOK_SITE)
+            .await
+            .map_err(|e| format!("webhook compartment {n}: {e}"))?;
     }
     wait_reserved(&env.pool, args.holders + args.grants).await?;
     Ok(tokens)
+}
+
+/// Reserves a large compartment; the API picks among the first free ones the read model shows,
+/// which can all be taken already when the projector is behind, so it waits and tries again.
+async fn reserve(env: &Env, token: &str, site: &str) -> Result<Value, String> {
+    let mut tries = 0;
+    loop {
+        match post(
+            env,
+            "/lockers/reservations",
+            token,
+            json!({"site": site, "size": "large"}),
+        )
+        .await
+        {
+            Err(e) if e.contains("no_free_compartment") && tries < 500 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn wait_reserved(pool: &PgPool, want: usize) -> Result<(), Error> {
