@@ -1233,6 +1233,17 @@ async fn lockers_rebuild_equals_the_live_model_and_the_live_projector_carries_on
         )
         .await;
     created(res, "direct grant").await;
+    // Once the grant shows as completed and notified, none of its events is still to come.
+    eventually(Duration::from_secs(10), "grant projected", || async {
+        let notes = count(&app.pool, "SELECT count(*) FROM locker_inbox").await;
+        let done = count(
+            &app.pool,
+            "SELECT count(*) FROM grant_requests WHERE status = 'completed'",
+        )
+        .await;
+        (notes >= 2 && done == 1).then_some(())
+    })
+    .await;
     let head = latch_projections::log::head(&app.pool).await.unwrap();
     eventually(Duration::from_secs(10), "lockers caught up", || async {
         let at = latch_projections::projector::checkpoint(&app.pool, "lockers")
