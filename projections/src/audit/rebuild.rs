@@ -200,14 +200,7 @@ pub async fn rebuild_lockers(
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<Rebuilt, RebuildError> {
     let started = Instant::now();
-    let mut guard = pool.acquire().await?.detach();
-    let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock(hashtext($1)::bigint)")
-        .bind(format!("latch-rebuild:{}", lockers::NAME))
-        .fetch_one(&mut guard)
-        .await?;
-    if !got {
-        return Err(RebuildError::Busy(lockers::NAME.to_owned()));
-    }
+    let guard = one_rebuild_at_a_time(pool, lockers::NAME).await?;
     let result = run_lockers(pool, progress, started).await;
     if result.is_err() {
         sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {LOCKERS_SHADOW} CASCADE"))
@@ -259,17 +252,7 @@ async fn run_lockers(
     // 3. Hold the live projector off, fold the last events, swap, set the checkpoint.
     let swap_started = Instant::now();
     let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL lock_timeout = '30s'")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
+    hold_projector_off(&mut tx, name).await?;
     loop {
         let (next, folded, full) = fold_lockers(&mut tx, position).await?;
         position = next;
@@ -290,28 +273,12 @@ async fn run_lockers(
         ))
         .execute(&mut *tx)
         .await?;
-        for (new_name, def) in &new {
-            if let Some((old_name, _)) = old.iter().find(|(_, d)| d == def) {
-                if old_name != new_name {
-                    sqlx::raw_sql(&format!(
-                        "ALTER INDEX public.{new_name} RENAME TO {old_name}"
-                    ))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-        }
+        rename_indexes_back(&mut tx, &old, &new).await?;
     }
     sqlx::raw_sql(&format!("DROP SCHEMA {LOCKERS_SHADOW}"))
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
-        "UPDATE projection_checkpoints SET position = $2, updated_at = clock_timestamp() WHERE name = $1",
-    )
-    .bind(name)
-    .bind(position)
-    .execute(&mut *tx)
-    .await?;
+    set_checkpoint(&mut tx, name, position).await?;
     let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM public.locker_compartments")
         .fetch_one(&mut *tx)
         .await?;
@@ -373,15 +340,7 @@ pub async fn rebuild<M: Model>(
     let started = Instant::now();
     let name = model.name();
     let shadow = format!("{name}__rebuild");
-    // One rebuild per model at a time; the lock lives and dies with this connection.
-    let mut guard = pool.acquire().await?.detach();
-    let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock(hashtext($1)::bigint)")
-        .bind(format!("latch-rebuild:{name}"))
-        .fetch_one(&mut guard)
-        .await?;
-    if !got {
-        return Err(RebuildError::Busy(name.to_owned()));
-    }
+    let guard = one_rebuild_at_a_time(pool, name).await?;
     let result = run(pool, model, &shadow, progress, started).await;
     if result.is_err() {
         sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}"))
@@ -495,27 +454,11 @@ async fn run<M: Model>(
     // 3. Hold the live projector off, fold the last events, swap, set the checkpoint.
     let swap_started = Instant::now();
     let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL lock_timeout = '30s'")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
+    hold_projector_off(&mut tx, name).await?;
     position = catch_up_in(&mut tx, &mut folder, position).await?;
     folder.flush(&mut tx).await?;
     swap_tables(&mut tx, name, shadow).await?;
-    sqlx::query(
-        "UPDATE projection_checkpoints SET position = $2, updated_at = clock_timestamp() WHERE name = $1",
-    )
-    .bind(name)
-    .bind(position)
-    .execute(&mut *tx)
-    .await?;
+    set_checkpoint(&mut tx, name, position).await?;
     let (rows,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {name}"))
         .fetch_one(&mut *tx)
         .await?;
@@ -544,6 +487,51 @@ async fn run<M: Model>(
         elapsed: started.elapsed(),
         swap,
     })
+}
+
+/// One rebuild per model at a time: the lock lives and dies with the returned connection.
+async fn one_rebuild_at_a_time(pool: &PgPool, name: &str) -> Result<PgConnection, RebuildError> {
+    let mut guard = pool.acquire().await?.detach();
+    let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock(hashtext($1)::bigint)")
+        .bind(format!("latch-rebuild:{name}"))
+        .fetch_one(&mut guard)
+        .await?;
+    if !got {
+        return Err(RebuildError::Busy(name.to_owned()));
+    }
+    Ok(guard)
+}
+
+/// Locks the projection's checkpoint row for the rest of `tx`: the live projector takes the
+/// same lock to apply a batch, so it waits until the swap commits.
+async fn hold_projector_off(tx: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SET LOCAL lock_timeout = '30s'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+async fn set_checkpoint(
+    tx: &mut PgConnection,
+    name: &str,
+    position: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projection_checkpoints SET position = $2, updated_at = clock_timestamp() WHERE name = $1",
+    )
+    .bind(name)
+    .bind(position)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 async fn catch_up<M: Model>(
@@ -623,12 +611,23 @@ async fn swap_tables(tx: &mut PgConnection, name: &str, shadow: &str) -> Result<
     ))
     .execute(&mut *tx)
     .await?;
-    for (new_name, def) in &new {
+    rename_indexes_back(tx, &old, &new).await
+}
+
+/// Gives each index of a swapped-in table the name its twin had in the table it replaced.
+async fn rename_indexes_back(
+    tx: &mut PgConnection,
+    old: &[(String, String)],
+    new: &[(String, String)],
+) -> Result<(), sqlx::Error> {
+    for (new_name, def) in new {
         if let Some((old_name, _)) = old.iter().find(|(_, d)| d == def) {
             if old_name != new_name {
-                sqlx::raw_sql(&format!("ALTER INDEX {new_name} RENAME TO {old_name}"))
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::raw_sql(&format!(
+                    "ALTER INDEX public.{new_name} RENAME TO {old_name}"
+                ))
+                .execute(&mut *tx)
+                .await?;
             }
         }
     }
