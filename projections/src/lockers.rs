@@ -20,6 +20,17 @@ use uuid::Uuid;
 
 pub const NAME: &str = "lockers";
 
+/// Every table this projection writes (a rebuild replaces them together).
+pub const TABLES: &[&str] = &[
+    "locker_sites",
+    "locker_compartments",
+    "compartment_holders",
+    "locker_users",
+    "locker_authorizers",
+    "grant_requests",
+    "locker_inbox",
+];
+
 /// One change to the lockers read models.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {

@@ -17,9 +17,11 @@
 
 use crate::device_status;
 use crate::device_status::DeviceStatusProjection;
+use crate::lockers::{self, LockersProjection};
 use crate::orders;
 use crate::orders::OrdersProjection;
 use crate::projector::Model;
+use crate::projector::Projection;
 use crate::qr_login_status;
 use crate::qr_login_status::QrLoginStatusProjection;
 use crate::{log, LoggedEvent, ProjectionError};
@@ -31,11 +33,16 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// The read models that can be rebuilt.
-pub const NAMES: &[&str] = &[device_status::NAME, qr_login_status::NAME, orders::NAME];
+pub const NAMES: &[&str] = &[
+    device_status::NAME,
+    qr_login_status::NAME,
+    orders::NAME,
+    lockers::NAME,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
-    #[error("no projection named {0:?}; known: device_status, qr_login_status, orders")]
+    #[error("no projection named {0:?}; known: device_status, qr_login_status, orders, lockers")]
     UnknownProjection(String),
     #[error("a rebuild of {0} is already running")]
     Busy(String),
@@ -178,8 +185,151 @@ pub async fn rebuild_named(
         device_status::NAME => rebuild(pool, &DeviceStatusProjection, progress).await,
         qr_login_status::NAME => rebuild(pool, &QrLoginStatusProjection, progress).await,
         orders::NAME => rebuild(pool, &OrdersProjection, progress).await,
+        lockers::NAME => rebuild_lockers(pool, progress).await,
         other => Err(RebuildError::UnknownProjection(other.to_owned())),
     }
+}
+
+/// The lockers read models span several tables written by one projection, so they are rebuilt
+/// together: the same tables are created in a schema of their own, the projection's own writes
+/// fill them (its SQL names tables unqualified, and the rebuild's transactions put that schema
+/// first on the search path), and the swap moves each into place in one transaction under the
+/// checkpoint lock, as for a single-table model.
+pub async fn rebuild_lockers(
+    pool: &PgPool,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Rebuilt, RebuildError> {
+    let started = Instant::now();
+    let guard = one_rebuild_at_a_time(pool, lockers::NAME).await?;
+    let result = run_lockers(pool, progress, started).await;
+    if result.is_err() {
+        sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {LOCKERS_SHADOW} CASCADE"))
+            .execute(pool)
+            .await
+            .ok();
+    }
+    guard.close().await.ok();
+    result
+}
+
+const LOCKERS_SHADOW: &str = "lockers__rebuild";
+
+async fn run_lockers(
+    pool: &PgPool,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+    started: Instant,
+) -> Result<Rebuilt, RebuildError> {
+    let name = lockers::NAME;
+    let mut ddl =
+        format!("DROP SCHEMA IF EXISTS {LOCKERS_SHADOW} CASCADE; CREATE SCHEMA {LOCKERS_SHADOW};");
+    for table in lockers::TABLES {
+        ddl.push_str(&format!(
+            "CREATE TABLE {LOCKERS_SHADOW}.{table} (LIKE public.{table} INCLUDING ALL);"
+        ));
+    }
+    sqlx::raw_sql(&ddl).execute(pool).await?;
+    let head = log::head(pool).await?;
+    tracing::info!(name, head, "rebuild: folding the log");
+    let mut position = 0i64;
+    let mut events = 0u64;
+    // 1 and 2: fold without locks until the head is less than a chunk away.
+    loop {
+        let mut tx = pool.begin().await?;
+        let (next, folded, full) = fold_lockers(&mut tx, position).await?;
+        tx.commit().await?;
+        position = next;
+        events += folded;
+        progress(Progress {
+            phase: "fold",
+            position,
+            head: head.max(position),
+            events,
+        });
+        if !full {
+            break;
+        }
+    }
+    // 3. Hold the live projector off, fold the last events, swap, set the checkpoint.
+    let swap_started = Instant::now();
+    let mut tx = pool.begin().await?;
+    hold_projector_off(&mut tx, name).await?;
+    loop {
+        let (next, folded, full) = fold_lockers(&mut tx, position).await?;
+        position = next;
+        events += folded;
+        if !full {
+            break;
+        }
+    }
+    sqlx::query("SET LOCAL search_path = public")
+        .execute(&mut *tx)
+        .await?;
+    for table in lockers::TABLES {
+        let shadow = format!("{LOCKERS_SHADOW}.{table}");
+        let old = indexes(&mut tx, &format!("public.{table}")).await?;
+        let new = indexes(&mut tx, &shadow).await?;
+        sqlx::raw_sql(&format!(
+            "DROP TABLE public.{table}; ALTER TABLE {shadow} SET SCHEMA public;"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        rename_indexes_back(&mut tx, &old, &new).await?;
+    }
+    sqlx::raw_sql(&format!("DROP SCHEMA {LOCKERS_SHADOW}"))
+        .execute(&mut *tx)
+        .await?;
+    set_checkpoint(&mut tx, name, position).await?;
+    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM public.locker_compartments")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let swap = swap_started.elapsed();
+    progress(Progress {
+        phase: "swapped",
+        position,
+        head: position,
+        events,
+    });
+    tracing::info!(
+        name,
+        position,
+        rows,
+        events,
+        swap_ms = swap.as_millis() as u64,
+        "rebuild swapped in"
+    );
+    Ok(Rebuilt {
+        name: name.to_owned(),
+        position,
+        events,
+        positions: position,
+        rows,
+        elapsed: started.elapsed(),
+        swap,
+    })
+}
+
+/// Folds the next chunk of the log after `position` into the shadow lockers tables, inside the
+/// caller's transaction. Returns the new position, the lockers events folded, and whether the
+/// chunk was full (more may follow).
+async fn fold_lockers(
+    tx: &mut PgConnection,
+    position: i64,
+) -> Result<(i64, u64, bool), ProjectionError> {
+    let events = log::read_range(&mut *tx, position, None, CHUNK as i64).await?;
+    let Some(last) = events.last() else {
+        return Ok((position, 0, false));
+    };
+    check_dense(position, &events)?;
+    sqlx::query(&format!("SET LOCAL search_path = {LOCKERS_SHADOW}, public"))
+        .execute(&mut *tx)
+        .await?;
+    LockersProjection.apply(&mut *tx, &events).await?;
+    let folded = events
+        .iter()
+        .filter(|e| lockers::is_mine(&e.aggregate_type))
+        .count() as u64;
+    Ok((last.position, folded, events.len() == CHUNK))
 }
 
 pub async fn rebuild<M: Model>(
@@ -190,15 +340,7 @@ pub async fn rebuild<M: Model>(
     let started = Instant::now();
     let name = model.name();
     let shadow = format!("{name}__rebuild");
-    // One rebuild per model at a time; the lock lives and dies with this connection.
-    let mut guard = pool.acquire().await?.detach();
-    let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock(hashtext($1)::bigint)")
-        .bind(format!("latch-rebuild:{name}"))
-        .fetch_one(&mut guard)
-        .await?;
-    if !got {
-        return Err(RebuildError::Busy(name.to_owned()));
-    }
+    let guard = one_rebuild_at_a_time(pool, name).await?;
     let result = run(pool, model, &shadow, progress, started).await;
     if result.is_err() {
         sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}"))
@@ -312,27 +454,11 @@ async fn run<M: Model>(
     // 3. Hold the live projector off, fold the last events, swap, set the checkpoint.
     let swap_started = Instant::now();
     let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL lock_timeout = '30s'")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
+    hold_projector_off(&mut tx, name).await?;
     position = catch_up_in(&mut tx, &mut folder, position).await?;
     folder.flush(&mut tx).await?;
     swap_tables(&mut tx, name, shadow).await?;
-    sqlx::query(
-        "UPDATE projection_checkpoints SET position = $2, updated_at = clock_timestamp() WHERE name = $1",
-    )
-    .bind(name)
-    .bind(position)
-    .execute(&mut *tx)
-    .await?;
+    set_checkpoint(&mut tx, name, position).await?;
     let (rows,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {name}"))
         .fetch_one(&mut *tx)
         .await?;
@@ -361,6 +487,51 @@ async fn run<M: Model>(
         elapsed: started.elapsed(),
         swap,
     })
+}
+
+/// One rebuild per model at a time: the lock lives and dies with the returned connection.
+async fn one_rebuild_at_a_time(pool: &PgPool, name: &str) -> Result<PgConnection, RebuildError> {
+    let mut guard = pool.acquire().await?.detach();
+    let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock(hashtext($1)::bigint)")
+        .bind(format!("latch-rebuild:{name}"))
+        .fetch_one(&mut guard)
+        .await?;
+    if !got {
+        return Err(RebuildError::Busy(name.to_owned()));
+    }
+    Ok(guard)
+}
+
+/// Locks the projection's checkpoint row for the rest of `tx`: the live projector takes the
+/// same lock to apply a batch, so it waits until the swap commits.
+async fn hold_projector_off(tx: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SET LOCAL lock_timeout = '30s'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+async fn set_checkpoint(
+    tx: &mut PgConnection,
+    name: &str,
+    position: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projection_checkpoints SET position = $2, updated_at = clock_timestamp() WHERE name = $1",
+    )
+    .bind(name)
+    .bind(position)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 async fn catch_up<M: Model>(
@@ -440,12 +611,23 @@ async fn swap_tables(tx: &mut PgConnection, name: &str, shadow: &str) -> Result<
     ))
     .execute(&mut *tx)
     .await?;
-    for (new_name, def) in &new {
+    rename_indexes_back(tx, &old, &new).await
+}
+
+/// Gives each index of a swapped-in table the name its twin had in the table it replaced.
+async fn rename_indexes_back(
+    tx: &mut PgConnection,
+    old: &[(String, String)],
+    new: &[(String, String)],
+) -> Result<(), sqlx::Error> {
+    for (new_name, def) in new {
         if let Some((old_name, _)) = old.iter().find(|(_, d)| d == def) {
             if old_name != new_name {
-                sqlx::raw_sql(&format!("ALTER INDEX {new_name} RENAME TO {old_name}"))
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::raw_sql(&format!(
+                    "ALTER INDEX public.{new_name} RENAME TO {old_name}"
+                ))
+                .execute(&mut *tx)
+                .await?;
             }
         }
     }
