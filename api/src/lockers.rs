@@ -127,6 +127,11 @@ pub struct Lockers {
     sms: Arc<dyn SmsSender>,
     /// Set when `sms` is the sandbox, so operators can read what it "sent".
     sandbox_sms: Option<Arc<SandboxSms>>,
+    /// Argon2 takes ~19 MiB and a core's worth of time per hash. Unbounded, a burst of logins
+    /// runs one per blocking thread, and the allocator keeps each thread's arena afterwards
+    /// (2 GiB seen after 129 registrations and a thousand logins); this keeps it to one hash
+    /// per core at a time, the others queue.
+    password_work: Arc<tokio::sync::Semaphore>,
 }
 
 impl Lockers {
@@ -144,7 +149,25 @@ impl Lockers {
             settings,
             sms,
             sandbox_sms: None,
+            password_work: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
         }
+    }
+
+    /// Runs password hashing or verification off the async threads, at most one per core.
+    pub async fn password_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self
+            .password_work
+            .acquire()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))
     }
 }
 
@@ -522,9 +545,10 @@ pub async fn register_user(
     }
     let ctx = meta.context(&actor, &body.raw);
     // A retry with the same key answers from the first request without hashing again.
-    let password_hash = tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let password_hash = state
+        .lockers
+        .password_work(move || hash_password(&password))
+        .await??;
     let command = UserCommand::Register {
         number: number.clone(),
         name: name.clone(),
@@ -775,9 +799,10 @@ pub(crate) async fn check_login(state: &AppState, login: &Login) -> Result<Logge
     let hash = user.password_hash.clone();
     let password = login.password.clone();
     let ok = user.number.is_some()
-        && tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        && state
+            .lockers
+            .password_work(move || verify_password(&password, &hash))
+            .await?;
     if !ok {
         tracing::info!(user = %number, "locker login refused");
         return Err(refused());
