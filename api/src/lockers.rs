@@ -127,11 +127,41 @@ pub struct Lockers {
     sms: Arc<dyn SmsSender>,
     /// Set when `sms` is the sandbox, so operators can read what it "sent".
     sandbox_sms: Option<Arc<SandboxSms>>,
-    /// Argon2 takes ~19 MiB and a core's worth of time per hash. Unbounded, a burst of logins
-    /// runs one per blocking thread, and the allocator keeps each thread's arena afterwards
-    /// (2 GiB seen after 129 registrations and a thousand logins); this keeps it to one hash
-    /// per core at a time, the others queue.
-    password_work: Arc<tokio::sync::Semaphore>,
+    /// Argon2 takes ~19 MiB and a core's worth of time per hash. On tokio's blocking threads a
+    /// burst of logins ran one hash per thread, and the allocator kept an arena of that size per
+    /// thread afterwards (2 GiB after 129 registrations; still 770 MiB with the hashes merely
+    /// limited to one per core, as the pool kept moving them to fresh threads). So they run on a
+    /// few threads of their own, one per core, whose memory is reused from hash to hash; the
+    /// rest queue.
+    password_work: tokio::sync::mpsc::Sender<PasswordJob>,
+}
+
+type PasswordJob = Box<dyn FnOnce() + Send>;
+
+/// One thread per core for password hashing; they end when the sender is dropped.
+fn password_threads() -> tokio::sync::mpsc::Sender<PasswordJob> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<PasswordJob>(1024);
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for i in 0..std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        let rx = rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("latch-passwords-{i}"))
+            .spawn(move || loop {
+                // One thread waits on the queue at a time; the others wait for the lock.
+                let job = match rx.lock() {
+                    Ok(mut rx) => rx.blocking_recv(),
+                    Err(_) => return,
+                };
+                match job {
+                    Some(job) => job(),
+                    None => return,
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "password thread not started");
+        }
+    }
+    tx
 }
 
 impl Lockers {
@@ -149,25 +179,26 @@ impl Lockers {
             settings,
             sms,
             sandbox_sms: None,
-            password_work: Arc::new(tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
-            )),
+            password_work: password_threads(),
         }
     }
 
-    /// Runs password hashing or verification off the async threads, at most one per core.
+    /// Runs password hashing or verification on the password threads, off the async ones.
     pub async fn password_work<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _permit = self
-            .password_work
-            .acquire()
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: PasswordJob = Box::new(move || {
+            let _ = done.send(work());
+        });
+        self.password_work
+            .send(job)
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        tokio::task::spawn_blocking(work)
+            .map_err(|_| ApiError::Internal("password threads stopped".into()))?;
+        result
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))
+            .map_err(|_| ApiError::Internal("password job dropped".into()))
     }
 }
 
