@@ -209,6 +209,36 @@ where
 }
 
 /// The note every report ends with: how many cores, and whether the figures are real.
+/// Stops a `latch serve` child: SIGTERM, then kill if it has not finished in 30 s. How it ended
+/// goes into the report's notes when it was not a clean exit.
+pub(crate) async fn stop_serve(
+    child: &mut tokio::process::Child,
+    pid: &str,
+    phase: &str,
+    report: &mut Report,
+) -> Result<(), std::io::Error> {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", pid])
+        .status();
+    match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+        Ok(status) => {
+            let status = status?;
+            if !status.success() {
+                report
+                    .notes
+                    .push(format!("{phase}latch serve exited with {status}"));
+            }
+        }
+        Err(_) => {
+            report.notes.push(format!(
+                "{phase}latch serve did not stop in 30 s after SIGTERM; killed"
+            ));
+            child.kill().await.ok();
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn machine_note() -> String {
     format!(
         "machine: {} cores; build: {}",

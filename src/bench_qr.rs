@@ -484,26 +484,7 @@ async fn push_phase(
         .spawn()?;
     let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
     let result = hold_channels(&mut child, &pid, port, count, args, report).await;
-    // Stop the child: SIGTERM, then kill if it has not finished in 30 s.
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
-        Ok(status) => {
-            let status = status?;
-            if !status.success() {
-                report
-                    .notes
-                    .push(format!("push phase: latch serve exited with {status}"));
-            }
-        }
-        Err(_) => {
-            report
-                .notes
-                .push("push phase: latch serve did not stop in 30 s after SIGTERM; killed".into());
-            child.kill().await.ok();
-        }
-    }
+    crate::bench::stop_serve(&mut child, &pid, "push phase: ", report).await?;
     result
 }
 

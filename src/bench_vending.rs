@@ -170,26 +170,7 @@ async fn phases(args: &VendingArgs, db_url: &str, report: &mut Report) -> Result
         pid: pid.clone(),
     };
     let result = against_serve(&env, &mut child, args, &baselines, report).await;
-    // Stop the child: SIGTERM, then kill if it has not finished in 30 s.
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
-        Ok(status) => {
-            let status = status?;
-            if !status.success() {
-                report
-                    .notes
-                    .push(format!("latch serve exited with {status}"));
-            }
-        }
-        Err(_) => {
-            report
-                .notes
-                .push("latch serve did not stop in 30 s after SIGTERM; killed".into());
-            child.kill().await.ok();
-        }
-    }
+    crate::bench::stop_serve(&mut child, &pid, "", report).await?;
     result
 }
 
