@@ -209,6 +209,28 @@ where
 }
 
 /// The note every report ends with: how many cores, and whether the figures are real.
+/// Starts this binary as a `latch serve` child with every role on `port` (already migrated
+/// database); returns it with its pid for CPU and memory readings.
+pub(crate) fn spawn_serve(
+    db_url: &str,
+    nats_url: &str,
+    port: u16,
+) -> Result<(tokio::process::Child, String), std::io::Error> {
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .env("DATABASE_URL", db_url)
+        .env("NATS_URL", nats_url)
+        .env("LATCH_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("LATCH_MIGRATE", "false")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
+    Ok((child, pid))
+}
+
 /// Stops a `latch serve` child: SIGTERM, then kill if it has not finished in 30 s. How it ended
 /// goes into the report's notes when it was not a clean exit.
 pub(crate) async fn stop_serve(

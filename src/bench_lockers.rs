@@ -136,19 +136,7 @@ async fn phases(args: &LockersArgs, db_url: &str, report: &mut Report) -> Result
 
     // 2-5. Against a real `latch serve` process.
     let port = free_port()?;
-    let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(exe)
-        .arg("serve")
-        .env("DATABASE_URL", db_url)
-        .env("NATS_URL", nats.url())
-        .env("LATCH_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("LATCH_MIGRATE", "false")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
+    let (mut child, pid) = crate::bench::spawn_serve(db_url, &nats.url(), port)?;
     let env = Env {
         operator: issue_token(&pool, TokenRole::Operator, "bench").await?,
         pool,

@@ -437,12 +437,6 @@ async fn connect_one(url: &str, cookie: &str) -> Result<WsStream, String> {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
-fn free_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
 async fn push_phase(
     args: &QrArgs,
     db_url: &str,
@@ -463,7 +457,7 @@ async fn push_phase(
         ));
     }
 
-    let port = free_port()?;
+    let port = crate::bench_vending::free_port()?;
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")

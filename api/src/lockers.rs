@@ -77,9 +77,7 @@ impl Default for LockerSettings {
             session: chrono::Duration::hours(12),
             grant_timeout: chrono::Duration::minutes(5),
             reservation: chrono::Duration::hours(2),
-            // Nine attempts over about four minutes: inside the default five-minute grant timeout,
-            // after which delivering is pointless.
-            webhook_backoff: [1, 2, 5, 10, 20, 30, 60, 120]
+            webhook_backoff: latch_domain::locker::signing::DEFAULT_WEBHOOK_BACKOFF_SECS
                 .into_iter()
                 .map(Duration::from_secs)
                 .collect(),

@@ -53,7 +53,7 @@ pub struct DeliveryConfig {
 impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
-            backoff: [1, 2, 5, 10, 20, 30, 60, 120]
+            backoff: latch_domain::locker::signing::DEFAULT_WEBHOOK_BACKOFF_SECS
                 .into_iter()
                 .map(Duration::from_secs)
                 .collect(),

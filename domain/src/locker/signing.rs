@@ -11,6 +11,10 @@ use sha2::Sha256;
 
 /// The key bytes of a `whsec_` + base64 secret (the prefix is optional); `None` if it is not
 /// base64 or empty.
+/// Seconds before each grant-request delivery attempt: nine attempts over about four minutes,
+/// inside the default five-minute grant timeout, after which delivering is pointless.
+pub const DEFAULT_WEBHOOK_BACKOFF_SECS: [u64; 8] = [1, 2, 5, 10, 20, 30, 60, 120];
+
 pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
     base64::engine::general_purpose::STANDARD
