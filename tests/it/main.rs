@@ -16,6 +16,7 @@ mod outages;
 mod qr_api;
 mod qr_pages;
 mod relay;
+mod snapshots;
 mod telemetry;
 mod vending;
 mod vending_pages;
