@@ -181,3 +181,70 @@ impl EventHandler for LockerNotifier {
         Ok(Outcome::Done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use cqrs_es::DomainEvent;
+    use latch_domain::locker::{AuthorizerNumber, UserNumber};
+    use uuid::Uuid;
+
+    fn holder_changed(via: Option<&str>) -> LoggedEvent {
+        let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let e = CompartmentEvent::HolderChanged {
+            grant_id: Uuid::from_u128(9),
+            from: UserNumber::parse("u", "13488888888").unwrap(),
+            to: UserNumber::parse("u", "13466666666").unwrap(),
+            via: via.map(|a| AuthorizerNumber::parse("a", a).unwrap()),
+            at,
+        };
+        LoggedEvent {
+            position: 7,
+            event_id: Uuid::from_u128(42),
+            aggregate_type: Compartment::TYPE.into(),
+            aggregate_id: "610091A01:01".into(),
+            sequence: 3,
+            event_type: e.event_type(),
+            event_version: e.event_version(),
+            payload: serde_json::to_value(&e).unwrap(),
+            metadata: json!({}),
+            recorded_at: at,
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_holder_change_through_an_authorizer_tells_receiver_giver_and_authorizer_by_event_id() {
+        let event = holder_changed(Some("0001"));
+        let (messages, sms) = notices(&event);
+        let subjects: Vec<&str> = messages.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(
+            subjects,
+            [
+                "latch.lockers.notifications.13466666666",
+                "latch.lockers.notifications.13488888888",
+                "latch.authorizers.0001.confirmations",
+            ]
+        );
+        assert!(messages
+            .iter()
+            .all(|(_, body)| body["event_id"] == event.event_id.to_string()));
+        assert_eq!(messages[2].1["site"], "610091A01");
+        assert_eq!(messages[2].1["compartment"], "01");
+        let (phone, text) = sms.unwrap();
+        assert_eq!(phone, "13466666666");
+        assert!(text.contains("610091A01:01"));
+    }
+
+    #[test]
+    fn a_direct_grant_confirms_to_no_authorizer_and_other_events_send_nothing() {
+        let (messages, sms) = notices(&holder_changed(None));
+        assert_eq!(messages.len(), 2);
+        assert!(sms.is_some());
+        let mut other = holder_changed(None);
+        other.payload = json!({"ParcelCollected": {"parcel": "SF1", "at": "2026-01-01T00:00:00Z"}});
+        let (messages, sms) = notices(&other);
+        assert!(messages.is_empty() && sms.is_none());
+    }
+}
