@@ -10,6 +10,7 @@ mod devices_api;
 mod event_store;
 mod kazaya;
 mod locker_pages;
+mod locker_process;
 mod lockers;
 mod nats_auth;
 mod outages;
