@@ -209,7 +209,7 @@ async fn door_report(store: &Store, id: &str, i: usize) -> Result<(), Box<dyn st
     // Bulk-loaded streams end with the door closed; the fresh device's door is unknown, which
     // opening changes as well.
     let command = DeviceCommand::ReportDoor {
-        state: if i % 2 == 0 {
+        state: if i.is_multiple_of(2) {
             DoorState::Open
         } else {
             DoorState::Closed
