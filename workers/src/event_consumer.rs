@@ -54,7 +54,13 @@ async fn consume<H: EventHandler>(
     handler: &H,
     shutdown: &CancellationToken,
 ) -> Result<(), async_nats::Error> {
-    let config = streams::durable(name, filter);
+    // Redelivered without limit: a message that comes back because Postgres was away must not
+    // be dropped by the server after a few tries. A handler that keeps answering "later" is
+    // dead-lettered below instead, after `MAX_DELIVER` attempts.
+    let config = async_nats::jetstream::consumer::pull::Config {
+        max_deliver: -1,
+        ..streams::durable(name, filter)
+    };
     let consumer = streams::ensure_consumer(js, subjects::EVENTS_STREAM, config).await?;
     let mut messages = consumer.messages().await?;
     loop {
@@ -77,8 +83,13 @@ async fn consume<H: EventHandler>(
             match handler.handle(&event).instrument(span).await {
                 Ok(Outcome::Done) => message.ack().await?,
                 Ok(Outcome::Later(why)) => {
-                    // Later attempts wait longer; the consumer's max_deliver bounds them.
+                    // Later attempts wait longer; past the consumer's max_deliver the server
+                    // would drop the message silently, so the last attempt dead-letters it.
                     let attempt = message.info().map_or(1, |i| i.delivered).max(1);
+                    if attempt >= streams::MAX_DELIVER {
+                        dead_letter(js, name, &message, &why, attempt).await?;
+                        continue;
+                    }
                     let delay = Duration::from_millis(500 * attempt as u64);
                     tracing::info!(consumer = name, position = event.position, %why, ?delay, "retrying later");
                     message.ack_with(AckKind::Nak(Some(delay))).await?;
@@ -88,6 +99,49 @@ async fn consume<H: EventHandler>(
                     return Err(e.into());
                 }
             }
+        }
+    }
+}
+
+/// Keeps an event this consumer gave up on in the DEADLETTER stream (`latch.dlq.<consumer>`,
+/// with the reason), then terminates it; if that publish fails the event comes back later
+/// instead of vanishing.
+async fn dead_letter(
+    js: &Context,
+    name: &str,
+    message: &async_nats::jetstream::Message,
+    why: &str,
+    attempts: i64,
+) -> Result<(), async_nats::Error> {
+    let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let publish = async_nats::jetstream::message::PublishMessage::build()
+        .payload(message.payload.clone())
+        .message_id(format!("{name}-{sequence}"))
+        .header("Latch-Reason", "gave_up")
+        .header(
+            "Latch-Detail",
+            why.chars().take(512).collect::<String>().as_str(),
+        )
+        .header("Latch-Subject", message.subject.as_str())
+        .header("Latch-Stream-Sequence", sequence.to_string().as_str())
+        .header("Latch-Attempts", attempts.to_string().as_str());
+    let stored = async {
+        js.send_publish(subjects::deadletter(name), publish)
+            .await?
+            .await?;
+        Ok::<(), async_nats::Error>(())
+    }
+    .await;
+    match stored {
+        Ok(()) => {
+            tracing::error!(consumer = name, sequence, %why, attempts, "gave up; event dead-lettered");
+            message.ack_with(AckKind::Term).await
+        }
+        Err(e) => {
+            message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(30))))
+                .await?;
+            Err(e)
         }
     }
 }
