@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use chrono::{DateTime, Utc};
+use latch_domain::access::RevokeReason;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -175,7 +176,7 @@ pub async fn page_logout(
 ) -> Result<(CookieJar, StatusCode), ApiError> {
     require_client_header(&headers)?;
     if let Some(token) = cookie_token(&headers) {
-        state.auth.revoke(&token).await?;
+        crate::tokens::revoke(&state, &token, RevokeReason::Logout).await?;
     }
     let gone = Cookie::build((LOCKER_COOKIE, "")).path(COOKIE_PATH).build();
     Ok((jar.remove(gone), StatusCode::NO_CONTENT))

@@ -17,11 +17,12 @@
 //! nothing; the compartment aggregate itself refuses anyone but the current holder, which
 //! settles two racing grants.
 
-use crate::auth::{issue_token_until, Actor, Role};
+use crate::auth::{Actor, Role};
 use crate::error::{from_command_error, ApiError, ErrorBody};
 use crate::extract::{JsonBody, RequestMeta};
 use crate::kazaya::verify_signature;
 use crate::locker_pages::LockerCaller;
+use crate::login_events::{self, LoginToken};
 use crate::qr::limits::Limit;
 use crate::AppState;
 use axum::body::Bytes;
@@ -30,6 +31,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use latch_domain::access::LoginRefusal;
 use latch_domain::clock::SharedClock;
 use latch_domain::device::{Label, SiteCode};
 use latch_domain::locker::compartment::Status;
@@ -833,24 +835,25 @@ pub(crate) async fn check_login(state: &AppState, login: &Login) -> Result<Logge
             .password_work(move || verify_password(&password, &hash))
             .await?;
     if !ok {
-        tracing::info!(user = %number, "locker login refused");
+        let why = match user.number {
+            Some(_) => LoginRefusal::InvalidCredentials,
+            None => LoginRefusal::UnknownUser,
+        };
+        login_events::refused(state, &number, why).await?;
         return Err(refused());
     }
     if !user.is_active() {
+        login_events::refused(state, &number, LoginRefusal::UserDisabled).await?;
         return Err(unprocessable(
             "user_disabled",
             "user_number",
             "this user is disabled",
         ));
     }
-    let expires_at = state.clock.now() + state.lockers.settings.session;
-    let token = issue_token_until(
-        &state.store.pool,
-        Role::User,
-        &format!("{SUBJECT_PREFIX}{number}"),
-        Some(expires_at),
-    )
-    .await?;
+    let subject = format!("{SUBJECT_PREFIX}{number}");
+    let session = state.lockers.settings.session;
+    let LoginToken { token, expires_at } =
+        login_events::succeeded(state, &number, &subject, session).await?;
     Ok(LoggedIn {
         token,
         user_number: number.to_string(),

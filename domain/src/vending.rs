@@ -27,7 +27,7 @@ pub mod sticker_scan;
 pub mod values;
 
 pub use cabinet::{CabinetPlanogram, PlanogramCommand, PlanogramEvent};
-pub use member::{Member, MemberCommand, MemberEvent, Profile};
+pub use member::{Member, MemberCommand, MemberEvent, Profile, Session};
 pub use planogram::{Planogram, RawSlot, Slot, MAX_PRODUCTS_PER_SHELF, MAX_SLOTS};
 pub use session::{
     Order, PaymentState, Refund, ReviewLine, SessionStage, ShoppingCommand, ShoppingError,
