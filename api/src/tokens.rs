@@ -7,13 +7,15 @@
 //! before the row leaves a recorded token nobody holds (issue) or one still working until the
 //! retried logout, which then records nothing new and revokes the row (revocation).
 //!
-//! Tokens that come out of another fact (a locker login, a QR-login redemption) are issued by
-//! that fact's own command with the token id in its event; see [`crate::login_events`].
+//! Tokens that come out of another fact are issued by that fact's own command, with the token
+//! id in its event, so the request stays one command: a locker login
+//! ([`crate::login_events`]), a QR-login redemption (`QrLoginRedeemed.session_id`) and a
+//! shopper's Kazaya login (`MemberAuthorized.session`).
 
 use crate::auth::{NewToken, Role};
 use crate::error::{from_command_error, ApiError};
 use crate::AppState;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use latch_domain::access::{ApiToken, RevokeReason, Subject, TokenCommand, TokenRole, TokenVia};
 use latch_domain::store::{AggregateStore, CommandContext, DEFAULT_CONFLICT_RETRIES};
 use sqlx::PgPool;
@@ -38,37 +40,6 @@ pub fn subject(raw: &str) -> Result<Subject, ApiError> {
 pub struct Issued {
     pub token: String,
     pub token_id: uuid::Uuid,
-}
-
-/// Records `TokenIssued` and then stores the credential.
-pub async fn issue(
-    tokens: &AggregateStore<ApiToken>,
-    pool: &PgPool,
-    role: Role,
-    subject_raw: &str,
-    expires_at: Option<DateTime<Utc>>,
-    via: TokenVia,
-    at: DateTime<Utc>,
-    ctx: &CommandContext,
-) -> Result<Issued, ApiError> {
-    let new = NewToken::generate();
-    let command = TokenCommand::Issue {
-        token_id: new.token_id,
-        role: token_role(role),
-        subject: subject(subject_raw)?,
-        expires_at,
-        via,
-        at,
-    };
-    tokens
-        .create(&new.token_id.to_string(), command.name(), command, ctx)
-        .await
-        .map_err(from_command_error)?;
-    new.store(pool, role, subject_raw, expires_at).await?;
-    Ok(Issued {
-        token: new.token,
-        token_id: new.token_id,
-    })
 }
 
 /// Revokes `token` if it is live: `TokenRevoked` first, then the row (and this process's
@@ -100,9 +71,9 @@ pub async fn revoke(state: &AppState, token: &str, reason: RevokeReason) -> Resu
     Ok(())
 }
 
-/// Issues a token to someone with access to the installation (`latch token`, `latch dev`),
-/// recorded as `TokenIssued` via `provisioned`. Runs outside the API process, so it builds its
-/// own command entry point on `pool`.
+/// Issues a token to someone with access to the installation (`latch token`, `latch dev`):
+/// `TokenIssued` via `provisioned`, then the credential. Runs outside the API process, so it
+/// builds its own command entry point on `pool`.
 pub async fn provision(
     pool: &PgPool,
     role: Role,
@@ -110,16 +81,27 @@ pub async fn provision(
     actor: &str,
 ) -> Result<Issued, ApiError> {
     let tokens = AggregateStore::<ApiToken>::new(pool.clone(), DEFAULT_CONFLICT_RETRIES);
-    let ctx = CommandContext::new(actor);
-    issue(
-        &tokens,
-        pool,
-        role,
-        subject_raw,
-        None,
-        TokenVia::Provisioned,
-        Utc::now(),
-        &ctx,
-    )
-    .await
+    let new = NewToken::generate();
+    let command = TokenCommand::Issue {
+        token_id: new.token_id,
+        role: token_role(role),
+        subject: subject(subject_raw)?,
+        expires_at: None,
+        via: TokenVia::Provisioned,
+        at: Utc::now(),
+    };
+    tokens
+        .create(
+            &new.token_id.to_string(),
+            command.name(),
+            command,
+            &CommandContext::new(actor),
+        )
+        .await
+        .map_err(from_command_error)?;
+    new.store(pool, role, subject_raw, None).await?;
+    Ok(Issued {
+        token: new.token,
+        token_id: new.token_id,
+    })
 }

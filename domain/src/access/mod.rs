@@ -13,9 +13,9 @@
 //!   `LockerLoginRefused` with the reason.
 //!
 //! Where a token comes out of another fact, that fact carries the token id and the token stream
-//! starts at its revocation: a locker login (`LockerLoginSucceeded`, stream id = token id) and
-//! a QR-login redemption (`QrLoginRedeemed.session_id` is the token id). This keeps one request
-//! to one command.
+//! starts at its revocation: a locker login (`LockerLoginSucceeded`, stream id = token id), a
+//! QR-login redemption (`QrLoginRedeemed.session_id` is the token id) and a shopper's Kazaya
+//! login (`MemberAuthorized.session`). This keeps one request to one command.
 
 pub mod login;
 pub mod token;

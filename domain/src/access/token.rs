@@ -64,15 +64,14 @@ impl fmt::Display for Subject {
     }
 }
 
-/// How a token recorded by `TokenIssued` came to be.
+/// How a token recorded by `TokenIssued` came to be. (Sessions from a login are not here: the
+/// login's own event issues them, see the module above.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenVia {
     /// Handed out by someone with access to the installation: `latch token`, the dev and bench
     /// set-ups.
     Provisioned,
-    /// A shopper's web session after the Kazaya login.
-    KazayaLogin,
 }
 
 /// Why a token stopped working before its expiry.
