@@ -5,6 +5,7 @@
 //! cached for [`CACHE_TTL`], which is therefore also the longest a revoked token keeps working.
 
 use crate::error::ApiError;
+use crate::qr::limits::Limit;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -15,6 +16,8 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -85,15 +88,38 @@ pub struct Auth {
     pool: PgPool,
     clock: SharedClock,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// How many refusals of logins for numbers nobody holds are recorded per client IP: anyone
+    /// can try any number, and each recorded attempt is an event kept forever.
+    anonymous_refusals: Limit<IpAddr>,
+    refusals_seen: AtomicU64,
 }
+
+/// Login refusals for unknown user numbers recorded per client IP per minute; more are
+/// answered the same but only logged.
+pub const ANONYMOUS_REFUSALS_PER_MINUTE_PER_IP: u32 = 30;
 
 impl Auth {
     pub fn new(pool: PgPool, clock: SharedClock) -> Self {
         Self {
             pool,
+            anonymous_refusals: Limit::per_minute(
+                ANONYMOUS_REFUSALS_PER_MINUTE_PER_IP,
+                clock.clone(),
+            ),
+            refusals_seen: AtomicU64::new(0),
             clock,
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether a refusal no account can be held to (an unknown user number) may be recorded for
+    /// this client now.
+    pub fn admit_anonymous_refusal(&self, ip: IpAddr) -> bool {
+        // The limiter keeps a key per client; forget those back at full allowance now and then.
+        if self.refusals_seen.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+            self.anonymous_refusals.tidy();
+        }
+        self.anonymous_refusals.check(&ip).is_ok()
     }
 
     pub async fn authenticate(&self, token: &str) -> Result<Actor, ApiError> {

@@ -141,12 +141,13 @@ pub struct PageSession {
                (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn page_login(
     State(state): State<AppState>,
+    client: crate::qr::Client,
     headers: HeaderMap,
     jar: CookieJar,
     body: JsonBody<Login>,
 ) -> Result<(CookieJar, Json<PageSession>), ApiError> {
     require_client_header(&headers)?;
-    let logged = check_login(&state, &body.value).await?;
+    let logged = check_login(&state, &body.value, client.ip).await?;
     let max_age = (logged.expires_at - state.clock.now()).num_seconds().max(0);
     let cookie = Cookie::build((LOCKER_COOKIE, logged.token))
         .http_only(true)

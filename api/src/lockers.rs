@@ -798,14 +798,19 @@ pub struct LoggedIn {
     responses((status = 200, body = LoggedIn), (status = 429, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
+    client: crate::qr::Client,
     body: JsonBody<Login>,
 ) -> Result<Json<LoggedIn>, ApiError> {
-    check_login(&state, &body.value).await.map(Json)
+    check_login(&state, &body.value, client.ip).await.map(Json)
 }
 
 /// Checks a user number and password and issues a session token: what `POST /lockers/login`
 /// answers, and what the phone pages' login turns into a cookie.
-pub(crate) async fn check_login(state: &AppState, login: &Login) -> Result<LoggedIn, ApiError> {
+pub(crate) async fn check_login(
+    state: &AppState,
+    login: &Login,
+    ip: std::net::IpAddr,
+) -> Result<LoggedIn, ApiError> {
     let number = UserNumber::parse("user_number", &login.user_number)?;
     if let Err(wait) = state.lockers.login_limit.check(&number.to_string()) {
         return Err(ApiError::TooManyRequests {
@@ -839,11 +844,11 @@ pub(crate) async fn check_login(state: &AppState, login: &Login) -> Result<Logge
             Some(_) => LoginRefusal::InvalidCredentials,
             None => LoginRefusal::UnknownUser,
         };
-        login_events::refused(state, &number, why).await?;
+        login_events::refused(state, ip, &number, why).await?;
         return Err(refused());
     }
     if !user.is_active() {
-        login_events::refused(state, &number, LoginRefusal::UserDisabled).await?;
+        login_events::refused(state, ip, &number, LoginRefusal::UserDisabled).await?;
         return Err(unprocessable(
             "user_disabled",
             "user_number",

@@ -5,7 +5,8 @@
 //! of the token it issues (its stream id is that token id), and only then is the credential
 //! stored. A refused one records why. Attempts over the per-number rate limit are answered 429
 //! without an event: they are refused before any check, and recording each would let anyone
-//! grow the log at request rate (the limit is logged instead).
+//! grow the log at request rate (the limit is logged instead). For the same reason refusals of
+//! unknown numbers are recorded within a per-client-IP budget.
 //!
 //! Nothing here sees the password's hash and nothing recorded holds the password or the token.
 
@@ -17,6 +18,7 @@ use chrono::{DateTime, Utc};
 use latch_domain::access::{LoginCommand, LoginRefusal};
 use latch_domain::locker::UserNumber;
 use latch_domain::store::CommandContext;
+use std::net::IpAddr;
 use uuid::Uuid;
 
 /// A token issued by a good login, with the expiry it was recorded with.
@@ -27,12 +29,21 @@ pub struct LoginToken {
 
 /// Records a refused login. The caller answers the client as before (an unknown number looks
 /// like a wrong password to them; the event tells auditors which it was).
+///
+/// Refusals for unknown numbers are recorded within a per-client-IP budget
+/// ([`crate::auth::ANONYMOUS_REFUSALS_PER_MINUTE_PER_IP`]): the per-number rate limit bounds
+/// attempts on real users, but anyone can try any number of numbers nobody holds.
 pub async fn refused(
     state: &AppState,
+    ip: IpAddr,
     number: &UserNumber,
     reason: LoginRefusal,
 ) -> Result<(), ApiError> {
     tracing::info!(user = %number, reason = reason.as_str(), "locker login refused");
+    if reason == LoginRefusal::UnknownUser && !state.auth.admit_anonymous_refusal(ip) {
+        tracing::warn!(%ip, "unknown-user login refusals over the per-IP limit: not recorded");
+        return Ok(());
+    }
     let command = LoginCommand::Refuse {
         user_number: number.clone(),
         reason,

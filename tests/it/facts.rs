@@ -197,3 +197,30 @@ async fn audit_sees_scans_logins_and_revocations_and_no_secret() {
     .await
     .expect("the audit facts test finished in time");
 }
+
+/// Anyone can try any user number: refusals of numbers nobody holds are recorded within a
+/// per-client budget, and answered the same beyond it.
+#[tokio::test]
+async fn an_unknown_number_spray_is_recorded_within_a_per_ip_budget() {
+    tokio::time::timeout(LIMIT, async {
+        let app = spawn_app().await;
+        for i in 0..40 {
+            let res = login(&app, &format!("1390000{i:04}"), "guess").await;
+            assert_eq!(res.status(), 422);
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "invalid_credentials");
+        }
+        let recorded = count(
+            &app.pool,
+            "SELECT count(*) FROM events WHERE event_type = 'LockerLoginRefused'
+              AND payload->'LockerLoginRefused'->>'reason' = 'unknown_user'",
+        )
+        .await;
+        assert_eq!(
+            recorded,
+            i64::from(latch_api::auth::ANONYMOUS_REFUSALS_PER_MINUTE_PER_IP)
+        );
+    })
+    .await
+    .expect("finished in time");
+}

@@ -685,7 +685,8 @@ async fn a_forged_or_swapped_sticker_gets_a_clear_page_and_no_login() {
     );
     let unsigned = format!("{}/m/c/{}", world.app.address, a.id);
     let garbage = format!("{}/m/c/not-a-cabinet?k=x", world.app.address);
-    for url in [swapped, forged, unsigned, garbage] {
+    let edited = format!("{}/m/c/not-a-cabinet?k={sig}", world.app.address);
+    for url in [swapped, forged, unsigned, garbage, edited] {
         let res = world.browser.get(&url).send().await.unwrap();
         assert_eq!(res.status(), 403, "{url}");
         assert!(set_cookies(&res).is_empty(), "no login is started");
@@ -716,6 +717,7 @@ async fn a_forged_or_swapped_sticker_gets_a_clear_page_and_no_login() {
             "ForgedStickerScanned",
             "ForgedStickerScanned",
             "ForgedStickerScanned",
+            "ForgedStickerScanned",
             "StickerScanned"
         ]
     );
@@ -724,8 +726,13 @@ async fn a_forged_or_swapped_sticker_gets_a_clear_page_and_no_login() {
     assert_eq!(body(0)["genuine_for"], a.id.to_string());
     assert_eq!(body(1)["cabinet"], a.id.to_string());
     assert_eq!(body(3)["cabinet"], Value::Null, "not a cabinet id at all");
-    assert_eq!(body(4)["cabinet"], a.id.to_string());
-    assert_eq!(body(4)["shopper"], Value::Null);
+    assert_eq!(
+        body(4)["cabinet"],
+        Value::Null,
+        "a genuine signature, no cabinet"
+    );
+    assert_eq!(body(5)["cabinet"], a.id.to_string());
+    assert_eq!(body(5)["shopper"], Value::Null);
     let ids: std::collections::HashSet<&str> = rows.iter().map(|(_, id, _)| id.as_str()).collect();
     assert_eq!(ids.len(), rows.len());
 

@@ -98,8 +98,9 @@ pub async fn classify(
     if cabinet.is_some_and(|c| sticker::verify(key, c, sig)) {
         return Ok(ScanVerdict::Genuine);
     }
-    // Only a well-formed signature can be someone's: no query for garbage.
-    if sig.len() != sticker::SIG_CHARS {
+    // Only a well-formed signature on a link to a cabinet id can be a moved sticker: no query
+    // for garbage.
+    if cabinet.is_none() || sig.len() != sticker::SIG_CHARS {
         return Ok(ScanVerdict::Forged);
     }
     Ok(match state.vending.scans.genuine_for(state, sig).await? {
