@@ -209,7 +209,7 @@ impl Application {
                 },
             };
             tasks.spawn(sweeper.run(shutdown.clone()));
-            tasks.spawn(latch_api::lockers::run_sweeper(
+            tasks.spawn(latch_workers::locker_sweeper::run(
                 self.store.clone(),
                 s.clock.clone(),
                 s.sweep_interval,
@@ -228,6 +228,35 @@ impl Application {
                 },
             );
             tasks.spawn(delivery.run(shutdown.clone()));
+        }
+        if s.runs(Role::GrantProcess) {
+            let process = latch_workers::grant_process::GrantProcess {
+                store: self.store.clone(),
+                js: js.clone(),
+                clock: s.clock.clone(),
+            };
+            tasks.spawn(process.run(shutdown.clone()));
+        }
+        if s.runs(Role::LockerNotifier) {
+            let notifier = latch_workers::locker_notifier::LockerNotifier {
+                nats: self.nats.clone(),
+                js: js.clone(),
+                sms: Arc::new(latch_workers::locker_notifier::SandboxSms::new(
+                    self.pool.clone(),
+                )),
+            };
+            tasks.spawn(notifier.run(shutdown.clone()));
+        }
+        if s.runs(Role::AuthorizerAnswers) {
+            let answers = Arc::new(CallbackAnswers {
+                store: self.store.clone(),
+                clock: s.clock.clone(),
+            });
+            tasks.spawn(latch_workers::authorizer_answers::run(
+                self.nats.clone(),
+                answers,
+                shutdown.clone(),
+            ));
         }
         if let Some(listener) = self.listener {
             let hub = Arc::new(Hub::new(self.pool.clone(), s.clock.clone()));
@@ -268,10 +297,6 @@ impl Application {
                 open_timeout: chrono::Duration::from_std(s.open_timeout)
                     .unwrap_or(chrono::Duration::seconds(15)),
             };
-            tasks.spawn(latch_api::lockers::serve_nats_answers(
-                state.clone(),
-                shutdown.clone(),
-            ));
             let app = latch_api::router(state);
             let stop = shutdown.clone();
             tasks.spawn(async move {
@@ -300,6 +325,41 @@ impl Application {
         self.pool.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Answers that arrive over NATS go through the API's own callback check and command.
+struct CallbackAnswers {
+    store: Arc<Store>,
+    clock: latch_domain::clock::SharedClock,
+}
+
+#[async_trait::async_trait]
+impl latch_workers::authorizer_answers::AnswerHandler for CallbackAnswers {
+    async fn answer(
+        &self,
+        authorizer: &str,
+        headers: Vec<(&'static str, String)>,
+        body: bytes::Bytes,
+    ) -> serde_json::Value {
+        let mut map = axum::http::HeaderMap::new();
+        for (name, value) in headers {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                map.insert(name, v);
+            }
+        }
+        let outcome = latch_api::lockers::callback::handle_answer(
+            &self.store,
+            &self.clock,
+            authorizer,
+            &map,
+            &body,
+        )
+        .await;
+        match outcome {
+            Ok(v) => v,
+            Err(e) => serde_json::to_value(e.to_body().1).unwrap_or_default(),
+        }
     }
 }
 

@@ -36,6 +36,8 @@ pub enum Which {
     Audit(crate::bench_audit::AuditArgs),
     /// Lockers: direct grants/s to the read model, and webhook grants through the sandbox.
     Lockers(crate::bench_lockers::LockersArgs),
+    /// Streams: a command on a device with 0, 10k, 100k and 1M events, beside a fresh one.
+    Streams(crate::bench_streams::StreamsArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -64,6 +66,7 @@ pub async fn run(which: Which) -> Result<Report, Box<dyn std::error::Error>> {
         Which::Vending(args) => crate::bench_vending::run(args).await,
         Which::Audit(args) => crate::bench_audit::run(args).await,
         Which::Lockers(args) => crate::bench_lockers::run(args).await,
+        Which::Streams(args) => crate::bench_streams::run(args).await,
     }
 }
 

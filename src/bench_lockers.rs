@@ -214,7 +214,7 @@ async fn raw_insert_phase(pool: &PgPool, args: &LockersArgs) -> Result<Rate, Err
 async fn sandbox_receive_phase(http: &reqwest::Client, args: &LockersArgs) -> Result<Rate, Error> {
     let stub = axum::Router::new().route(
         "/lockers/authorizers/{number}/callback",
-        axum::routing::post(|| async { axum::Json(json!({"status": "completed"})) }),
+        axum::routing::post(|| async { axum::Json(json!({"status": "accepted"})) }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let stub_url = format!("http://{}", listener.local_addr()?);

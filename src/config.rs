@@ -32,6 +32,13 @@ pub enum Role {
     Sweeper,
     /// Grant requests -> authorizers' NATS subjects and signed webhooks, retried.
     GrantDelivery,
+    /// An authorizer's acceptance -> the compartment's holder change -> the grant completed
+    /// (or failed when the compartment refuses).
+    GrantProcess,
+    /// Holder changes -> SMS, NATS notices and authorizer confirmations.
+    LockerNotifier,
+    /// Authorizers' signed answers over NATS (`latch.authorizers.{n}.answers`).
+    AuthorizerAnswers,
 }
 
 impl Role {
@@ -44,6 +51,9 @@ impl Role {
             Role::Dispatch,
             Role::Sweeper,
             Role::GrantDelivery,
+            Role::GrantProcess,
+            Role::LockerNotifier,
+            Role::AuthorizerAnswers,
         ]
     }
 }

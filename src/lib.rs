@@ -14,6 +14,7 @@ pub mod bench;
 pub mod bench_audit;
 pub mod bench_lockers;
 pub mod bench_qr;
+pub mod bench_streams;
 pub mod bench_vending;
 pub mod config;
 pub mod dev;

@@ -11,7 +11,8 @@
 use crate::auth::{Actor, Auth, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::JsonBody;
-use crate::lockers::{check_login, Login, SUBJECT_PREFIX};
+use crate::lockers::users::{check_login, Login};
+use crate::lockers::SUBJECT_PREFIX;
 use crate::vending::shop::CLIENT_HEADER;
 use crate::AppState;
 use axum::extract::{FromRef, FromRequestParts, State};

@@ -440,6 +440,8 @@ pub struct Device {
     pub session: Option<ShopperOpen>,
 }
 
+impl crate::store::StateShape for Device {}
+
 impl Aggregate for Device {
     const TYPE: &'static str = "device";
     type Command = DeviceCommand;

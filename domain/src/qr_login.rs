@@ -484,6 +484,8 @@ impl PageStatus {
     }
 }
 
+impl crate::store::StateShape for QrLogin {}
+
 impl Aggregate for QrLogin {
     const TYPE: &'static str = "qr_login";
     type Command = QrLoginCommand;

@@ -62,6 +62,32 @@ pub fn device_inbox_prefix(device_id: &str) -> String {
     format!("_INBOX.{device_id}")
 }
 
+/// Where an authorizer answers grant requests over NATS (its signed callback's body).
+pub fn authorizer_answers(authorizer: &str) -> String {
+    format!("latch.authorizers.{}.answers", token(authorizer))
+}
+
+/// Every authorizer's answers, for the one listener.
+pub const AUTHORIZER_ANSWERS_ALL: &str = "latch.authorizers.*.answers";
+
+/// The authorizer number in `latch.authorizers.<number>.answers`.
+pub fn parse_authorizer_answers_subject(subject: &str) -> Option<&str> {
+    let number = subject
+        .strip_prefix("latch.authorizers.")?
+        .strip_suffix(".answers")?;
+    (!number.is_empty() && !number.contains('.')).then_some(number)
+}
+
+/// Where an authorizer hears that a grant it accepted was completed.
+pub fn authorizer_confirmations(authorizer: &str) -> String {
+    format!("latch.authorizers.{}.confirmations", token(authorizer))
+}
+
+/// A locker user's notices (come and use, grant confirmed).
+pub fn locker_notifications(user_number: &str) -> String {
+    format!("latch.lockers.notifications.{}", token(user_number))
+}
+
 fn token(raw: &str) -> String {
     if raw.is_empty() {
         return "_".to_owned();
@@ -89,6 +115,14 @@ mod tests {
         assert_eq!(
             event("device", "DoorOpened", "a.b*"),
             "latch.events.device.DoorOpened.a_b_"
+        );
+        assert_eq!(
+            parse_authorizer_answers_subject(&authorizer_answers("0001")),
+            Some("0001")
+        );
+        assert_eq!(
+            parse_authorizer_answers_subject("latch.authorizers.a.b.answers"),
+            None
         );
     }
 }

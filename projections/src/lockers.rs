@@ -124,6 +124,15 @@ pub enum Change {
         deadline: DateTime<Utc>,
         at: DateTime<Utc>,
     },
+    /// A direct grant: one `HolderChanged` without an authorizer is the whole grant, so its row
+    /// is born completed (size from the compartment's row).
+    DirectGrant {
+        grant_id: Uuid,
+        compartment: String,
+        requester: String,
+        receiver: String,
+        at: DateTime<Utc>,
+    },
     GrantStatus {
         grant_id: Uuid,
         status: &'static str,
@@ -344,6 +353,15 @@ fn compartment(id: String, event: CompartmentEvent) -> Vec<Change> {
                     at,
                 },
             ];
+            if via.is_none() {
+                changes.push(Change::DirectGrant {
+                    grant_id,
+                    compartment: id.clone(),
+                    requester: from.to_string(),
+                    receiver: to.to_string(),
+                    at,
+                });
+            }
             if let Some(a) = via {
                 changes.push(Change::Notify {
                     recipient: format!("authorizer:{a}"),
@@ -680,6 +698,31 @@ async fn write(conn: &mut PgConnection, change: &Change, position: i64) -> Resul
             .execute(conn)
             .await?;
         }
+        Change::DirectGrant {
+            grant_id,
+            compartment,
+            requester,
+            receiver,
+            at,
+        } => {
+            // Direct grants recorded before issue 12 also have a grant stream of their own,
+            // folded after this: its request finds the row here and its completion repeats it.
+            sqlx::query(
+                "INSERT INTO grant_requests (grant_id, compartment_id, size, requester, kind, authorizer,
+                   receiver, status, deadline, requested_at, updated_at, last_position)
+                 SELECT $1, $2, c.size, $3, 'direct', NULL, $4, 'completed', $5, $5, $5, $6
+                   FROM locker_compartments c WHERE c.compartment_id = $2
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(grant_id)
+            .bind(compartment)
+            .bind(requester)
+            .bind(receiver)
+            .bind(at)
+            .bind(position)
+            .execute(conn)
+            .await?;
+        }
         Change::GrantStatus {
             grant_id,
             status,
@@ -868,6 +911,14 @@ mod tests {
         );
         assert!(changes.iter().any(|c| matches!(c,
             Change::Notify { recipient, kind: "grant_confirmed", .. } if recipient == "user:13455555555")));
+        // Without an authorizer the holder change is the whole grant: its row is born completed.
+        assert!(changes.contains(&Change::DirectGrant {
+            grant_id: Uuid::from_u128(9),
+            compartment: "610091A01:01".into(),
+            requester: "13455555555".into(),
+            receiver: "13499996666".into(),
+            at: t(5),
+        }));
     }
 
     #[test]

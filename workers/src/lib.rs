@@ -15,13 +15,25 @@
 //! - [`grant_delivery`]: GrantRequested events naming an authorizer -> its NATS subject and a
 //!   signed webhook to its endpoint, retried on a backoff schedule, dead-lettered when given up.
 //! - [`locker_doors`]: a parcel deposited or collected -> the compartment door's open request.
+//! - [`grant_process`]: an authorizer's acceptance -> the compartment's holder change -> the
+//!   grant completed (or failed when the compartment refuses).
+//! - [`locker_notifier`]: a holder change -> SMS, NATS notices and authorizer confirmations,
+//!   each carrying the event id for dedup.
+//! - [`locker_sweeper`]: unused reservations and unanswered grant requests expire.
+//! - [`authorizer_answers`]: authorizers' signed answers over NATS -> the API's callback check.
+//! - [`event_consumer`]: the durable EVENTS consumer loop the process managers share.
 //! - [`consume`]: the batching loop shared by the JetStream consumers.
 
+pub mod authorizer_answers;
 pub mod consume;
 pub mod dispatch;
+pub mod event_consumer;
 pub mod grant_delivery;
+pub mod grant_process;
 pub mod ingest;
 pub mod locker_doors;
+pub mod locker_notifier;
+pub mod locker_sweeper;
 pub mod projector;
 pub mod relay;
 pub mod sweeper;

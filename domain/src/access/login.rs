@@ -149,6 +149,8 @@ impl LockerLogin {
     }
 }
 
+impl crate::store::StateShape for LockerLogin {}
+
 impl Aggregate for LockerLogin {
     const TYPE: &'static str = "locker_login";
     type Command = LoginCommand;

@@ -221,6 +221,8 @@ impl ApiToken {
     }
 }
 
+impl crate::store::StateShape for ApiToken {}
+
 impl Aggregate for ApiToken {
     const TYPE: &'static str = "api_token";
     type Command = TokenCommand;

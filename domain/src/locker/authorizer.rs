@@ -169,6 +169,8 @@ impl Authorizer {
     }
 }
 
+impl crate::store::StateShape for Authorizer {}
+
 impl Aggregate for Authorizer {
     const TYPE: &'static str = "locker_authorizer";
     type Command = AuthorizerCommand;

@@ -338,6 +338,8 @@ impl Compartment {
     }
 }
 
+impl crate::store::StateShape for Compartment {}
+
 impl Aggregate for Compartment {
     const TYPE: &'static str = "locker_compartment";
     type Command = CompartmentCommand;

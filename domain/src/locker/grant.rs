@@ -304,6 +304,8 @@ impl Grant {
     }
 }
 
+impl crate::store::StateShape for Grant {}
+
 impl Aggregate for Grant {
     const TYPE: &'static str = "locker_grant";
     type Command = GrantCommand;

@@ -80,6 +80,8 @@ pub struct Site {
     pub name: Option<Label>,
 }
 
+impl crate::store::StateShape for Site {}
+
 impl Aggregate for Site {
     const TYPE: &'static str = "locker_site";
     type Command = SiteCommand;

@@ -147,6 +147,8 @@ impl LockerUser {
     }
 }
 
+impl crate::store::StateShape for LockerUser {}
+
 impl Aggregate for LockerUser {
     const TYPE: &'static str = "locker_user";
     type Command = UserCommand;

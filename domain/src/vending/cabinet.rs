@@ -58,6 +58,8 @@ pub struct CabinetPlanogram {
     pub current: Option<Planogram>,
 }
 
+impl crate::store::StateShape for CabinetPlanogram {}
+
 impl Aggregate for CabinetPlanogram {
     const TYPE: &'static str = "planogram";
     type Command = PlanogramCommand;

@@ -90,6 +90,8 @@ pub struct Member {
     pub logins: u64,
 }
 
+impl crate::store::StateShape for Member {}
+
 impl Aggregate for Member {
     const TYPE: &'static str = "member";
     type Command = MemberCommand;

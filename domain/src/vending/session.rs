@@ -372,6 +372,8 @@ pub struct ShoppingSession {
     pub refunds: Vec<Refund>,
 }
 
+impl crate::store::StateShape for ShoppingSession {}
+
 impl Aggregate for ShoppingSession {
     const TYPE: &'static str = "shopping_session";
     type Command = ShoppingCommand;

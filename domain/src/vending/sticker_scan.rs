@@ -148,6 +148,8 @@ impl StickerScan {
     }
 }
 
+impl crate::store::StateShape for StickerScan {}
+
 impl Aggregate for StickerScan {
     const TYPE: &'static str = "sticker_scan";
     type Command = ScanCommand;

@@ -1,8 +1,14 @@
 //! The Postgres event store and the command bus in front of it.
 //!
-//! Events are appended by postgres-es (event-sourced mode: every load folds the whole stream, no
-//! snapshots). The database stamps each row with its event id, transaction id and time, and
-//! claims the command's idempotency key in the same transaction (see migrations/0001).
+//! - [`journal`]: reading a stream from its snapshot on, appending a command's events in one
+//!   statement (group commit for one-event commands), keeping snapshots.
+//! - [`snapshot`]: the cqrs-es [`EventStore`](cqrs_es::EventStore) that loads aggregates from
+//!   their snapshot plus the events after it, so a command costs the same whatever the length of
+//!   the history, and the [`StateShape`] that keeps a snapshot of an older state from being
+//!   misread.
+//!
+//! The database stamps each row with its event id, transaction id and time, and claims the
+//! command's idempotency key in the same transaction (see migrations/0001).
 //!
 //! [`AggregateStore::execute`] is the one way a command runs:
 //! 1. a command with an idempotency key that already committed is answered from the stored
@@ -12,12 +18,13 @@
 //! 3. the events it appended come back to the caller, so a response can be built from them the
 //!    same way whether it is the first answer or a replay.
 
-use cqrs_es::persist::{
-    PersistedEventRepository, PersistedEventStore, PersistenceError, ReplayStream, SerializedEvent,
-    SerializedSnapshot,
-};
+pub mod journal;
+pub mod snapshot;
+
+pub use journal::Loaded;
+pub use snapshot::{StateShape, SNAPSHOT_EVERY};
+
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventEnvelope, Query};
-use postgres_es::PostgresEventRepository;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgPoolOptions;
@@ -30,10 +37,11 @@ use uuid::Uuid;
 
 use crate::access::{ApiToken, LockerLogin};
 use crate::device::Device;
-use crate::group_commit::{self, Appended, GroupCommit};
 use crate::locker::{Authorizer, Compartment, Grant, LockerUser, Site};
 use crate::qr_login::QrLogin;
 use crate::vending::{CabinetPlanogram, Member, ShoppingSession, StickerScan};
+use journal::Journal;
+use snapshot::SnapshotStore;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -204,151 +212,7 @@ impl<A: Aggregate> Query<A> for CaptureQuery<A> {
     }
 }
 
-/// postgres-es for every read; one statement for every append.
-///
-/// postgres-es appends inside an explicit transaction (BEGIN, one INSERT per event, COMMIT):
-/// three round trips and three statements for the usual one-event command. A single multi-row
-/// INSERT is just as atomic, so appends take one; and one-event commands without an idempotency
-/// key share it with whatever else is being appended at that moment ([`GroupCommit`]). Snapshots are refused: Latch runs cqrs-es in
-/// event-sourced mode only (DESIGN.md section 4).
-///
-/// Ids announced as fresh (just generated for a creation command) load as empty streams without
-/// a query. That is safe: were the id somehow taken, the append would hit the primary key and
-/// come back as an optimistic conflict, whose retry loads for real.
-pub struct EventRepository {
-    pool: PgPool,
-    reads: PostgresEventRepository,
-    fresh: Arc<Mutex<HashSet<String>>>,
-    group: GroupCommit,
-}
-
-impl EventRepository {
-    pub fn new(pool: PgPool) -> Self {
-        Self::with_fresh_ids(pool, Arc::default())
-    }
-
-    fn with_fresh_ids(pool: PgPool, fresh: Arc<Mutex<HashSet<String>>>) -> Self {
-        Self {
-            reads: PostgresEventRepository::new(pool.clone()),
-            group: GroupCommit::new(pool.clone()),
-            pool,
-            fresh,
-        }
-    }
-}
-
-impl PersistedEventRepository for EventRepository {
-    async fn get_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        if self.fresh.lock().expect("fresh ids").remove(aggregate_id) {
-            return Ok(Vec::new());
-        }
-        self.reads.get_events::<A>(aggregate_id).await
-    }
-
-    async fn get_last_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-        last_sequence: usize,
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        self.reads
-            .get_last_events::<A>(aggregate_id, last_sequence)
-            .await
-    }
-
-    async fn get_snapshot<A: Aggregate>(
-        &self,
-        _aggregate_id: &str,
-    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        Ok(None)
-    }
-
-    async fn persist<A: Aggregate>(
-        &self,
-        events: &[SerializedEvent],
-        snapshot_update: Option<(String, serde_json::Value, usize)>,
-    ) -> Result<(), PersistenceError> {
-        if snapshot_update.is_some() {
-            return Err(PersistenceError::UnknownError(
-                "snapshots are not used: event-sourced mode only".into(),
-            ));
-        }
-        if events.is_empty() {
-            return Ok(());
-        }
-        if let [e] = events {
-            if e.metadata.get("idempotency_key").is_none() {
-                let row = group_commit::Row {
-                    aggregate_type: A::TYPE.to_owned(),
-                    aggregate_id: e.aggregate_id.clone(),
-                    sequence: e.sequence as i64,
-                    event_type: e.event_type.clone(),
-                    event_version: e.event_version.clone(),
-                    payload: e.payload.clone(),
-                    metadata: e.metadata.clone(),
-                };
-                return match self.group.append(row).await {
-                    Ok(Appended::Inserted) => Ok(()),
-                    Ok(Appended::Conflict) => Err(PersistenceError::OptimisticLockError),
-                    Err(e) if is_unavailable(&e) => {
-                        Err(PersistenceError::ConnectionError(Box::new(e)))
-                    }
-                    Err(e) => Err(PersistenceError::UnknownError(Box::new(e))),
-                };
-            }
-        }
-        let mut ids = Vec::with_capacity(events.len());
-        let mut sequences = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut versions = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        let mut metadata = Vec::with_capacity(events.len());
-        for e in events {
-            ids.push(e.aggregate_id.as_str());
-            sequences.push(e.sequence as i64);
-            types.push(e.event_type.as_str());
-            versions.push(e.event_version.as_str());
-            payloads.push(&e.payload);
-            metadata.push(&e.metadata);
-        }
-        let result = sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-             SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])",
-        )
-        .bind(A::TYPE)
-        .bind(&ids)
-        .bind(&sequences)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&payloads)
-        .bind(&metadata)
-        .execute(&self.pool)
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
-                Err(PersistenceError::OptimisticLockError)
-            }
-            Err(e) if is_unavailable(&e) => Err(PersistenceError::ConnectionError(Box::new(e))),
-            Err(e) => Err(PersistenceError::UnknownError(Box::new(e))),
-        }
-    }
-
-    async fn stream_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<ReplayStream, PersistenceError> {
-        self.reads.stream_events::<A>(aggregate_id).await
-    }
-
-    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
-        self.reads.stream_all_events::<A>().await
-    }
-}
-
-type Framework<A> = CqrsFramework<A, PersistedEventStore<EventRepository, A>>;
+type Framework<A> = CqrsFramework<A, SnapshotStore<A>>;
 
 struct Cleanup<'a, E> {
     capture: &'a Mutex<HashMap<String, Vec<E>>>,
@@ -369,9 +233,10 @@ impl<E> Drop for Cleanup<'_, E> {
 }
 
 /// One aggregate type's command entry point.
-pub struct AggregateStore<A: Aggregate> {
+pub struct AggregateStore<A: StateShape> {
     pool: PgPool,
     cqrs: Framework<A>,
+    reader: SnapshotStore<A>,
     capture: Arc<Capture<A>>,
     fresh: Arc<Mutex<HashSet<String>>>,
     retries: usize,
@@ -380,7 +245,7 @@ pub struct AggregateStore<A: Aggregate> {
 
 impl<A> AggregateStore<A>
 where
-    A: Aggregate + 'static,
+    A: StateShape + 'static,
     A::Command: Clone,
     A::Event: DeserializeOwned,
     A::Services: Default,
@@ -390,17 +255,17 @@ where
             by_request: Mutex::new(HashMap::new()),
         });
         let fresh: Arc<Mutex<HashSet<String>>> = Arc::default();
-        let repo = EventRepository::with_fresh_ids(pool.clone(), fresh.clone());
-        let store =
-            PersistedEventStore::new_event_store(repo).with_upcasters(crate::upcast::upcasters());
+        let journal = Arc::new(Journal::new(pool.clone()));
+        let reader = SnapshotStore::new(journal.clone(), fresh.clone());
         let cqrs = CqrsFramework::new(
-            store,
+            SnapshotStore::new(journal, fresh.clone()),
             vec![Box::new(CaptureQuery(capture.clone()))],
             A::Services::default(),
         );
         Self {
             pool,
             cqrs,
+            reader,
             capture,
             fresh,
             retries,
@@ -408,26 +273,17 @@ where
         }
     }
 
-    /// The aggregate as its stream stands now (`None` when the stream is empty), folded from
-    /// every event: for reads that need the decision-making state itself.
+    /// The aggregate as its stream stands now (`None` when the stream is empty), for reads that
+    /// need the decision-making state itself: read exactly as a command reads it (from the
+    /// snapshot on, every event through the upcasters).
     pub async fn load(&self, aggregate_id: &str) -> Result<Option<A>, sqlx::Error> {
-        let rows: Vec<(serde_json::Value,)> = sqlx::query_as(
-            "SELECT payload FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
-        )
-        .bind(A::TYPE)
-        .bind(aggregate_id)
-        .fetch_all(&self.pool)
-        .await?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let mut aggregate = A::default();
-        for (payload,) in rows {
-            let event: A::Event =
-                serde_json::from_value(payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            aggregate.apply(event);
-        }
-        Ok(Some(aggregate))
+        let loaded = self.reader.read(aggregate_id).await?;
+        Ok((loaded.sequence > 0).then_some(loaded.aggregate))
+    }
+
+    /// As [`load`](Self::load), with where the stream and its snapshot stand.
+    pub async fn load_with_position(&self, aggregate_id: &str) -> Result<Loaded<A>, sqlx::Error> {
+        self.reader.read(aggregate_id).await
     }
 
     pub async fn execute(

@@ -1,0 +1,145 @@
+//! Third-party authorizers (courier companies): registration, activation, the public listing.
+
+use crate::auth::{Actor, Role};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{JsonBody, RequestMeta};
+use crate::locker_pages::LockerCaller;
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use latch_domain::device::Label;
+use latch_domain::locker::signing::secret_key;
+use latch_domain::locker::{AuthorizerCommand, AuthorizerNumber, Endpoint};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterAuthorizer {
+    pub number: String,
+    pub name: String,
+    /// Service endpoint that receives grant requests.
+    pub endpoint: String,
+    /// Standard Webhooks secret, `whsec_` + base64.
+    pub secret: String,
+}
+
+#[utoipa::path(post, path = "/lockers/authorizers", tag = "lockers", request_body = RegisterAuthorizer, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
+    responses((status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn register_authorizer(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    body: JsonBody<RegisterAuthorizer>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    actor.require(Role::Operator)?;
+    let req = &body.value;
+    let number = AuthorizerNumber::parse("number", &req.number)?;
+    let name = Label::parse("name", &req.name, 80)?;
+    let endpoint = Endpoint::parse("endpoint", &req.endpoint)?;
+    if secret_key(&req.secret).is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "secret",
+            "must be `whsec_` + base64",
+        ));
+    }
+    let command = AuthorizerCommand::Register {
+        number: number.clone(),
+        name: name.clone(),
+        endpoint: endpoint.clone(),
+        secret: req.secret.clone(),
+        at: state.clock.now(),
+    };
+    state
+        .store
+        .authorizers
+        .execute(
+            number.as_str(),
+            command.name(),
+            command,
+            &meta.context(&actor, &body.raw),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "number": number.as_str(),
+            "name": name.as_str(),
+            "endpoint": endpoint.as_str(),
+            "status": "active",
+        })),
+    ))
+}
+
+async fn authorizer_status(
+    state: AppState,
+    actor: Actor,
+    meta: RequestMeta,
+    number: String,
+    active: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    actor.require(Role::Operator)?;
+    let number = AuthorizerNumber::parse("number", &number)?;
+    let at = state.clock.now();
+    let command = if active {
+        AuthorizerCommand::Activate { at }
+    } else {
+        AuthorizerCommand::Deactivate { at }
+    };
+    state
+        .store
+        .authorizers
+        .execute(
+            number.as_str(),
+            command.name(),
+            command,
+            &meta.context(&actor, b""),
+        )
+        .await?;
+    Ok(Json(json!({
+        "number": number.as_str(),
+        "status": if active { "active" } else { "inactive" },
+    })))
+}
+
+pub(super) async fn deactivate_authorizer(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    Path(number): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorizer_status(state, actor, meta, number, false).await
+}
+
+pub(super) async fn activate_authorizer(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    Path(number): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorizer_status(state, actor, meta, number, true).await
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct AuthorizerRow {
+    pub number: String,
+    pub name: String,
+    pub status: String,
+}
+
+/// The active authorizers (any signed-in user or operator).
+#[utoipa::path(get, path = "/lockers/authorizers", tag = "lockers",
+    responses((status = 200, body = Vec<AuthorizerRow>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_authorizers(
+    State(state): State<AppState>,
+    LockerCaller(_actor): LockerCaller,
+) -> Result<Json<Vec<AuthorizerRow>>, ApiError> {
+    let rows = sqlx::query_as::<_, AuthorizerRow>(
+        "SELECT number, name, status FROM locker_authorizers WHERE status = 'active' ORDER BY number",
+    )
+    .fetch_all(&state.store.pool)
+    .await?;
+    Ok(Json(rows))
+}

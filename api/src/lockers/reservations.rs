@@ -1,0 +1,177 @@
+//! A user's own side: reserving a compartment by size, what they hold, their inbox.
+
+use super::{me, parse_time, unprocessable};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{JsonBody, RequestMeta};
+use crate::locker_pages::LockerCaller;
+use crate::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use latch_domain::device::SiteCode;
+use latch_domain::locker::{CompartmentCommand, CompartmentError, Size};
+use latch_domain::store::CommandError;
+use latch_projections::lockers::{self as model, CompartmentRow};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reserve {
+    pub site: String,
+    pub size: String,
+    /// RFC 3339; default now.
+    pub window_start: Option<String>,
+    /// RFC 3339; default now + the configured reservation length.
+    pub expires_at: Option<String>,
+}
+
+#[utoipa::path(post, path = "/lockers/reservations", tag = "lockers", request_body = Reserve, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
+    responses((status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn reserve(
+    State(state): State<AppState>,
+    LockerCaller(actor): LockerCaller,
+    meta: RequestMeta,
+    body: JsonBody<Reserve>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let user = me(&actor)?;
+    let site = SiteCode::parse("site", &body.value.site)?;
+    let size = Size::parse("size", &body.value.size)?;
+    let window_start = parse_time("window_start", &body.value.window_start)?;
+    let now = state.clock.now();
+    let expires_at = parse_time("expires_at", &body.value.expires_at)?
+        .unwrap_or_else(|| window_start.unwrap_or(now) + state.lockers.settings.reservation);
+    if !state.store.exists("locker_site", site.as_str()).await? {
+        return Err(ApiError::NotFound {
+            code: "site_not_found",
+            message: format!("no site {}", site.as_str()),
+        });
+    }
+    let candidates: Vec<(String,)> = sqlx::query_as(
+        "SELECT compartment_id FROM locker_compartments
+          WHERE site = $1 AND size = $2 AND status = 'free' ORDER BY number LIMIT 20",
+    )
+    .bind(site.as_str())
+    .bind(size.as_str())
+    .fetch_all(&state.store.pool)
+    .await?;
+    let ctx = meta.context(&actor, &body.raw);
+    // A retry of a reservation that went through names the compartment it reserved then.
+    if let Some(key) = &ctx.idempotency {
+        let earlier: Option<(String,)> = sqlx::query_as(
+            "SELECT aggregate_id FROM command_keys
+              WHERE idempotency_key = $1 AND aggregate_type = 'locker_compartment'",
+        )
+        .bind(&key.key)
+        .fetch_optional(&state.store.pool)
+        .await?;
+        if let Some((id,)) = earlier {
+            let command = CompartmentCommand::Reserve {
+                user: user.clone(),
+                window_start,
+                expires_at,
+                at: now,
+            };
+            let done = state
+                .store
+                .compartments
+                .execute(&id, command.name(), command, &ctx)
+                .await?;
+            if let Some(latch_domain::locker::CompartmentEvent::CompartmentReserved {
+                holder,
+                expires_at,
+                ..
+            }) = done.events.first()
+            {
+                return Ok((
+                    StatusCode::CREATED,
+                    Json(json!({
+                        "compartment_id": id,
+                        "size": size.as_str(),
+                        "holder": holder.as_str(),
+                        "expires_at": expires_at,
+                    })),
+                ));
+            }
+        }
+    }
+    for (id,) in candidates {
+        let command = CompartmentCommand::Reserve {
+            user: user.clone(),
+            window_start,
+            expires_at,
+            at: now,
+        };
+        match state
+            .store
+            .compartments
+            .execute(&id, command.name(), command, &ctx)
+            .await
+        {
+            Ok(_) => {
+                return Ok((
+                    StatusCode::CREATED,
+                    Json(json!({
+                        "compartment_id": id,
+                        "size": size.as_str(),
+                        "holder": user.as_str(),
+                        "expires_at": expires_at,
+                    })),
+                ))
+            }
+            Err(CommandError::Rejected(CompartmentError::NotFree)) => continue,
+            Err(CommandError::Rejected(CompartmentError::BadWindow)) => {
+                return Err(unprocessable(
+                    "invalid_window",
+                    "expires_at",
+                    "the reservation must end after it starts and after now",
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Conflict {
+        code: "no_free_compartment",
+        message: format!("no free {} compartment at {}", size.as_str(), site.as_str()),
+    })
+}
+
+#[utoipa::path(get, path = "/lockers/me/compartments", tag = "lockers",
+    responses((status = 200, body = Vec<CompartmentRow>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn my_compartments(
+    State(state): State<AppState>,
+    LockerCaller(actor): LockerCaller,
+) -> Result<Json<Vec<CompartmentRow>>, ApiError> {
+    let user = me(&actor)?;
+    Ok(Json(
+        model::held_by(&state.store.pool, user.as_str()).await?,
+    ))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct InboxItem {
+    pub kind: String,
+    pub grant_id: Option<Uuid>,
+    pub compartment_id: String,
+    pub message: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[utoipa::path(get, path = "/lockers/me/inbox", tag = "lockers",
+    responses((status = 200, body = Vec<InboxItem>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn my_inbox(
+    State(state): State<AppState>,
+    LockerCaller(actor): LockerCaller,
+) -> Result<Json<Vec<InboxItem>>, ApiError> {
+    let user = me(&actor)?;
+    let rows = sqlx::query_as::<_, InboxItem>(
+        "SELECT kind, grant_id, compartment_id, message, created_at FROM locker_inbox
+          WHERE recipient = $1 ORDER BY position DESC, kind LIMIT 100",
+    )
+    .bind(format!("user:{user}"))
+    .fetch_all(&state.store.pool)
+    .await?;
+    Ok(Json(rows))
+}

@@ -1,0 +1,207 @@
+//! Locker users: registration, disabling and enabling by operators, and the password login that
+//! issues their session token.
+
+use super::passwords::{hash_password, verify_password};
+use super::{unprocessable, SUBJECT_PREFIX};
+use crate::auth::{Actor, Role};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{JsonBody, RequestMeta};
+use crate::login_events::{self, LoginToken};
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use latch_domain::access::LoginRefusal;
+use latch_domain::device::Label;
+use latch_domain::locker::{UserCommand, UserNumber};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterUser {
+    /// The user's phone number.
+    pub user_number: String,
+    pub name: String,
+    pub password: String,
+}
+
+#[utoipa::path(post, path = "/lockers/users", tag = "lockers", request_body = RegisterUser, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
+    responses((status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn register_user(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    body: JsonBody<RegisterUser>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    actor.require(Role::Operator)?;
+    let number = UserNumber::parse("user_number", &body.value.user_number)?;
+    let name = Label::parse("name", &body.value.name, 80)?;
+    let password = body.value.password.clone();
+    if !(8..=128).contains(&password.chars().count()) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "password",
+            "must be 8-128 characters",
+        ));
+    }
+    let ctx = meta.context(&actor, &body.raw);
+    // A retry with the same key answers from the first request without hashing again.
+    let password_hash = state
+        .lockers
+        .password_work(move || hash_password(&password))
+        .await??;
+    let command = UserCommand::Register {
+        number: number.clone(),
+        name: name.clone(),
+        password_hash,
+        at: state.clock.now(),
+    };
+    state
+        .store
+        .locker_users
+        .execute(number.as_str(), command.name(), command, &ctx)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "user_number": number.as_str(), "name": name.as_str(), "status": "active" })),
+    ))
+}
+
+async fn user_status(
+    state: AppState,
+    actor: Actor,
+    meta: RequestMeta,
+    number: String,
+    disable: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    actor.require(Role::Operator)?;
+    let number = UserNumber::parse("number", &number)?;
+    let at = state.clock.now();
+    let command = if disable {
+        UserCommand::Disable { at }
+    } else {
+        UserCommand::Enable { at }
+    };
+    state
+        .store
+        .locker_users
+        .execute(
+            number.as_str(),
+            command.name(),
+            command,
+            &meta.context(&actor, b""),
+        )
+        .await?;
+    Ok(Json(json!({
+        "user_number": number.as_str(),
+        "status": if disable { "disabled" } else { "active" },
+    })))
+}
+
+pub(super) async fn disable_user(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    Path(number): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    user_status(state, actor, meta, number, true).await
+}
+
+pub(super) async fn enable_user(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    Path(number): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    user_status(state, actor, meta, number, false).await
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub user_number: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LoggedIn {
+    pub token: String,
+    pub user_number: String,
+    pub name: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[utoipa::path(post, path = "/lockers/login", tag = "lockers", request_body = Login,
+    responses((status = 200, body = LoggedIn), (status = 429, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn login(
+    State(state): State<AppState>,
+    client: crate::qr::Client,
+    body: JsonBody<Login>,
+) -> Result<Json<LoggedIn>, ApiError> {
+    check_login(&state, &body.value, client.ip).await.map(Json)
+}
+
+/// Checks a user number and password and issues a session token: what `POST /lockers/login`
+/// answers, and what the phone pages' login turns into a cookie.
+pub(crate) async fn check_login(
+    state: &AppState,
+    login: &Login,
+    ip: std::net::IpAddr,
+) -> Result<LoggedIn, ApiError> {
+    let number = UserNumber::parse("user_number", &login.user_number)?;
+    if let Err(wait) = state.lockers.login_limit.check(&number.to_string()) {
+        return Err(ApiError::TooManyRequests {
+            code: "too_many_login_attempts",
+            message: "too many login attempts for this user number; wait and try again".into(),
+            retry_after_secs: wait.as_secs().max(1),
+        });
+    }
+    let refused = || {
+        unprocessable(
+            "invalid_credentials",
+            "password",
+            "the user number or password is wrong",
+        )
+    };
+    let user = state
+        .store
+        .locker_users
+        .load(number.as_str())
+        .await?
+        .unwrap_or_default();
+    let hash = user.password_hash.clone();
+    let password = login.password.clone();
+    let ok = user.number.is_some()
+        && state
+            .lockers
+            .password_work(move || verify_password(&password, &hash))
+            .await?;
+    if !ok {
+        let why = match user.number {
+            Some(_) => LoginRefusal::InvalidCredentials,
+            None => LoginRefusal::UnknownUser,
+        };
+        login_events::refused(state, ip, &number, why).await?;
+        return Err(refused());
+    }
+    if !user.is_active() {
+        login_events::refused(state, ip, &number, LoginRefusal::UserDisabled).await?;
+        return Err(unprocessable(
+            "user_disabled",
+            "user_number",
+            "this user is disabled",
+        ));
+    }
+    let subject = format!("{SUBJECT_PREFIX}{number}");
+    let session = state.lockers.settings.session;
+    let LoginToken { token, expires_at } =
+        login_events::succeeded(state, &number, &subject, session).await?;
+    Ok(LoggedIn {
+        token,
+        user_number: number.to_string(),
+        name: user.name.map(|n| n.as_str().to_owned()).unwrap_or_default(),
+        expires_at,
+    })
+}
