@@ -10,12 +10,8 @@ use latch_api::qr::hub::Hub;
 use latch_api::qr::QrService;
 use latch_api::AppState;
 use latch_domain::store::{self, Store};
-use latch_projections::device_status::DeviceStatusProjection;
-use latch_projections::qr_login_status::QrLoginStatusProjection;
-use latch_workers::dispatch::Dispatch;
-use latch_workers::ingest::Ingest;
-use latch_workers::relay::{self, RelayConfig};
-use latch_workers::sweeper::{Sweeper, SweeperConfig};
+use latch_workers::relay::RelayConfig;
+use latch_workers::sweeper::SweeperConfig;
 use latch_workers::CancellationToken;
 use sqlx::PgPool;
 use std::future::Future;
@@ -101,6 +97,44 @@ impl Application {
         self.store.clone()
     }
 
+    /// What the workers of every role are given.
+    fn worker_deps(&self, js: async_nats::jetstream::Context) -> latch_workers::roles::Deps {
+        let s = &self.settings;
+        let chrono = |d: Duration, default: i64| {
+            chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(default))
+        };
+        latch_workers::roles::Deps {
+            pool: self.pool.clone(),
+            store: self.store.clone(),
+            nats: self.nats.clone(),
+            js,
+            clock: s.clock.clone(),
+            relay: RelayConfig {
+                poll: s.relay_poll,
+                ..RelayConfig::default()
+            },
+            sweeper: SweeperConfig {
+                heartbeat_timeout: chrono(s.heartbeat_timeout, 30),
+                interval: s.sweep_interval,
+                weights_after_timeout: chrono(s.weights_after_timeout, 120),
+            },
+            open_timeout: chrono(s.open_timeout, 15),
+            delivery: latch_workers::grant_delivery::DeliveryConfig {
+                backoff: s.lockers.webhook_backoff.clone(),
+                ..Default::default()
+            },
+            audit_key: self.audit_key.clone(),
+            audit_checkpoint_every: Duration::from_secs(s.audit.audit_checkpoint_secs.max(1)),
+            sms: Arc::new(latch_workers::locker_notifier::SandboxSms::new(
+                self.pool.clone(),
+            )),
+            answers: Arc::new(CallbackAnswers {
+                store: self.store.clone(),
+                clock: s.clock.clone(),
+            }),
+        }
+    }
+
     pub async fn run_until_stopped(
         self,
         shutdown_signal: impl Future<Output = ()> + Send + 'static,
@@ -126,152 +160,22 @@ impl Application {
                 }
             });
         }
-        if s.runs(Role::Relay) {
-            let config = RelayConfig {
-                poll: s.relay_poll,
-                ..RelayConfig::default()
-            };
-            tasks.spawn(relay::run(
-                self.pool.clone(),
-                js.clone(),
-                config,
-                shutdown.clone(),
-            ));
-        }
-        if let (true, Some(key)) = (s.runs(Role::Relay), self.audit_key.clone()) {
-            tasks.spawn(latch_projections::audit::signing::run_signer(
-                self.pool.clone(),
-                key,
-                Duration::from_secs(s.audit.audit_checkpoint_secs.max(1)),
-                shutdown.clone(),
-            ));
-        }
-        if s.runs(Role::Projector) {
-            tasks.spawn(latch_workers::projector::run(
-                self.pool.clone(),
-                js.clone(),
-                DeviceStatusProjection,
-                shutdown.clone(),
-            ));
-            tasks.spawn(latch_workers::projector::run(
-                self.pool.clone(),
-                js.clone(),
-                QrLoginStatusProjection,
-                shutdown.clone(),
-            ));
-            tasks.spawn(latch_workers::projector::run(
-                self.pool.clone(),
-                js.clone(),
-                latch_projections::orders::OrdersProjection,
-                shutdown.clone(),
-            ));
-            tasks.spawn(latch_workers::projector::run(
-                self.pool.clone(),
-                js.clone(),
-                latch_projections::lockers::LockersProjection,
-                shutdown.clone(),
-            ));
-        }
-        if s.runs(Role::Ingest) {
-            let ingest = Ingest {
-                store: self.store.clone(),
-                js: js.clone(),
-                clock: s.clock.clone(),
-            };
-            tasks.spawn(ingest.run(shutdown.clone()));
-        }
-        if s.runs(Role::Dispatch) {
-            let dispatch = Dispatch {
-                client: self.nats.clone(),
-                js: js.clone(),
-                clock: s.clock.clone(),
-            };
-            tasks.spawn(dispatch.run(shutdown.clone()));
-            let doors = latch_workers::locker_doors::LockerDoors {
-                store: self.store.clone(),
-                js: js.clone(),
-                clock: s.clock.clone(),
-                open_timeout: chrono::Duration::from_std(s.open_timeout)
-                    .unwrap_or(chrono::Duration::seconds(15)),
-            };
-            tasks.spawn(doors.run(shutdown.clone()));
-        }
-        if s.runs(Role::Sweeper) {
-            let sweeper = Sweeper {
-                store: self.store.clone(),
-                clock: s.clock.clone(),
-                config: SweeperConfig {
-                    heartbeat_timeout: chrono::Duration::from_std(s.heartbeat_timeout)
-                        .unwrap_or(chrono::Duration::seconds(30)),
-                    interval: s.sweep_interval,
-                    weights_after_timeout: chrono::Duration::from_std(s.weights_after_timeout)
-                        .unwrap_or(chrono::Duration::seconds(120)),
-                },
-            };
-            tasks.spawn(sweeper.run(shutdown.clone()));
-            tasks.spawn(latch_workers::locker_sweeper::run(
-                self.store.clone(),
-                s.clock.clone(),
-                s.sweep_interval,
-                shutdown.clone(),
-            ));
-        }
-        if s.runs(Role::GrantDelivery) {
-            let delivery = latch_workers::grant_delivery::GrantDelivery::new(
-                self.store.clone(),
-                self.nats.clone(),
-                js.clone(),
-                s.clock.clone(),
-                latch_workers::grant_delivery::DeliveryConfig {
-                    backoff: s.lockers.webhook_backoff.clone(),
-                    ..Default::default()
-                },
-            );
-            tasks.spawn(delivery.run(shutdown.clone()));
-        }
-        if s.runs(Role::GrantProcess) {
-            let process = latch_workers::grant_process::GrantProcess {
-                store: self.store.clone(),
-                js: js.clone(),
-                clock: s.clock.clone(),
-            };
-            tasks.spawn(process.run(shutdown.clone()));
-        }
-        if s.runs(Role::LockerNotifier) {
-            let notifier = latch_workers::locker_notifier::LockerNotifier {
-                nats: self.nats.clone(),
-                js: js.clone(),
-                sms: Arc::new(latch_workers::locker_notifier::SandboxSms::new(
-                    self.pool.clone(),
-                )),
-            };
-            tasks.spawn(notifier.run(shutdown.clone()));
-        }
-        if s.runs(Role::AuthorizerAnswers) {
-            let answers = Arc::new(CallbackAnswers {
-                store: self.store.clone(),
-                clock: s.clock.clone(),
-            });
-            tasks.spawn(latch_workers::authorizer_answers::run(
-                self.nats.clone(),
-                answers,
-                shutdown.clone(),
-            ));
+        let deps = self.worker_deps(js.clone());
+        for role in &s.roles {
+            for task in latch_workers::roles::tasks(*role, &deps, &shutdown) {
+                tasks.spawn(task);
+            }
         }
         if let Some(listener) = self.listener {
             let hub = Arc::new(Hub::new(self.pool.clone(), s.clock.clone()));
             tasks.spawn(hub.clone().run(self.nats.clone(), shutdown.clone()));
             let qr = Arc::new(QrService::new(hub, s.qr.clone(), s.clock.clone()));
             let tidy = qr.clone();
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                while !stop.is_cancelled() {
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(60)) => tidy.tidy(),
-                    }
-                }
-            });
+            tasks.spawn(latch_workers::roles::every(
+                Duration::from_secs(60),
+                shutdown.clone(),
+                move || tidy.tidy(),
+            ));
             let kazaya: Option<Arc<dyn latch_api::kazaya::Kazaya>> = match &s.kazaya {
                 Some(config) => match latch_api::kazaya::HttpKazaya::new(config.clone()) {
                     Ok(k) => Some(Arc::new(k)),

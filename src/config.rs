@@ -1,6 +1,6 @@
 //! Settings: from flags and environment for the binary, built directly by tests.
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use latch_api::kazaya::KazayaConfig;
 use latch_api::qr::QrConfig;
 use latch_api::vending::VendingConfig;
@@ -14,49 +14,8 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/latch
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 
-/// The parts of `latch serve`, each of which can run in its own process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Role {
-    /// The HTTP API.
-    Api,
-    /// Postgres events -> log positions -> EVENTS stream (one active at a time).
-    Relay,
-    /// Read models from the log.
-    Projector,
-    /// Device telemetry -> commands.
-    Ingest,
-    /// Open requests -> device command subjects; locker deposits and collections -> open
-    /// requests for the compartment door.
-    Dispatch,
-    /// Liveness and open-deadline sweeps.
-    Sweeper,
-    /// Grant requests -> authorizers' NATS subjects and signed webhooks, retried.
-    GrantDelivery,
-    /// An authorizer's acceptance -> the compartment's holder change -> the grant completed
-    /// (or failed when the compartment refuses).
-    GrantProcess,
-    /// Holder changes -> SMS, NATS notices and authorizer confirmations.
-    LockerNotifier,
-    /// Authorizers' signed answers over NATS (`latch.authorizers.{n}.answers`).
-    AuthorizerAnswers,
-}
-
-impl Role {
-    pub fn all() -> Vec<Role> {
-        vec![
-            Role::Api,
-            Role::Relay,
-            Role::Projector,
-            Role::Ingest,
-            Role::Dispatch,
-            Role::Sweeper,
-            Role::GrantDelivery,
-            Role::GrantProcess,
-            Role::LockerNotifier,
-            Role::AuthorizerAnswers,
-        ]
-    }
-}
+/// The parts of `latch serve` (the registry is `latch_workers::roles`).
+pub use latch_workers::roles::Role;
 
 /// Where Latch finds its services. Shared by every subcommand that talks to them.
 #[derive(Debug, Clone, Args)]
@@ -119,7 +78,7 @@ pub struct ServeArgs {
     #[arg(long, env = "LATCH_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: SocketAddr,
     /// Which roles to run in this process (comma-separated); all by default.
-    #[arg(long, env = "LATCH_ROLES", value_enum, value_delimiter = ',')]
+    #[arg(long, env = "LATCH_ROLES", value_delimiter = ',', value_parser = Role::parse)]
     pub roles: Vec<Role>,
     /// Seconds without a heartbeat before a device is marked offline.
     #[arg(long, env = "LATCH_HEARTBEAT_TIMEOUT_SECS", default_value_t = 30)]
@@ -225,7 +184,7 @@ impl Settings {
             database_url: database_url.into(),
             nats_url: nats_url.into(),
             http_addr: DEFAULT_HTTP_ADDR.parse().expect("a valid address"),
-            roles: Role::all(),
+            roles: Role::ALL.to_vec(),
             heartbeat_timeout: Duration::from_secs(30),
             open_timeout: Duration::from_secs(15),
             weights_after_timeout: Duration::from_secs(120),
@@ -284,7 +243,7 @@ impl From<ServeArgs> for Settings {
             kazaya,
             lockers,
             roles: if a.roles.is_empty() {
-                Role::all()
+                Role::ALL.to_vec()
             } else {
                 a.roles
             },

@@ -238,10 +238,9 @@ async fn holder_of_pool(pool: &sqlx::PgPool) -> Option<String> {
 }
 
 fn all_roles() -> String {
-    use clap::ValueEnum;
-    latch::config::Role::all()
+    latch::config::Role::ALL
         .iter()
-        .filter_map(|r| r.to_possible_value().map(|v| v.get_name().to_owned()))
+        .map(|r| r.as_str())
         .collect::<Vec<_>>()
         .join(",")
 }

@@ -23,6 +23,7 @@
 //! - [`authorizer_answers`]: authorizers' signed answers over NATS -> the API's callback check.
 //! - [`event_consumer`]: the durable EVENTS consumer loop the process managers share.
 //! - [`consume`]: the batching loop shared by the JetStream consumers.
+//! - [`roles`]: the registry: each role `latch serve` can run, and the tasks it spawns.
 
 pub mod authorizer_answers;
 pub mod consume;
@@ -36,6 +37,7 @@ pub mod locker_notifier;
 pub mod locker_sweeper;
 pub mod projector;
 pub mod relay;
+pub mod roles;
 pub mod sweeper;
 pub mod vending;
 
