@@ -15,8 +15,9 @@ use crate::authorizer_sandbox::{parse_couriers, AuthorizerSandbox, AuthorizerSan
 use crate::config::{Settings, DEFAULT_NATS_URL};
 use crate::kazaya_sandbox::{ClientRegistration, KazayaSandbox, SandboxSettings};
 use crate::sim::{self, SimConfig};
-use latch_api::auth::{issue_token, Role as TokenRole};
+use latch_api::auth::Role as TokenRole;
 use latch_api::kazaya::KazayaConfig;
+use latch_api::tokens::provision;
 use latch_api::vending::{sticker, VendingConfig};
 use latch_domain::device::{DeviceCommand, DeviceId, DeviceKind, Label, SiteCode};
 use latch_domain::store::{self, CommandContext, Store};
@@ -156,8 +157,17 @@ pub async fn run(
             tracing::error!(error = %e, "kazaya sandbox stopped");
         }
     });
-    let operator = issue_token(&store.pool, TokenRole::Operator, "dev-operator").await?;
-    let user = issue_token(&store.pool, TokenRole::User, "dev-user").await?;
+    let operator = provision(
+        &store.pool,
+        TokenRole::Operator,
+        "dev-operator",
+        "system:dev",
+    )
+    .await?
+    .token;
+    let user = provision(&store.pool, TokenRole::User, "dev-user", "system:dev")
+        .await?
+        .token;
     let port = app.port();
 
     let shutdown = CancellationToken::new();

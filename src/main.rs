@@ -205,8 +205,10 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
             let pool =
                 latch_domain::store::connect(&connections.database_url, 2, Duration::from_secs(5))
                     .await?;
-            let token = latch_api::auth::issue_token(&pool, role, &subject).await?;
-            println!("{token}");
+            // Recorded as `TokenIssued` (via provisioned); the token is shown once, here.
+            let issued =
+                latch_api::tokens::provision(&pool, role, &subject, "operator:latch-token").await?;
+            println!("{}", issued.token);
         }
         Cmd::NatsConfig {
             service_user,

@@ -5,6 +5,7 @@
 //! cached for [`CACHE_TTL`], which is therefore also the longest a revoked token keeps working.
 
 use crate::error::ApiError;
+use crate::qr::limits::Limit;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -15,8 +16,11 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
 
@@ -84,15 +88,38 @@ pub struct Auth {
     pool: PgPool,
     clock: SharedClock,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// How many refusals of logins for numbers nobody holds are recorded per client IP: anyone
+    /// can try any number, and each recorded attempt is an event kept forever.
+    anonymous_refusals: Limit<IpAddr>,
+    refusals_seen: AtomicU64,
 }
+
+/// Login refusals for unknown user numbers recorded per client IP per minute; more are
+/// answered the same but only logged.
+pub const ANONYMOUS_REFUSALS_PER_MINUTE_PER_IP: u32 = 30;
 
 impl Auth {
     pub fn new(pool: PgPool, clock: SharedClock) -> Self {
         Self {
             pool,
+            anonymous_refusals: Limit::per_minute(
+                ANONYMOUS_REFUSALS_PER_MINUTE_PER_IP,
+                clock.clone(),
+            ),
+            refusals_seen: AtomicU64::new(0),
             clock,
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether a refusal no account can be held to (an unknown user number) may be recorded for
+    /// this client now.
+    pub fn admit_anonymous_refusal(&self, ip: IpAddr) -> bool {
+        // The limiter keeps a key per client; forget those back at full allowance now and then.
+        if self.refusals_seen.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+            self.anonymous_refusals.tidy();
+        }
+        self.anonymous_refusals.check(&ip).is_ok()
     }
 
     pub async fn authenticate(&self, token: &str) -> Result<Actor, ApiError> {
@@ -141,32 +168,94 @@ impl Auth {
     }
 }
 
-/// Issues a new token and returns it; it cannot be recovered later.
-pub async fn issue_token(pool: &PgPool, role: Role, subject: &str) -> Result<String, sqlx::Error> {
-    issue_token_until(pool, role, subject, None).await
+/// A token just minted: the secret shown once to its holder, the hash it is stored under, and
+/// the id that names it in the log (never the token or its hash, which could log someone in).
+pub struct NewToken {
+    pub token: String,
+    pub token_id: Uuid,
+    hash: [u8; 32],
 }
 
-/// As [`issue_token`], for a token that stops working at `expires_at` (a web session).
-pub async fn issue_token_until(
-    pool: &PgPool,
-    role: Role,
-    subject: &str,
-    expires_at: Option<DateTime<Utc>>,
-) -> Result<String, sqlx::Error> {
-    let mut secret = [0u8; 32];
-    rand::rng().fill_bytes(&mut secret);
-    let token = format!("lt_{}", hex::encode(secret));
-    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    sqlx::query(
-        "INSERT INTO api_tokens (token_hash, role, subject, expires_at) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(&hash[..])
-    .bind(role.as_str())
-    .bind(subject)
-    .bind(expires_at)
-    .execute(pool)
-    .await?;
-    Ok(token)
+impl NewToken {
+    /// 256 random bits under a fresh UUIDv7 id.
+    pub fn generate() -> Self {
+        Self::with_id(Uuid::now_v7())
+    }
+
+    /// A new secret for an id already chosen (and recorded by the command that issues it).
+    pub fn with_id(token_id: Uuid) -> Self {
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let token = format!("lt_{}", hex::encode(secret));
+        let hash = Sha256::digest(token.as_bytes()).into();
+        Self {
+            token,
+            token_id,
+            hash,
+        }
+    }
+
+    /// Stores the credential, after the event that records its issue: a crash in between
+    /// leaves a recorded token nobody holds, never a working token the log does not know.
+    pub async fn store(
+        &self,
+        pool: &PgPool,
+        role: Role,
+        subject: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO api_tokens (token_hash, token_id, role, subject, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&self.hash[..])
+        .bind(self.token_id)
+        .bind(role.as_str())
+        .bind(subject)
+        .bind(expires_at)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The live credential a token stands for, named by its id (for a revocation's event).
+#[derive(Debug, Clone)]
+pub struct LiveToken {
+    pub token_id: Uuid,
+    pub actor: Actor,
+}
+
+impl Auth {
+    /// The unrevoked credential behind `token`, if any (expired ones too: a logout after expiry
+    /// still revokes).
+    pub async fn lookup(&self, token: &str) -> Result<Option<LiveToken>, sqlx::Error> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let row: Option<(Uuid, String, String)> = sqlx::query_as(
+            "SELECT token_id, role, subject FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(token_id, role, subject)| {
+            Some(LiveToken {
+                token_id,
+                actor: Actor {
+                    role: Role::parse(&role)?,
+                    subject,
+                },
+            })
+        }))
+    }
+}
+
+/// A credential for test and bench fixtures only: stored WITHOUT an event, so set-ups do not
+/// shift the log positions the tests and benches assert on. Everything that serves a person
+/// (`latch token`, `latch dev`, logins, QR sessions) records its token: see
+/// [`crate::tokens::provision`] and [`crate::tokens`].
+pub async fn issue_token(pool: &PgPool, role: Role, subject: &str) -> Result<String, sqlx::Error> {
+    let new = NewToken::generate();
+    new.store(pool, role, subject, None).await?;
+    Ok(new.token)
 }
 
 impl<S> FromRequestParts<S> for Actor

@@ -15,9 +15,11 @@ pub mod health;
 pub mod kazaya;
 pub mod locker_pages;
 pub mod lockers;
+pub mod login_events;
 pub mod openapi;
 pub mod pages;
 pub mod qr;
+pub mod tokens;
 pub mod vending;
 
 use axum::extract::FromRef;

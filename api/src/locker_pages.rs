@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use chrono::{DateTime, Utc};
+use latch_domain::access::RevokeReason;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -141,12 +142,13 @@ pub struct PageSession {
                (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn page_login(
     State(state): State<AppState>,
+    client: crate::qr::Client,
     headers: HeaderMap,
     jar: CookieJar,
     body: JsonBody<Login>,
 ) -> Result<(CookieJar, Json<PageSession>), ApiError> {
     require_client_header(&headers)?;
-    let logged = check_login(&state, &body.value).await?;
+    let logged = check_login(&state, &body.value, client.ip).await?;
     let max_age = (logged.expires_at - state.clock.now()).num_seconds().max(0);
     let cookie = Cookie::build((LOCKER_COOKIE, logged.token))
         .http_only(true)
@@ -176,7 +178,7 @@ pub async fn page_logout(
 ) -> Result<(CookieJar, StatusCode), ApiError> {
     require_client_header(&headers)?;
     if let Some(token) = cookie_token(&headers) {
-        state.auth.revoke(&token).await?;
+        crate::tokens::revoke(&state, &token, RevokeReason::Logout).await?;
     }
     let gone = Cookie::build((LOCKER_COOKIE, "")).path(COOKIE_PATH).build();
     Ok((jar.remove(gone), StatusCode::NO_CONTENT))

@@ -12,6 +12,8 @@
 //!   opening to payment and refunds.
 //! - [`locker`]: shared parcel lockers: sites, compartments and who holds them, locker users,
 //!   third-party authorizers, and grant requests (direct or through an authorizer).
+//! - [`access`]: API tokens issued and revoked, and locker users' password logins, as facts
+//!   (the credentials themselves stay in their own table).
 //! - [`telemetry`]: the wire formats cabinets publish on NATS and the commands sent back to them,
 //!   parsed into domain types (anything that does not parse has a named reason).
 //! - [`store`]: the Postgres event store (cqrs-es + postgres-es, event-sourced mode only) and the
@@ -22,6 +24,7 @@
 //!
 //! Nothing here talks to NATS or serves HTTP; those live in `latch-workers` and `latch-api`.
 
+pub mod access;
 pub mod clock;
 pub mod device;
 pub mod group_commit;

@@ -250,7 +250,9 @@ pub enum QrLoginCommand {
     },
     Redeem {
         secret_hash: String,
+        /// The id of the session token the redemption issues.
         session_id: Uuid,
+        session_expires_at: DateTime<Utc>,
         at: DateTime<Utc>,
     },
 }
@@ -296,9 +298,15 @@ pub enum QrLoginEvent {
     QrCodeExpired {
         at: DateTime<Utc>,
     },
+    /// The redemption is also the issue of the web session's token: `session_id` is its token
+    /// id (role user, subject `user`), so the redeem request stays one command.
     QrLoginRedeemed {
         user: String,
         session_id: Uuid,
+        /// When the session token stops working. Absent in redemptions recorded before the
+        /// token was named here (the field is optional, so those still read at version 1).
+        #[serde(default)]
+        session_expires_at: Option<DateTime<Utc>>,
         at: DateTime<Utc>,
     },
 }
@@ -638,6 +646,7 @@ impl QrLogin {
             C::Redeem {
                 secret_hash,
                 session_id,
+                session_expires_at,
                 at,
             } => {
                 if secret_hash != self.secret_hash {
@@ -648,6 +657,7 @@ impl QrLogin {
                     Stage::Confirmed { user, .. } => Ok(vec![E::QrLoginRedeemed {
                         user: user.clone(),
                         session_id,
+                        session_expires_at: Some(session_expires_at),
                         at,
                     }]),
                     _ => Err(Err::NotConfirmed),
@@ -795,6 +805,7 @@ mod tests {
         move |g| QrLoginCommand::Redeem {
             secret_hash: g.secret.hash(),
             session_id: Uuid::nil(),
+            session_expires_at: t0() + Duration::hours(12),
             at: t0() + Duration::seconds(secs),
         }
     }
@@ -1006,6 +1017,7 @@ mod tests {
         let stranger = QrLoginCommand::Redeem {
             secret_hash: BrowserSecret::mint(g.token.login_id()).hash(),
             session_id: Uuid::nil(),
+            session_expires_at: t0() + Duration::hours(12),
             at: t0() + Duration::seconds(7),
         };
         assert_eq!(g.login.decide(stranger), Err(QrLoginError::WrongBrowser));
@@ -1018,5 +1030,17 @@ mod tests {
         assert_eq!(when(&g, redeem(8)), Err(QrLoginError::AlreadyRedeemed));
         assert_eq!(g.login.page_status(t0()), PageStatus::Redeemed);
         assert_eq!(QrLoginError::AlreadyRedeemed.statusflag(), -2);
+    }
+
+    #[test]
+    fn a_redemption_recorded_before_session_expiry_was_named_still_reads() {
+        let old = serde_json::json!({"QrLoginRedeemed": {"user": "alice",
+            "session_id": "0195f0c2-0000-7000-8000-000000000001", "at": "2026-01-01T00:00:00Z"}});
+        match serde_json::from_value::<QrLoginEvent>(old).unwrap() {
+            QrLoginEvent::QrLoginRedeemed {
+                session_expires_at, ..
+            } => assert_eq!(session_expires_at, None),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -16,16 +16,18 @@
 //! - [`cabinet`]: the planogram operators publish per cabinet, versioned.
 //! - [`member`]: shoppers as Kazaya identified them; registration and each login.
 //! - [`session`]: the shopping-session aggregate (weighings, order, review, payment, refunds).
+//! - [`sticker_scan`]: one stream per scan of a cabinet sticker: genuine, swapped or forged.
 
 pub mod cabinet;
 pub mod member;
 pub mod planogram;
 pub mod session;
 pub mod settle;
+pub mod sticker_scan;
 pub mod values;
 
 pub use cabinet::{CabinetPlanogram, PlanogramCommand, PlanogramEvent};
-pub use member::{Member, MemberCommand, MemberEvent, Profile};
+pub use member::{Member, MemberCommand, MemberEvent, Profile, Session};
 pub use planogram::{Planogram, RawSlot, Slot, MAX_PRODUCTS_PER_SHELF, MAX_SLOTS};
 pub use session::{
     Order, PaymentState, Refund, ReviewLine, SessionStage, ShoppingCommand, ShoppingError,
@@ -35,6 +37,7 @@ pub use settle::{
     settle, OrderLine, Pick, RawReading, ReviewReason, Settlement, ShelfReading, Weighing,
     MAX_CANDIDATES, MAX_READING_GRAMS, MAX_UNITS_PER_PRODUCT,
 };
+pub use sticker_scan::{ScanCommand, ScanError, ScanEvent, ScanVerdict, StickerScan};
 pub use values::{
     Currency, Grams, KazayaUserId, Money, MoneyError, OperatorId, ProductName, ProviderRef,
     SessionId, ShelfNo, Sku,

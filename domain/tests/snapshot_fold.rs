@@ -26,6 +26,10 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use cqrs_es::persist::SerializedEvent;
 use cqrs_es::{Aggregate, DomainEvent};
+use latch_domain::access::{
+    ApiToken, LockerLogin, LoginCommand, LoginEvent, LoginRefusal, RevokeReason, Subject,
+    TokenCommand, TokenEvent, TokenRole, TokenVia,
+};
 use latch_domain::device::{
     Device, DeviceCommand, DeviceEvent, DeviceId, DeviceKind, DoorState, FaultCode, Label,
     OpenFailure, ShopperOpen, SiteCode,
@@ -40,8 +44,8 @@ use latch_domain::upcast::upcast;
 use latch_domain::vending::{
     CabinetPlanogram, Currency, KazayaUserId, Member, MemberCommand, Money, OperatorId,
     PaymentState, Planogram, PlanogramCommand, Profile, ProviderRef, RawReading, RawSlot,
-    ReviewLine, SessionId, ShelfNo, ShoppingCommand, ShoppingEvent, ShoppingSession, Sku, Weighing,
-    WeighingPhase,
+    ReviewLine, ScanCommand, ScanEvent, ScanVerdict, Session, SessionId, ShelfNo, ShoppingCommand,
+    ShoppingEvent, ShoppingSession, Sku, StickerScan, Weighing, WeighingPhase,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -517,6 +521,7 @@ fn qr_command(login: &QrLogin, step: &QrStep, now: Now) -> QrLoginCommand {
                 login.secret_hash.clone()
             },
             session_id: now.id(3),
+            session_expires_at: at + Duration::hours(12),
             at,
         },
     }
@@ -882,6 +887,10 @@ fn member_command(_: &Member, step: &Login, now: Now) -> MemberCommand {
         user: KazayaUserId::parse("user", pick(&["kz_1", "kz_1", "kz_1", "kz_2"], step.user))
             .unwrap(),
         profile: pick(&profiles, step.profile),
+        session: Session {
+            token_id: now.id(5),
+            expires_at: now.at + Duration::hours(12),
+        },
         at: now.at,
     }
 }
@@ -1323,6 +1332,191 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
+// ApiToken: issued, revoked (one short stream per token id)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum TokenStep {
+    Issue {
+        other: bool,
+        role: u8,
+        expires: bool,
+    },
+    Revoke {
+        other: bool,
+        role: u8,
+    },
+}
+
+fn token_role(i: u8) -> TokenRole {
+    pick(
+        &[
+            TokenRole::Operator,
+            TokenRole::User,
+            TokenRole::Auditor,
+            TokenRole::Device,
+        ],
+        i,
+    )
+}
+
+fn token_command(_: &ApiToken, step: &TokenStep, now: Now) -> TokenCommand {
+    // The stream's own token id, now and then another one (refused).
+    let id = |other: bool| Uuid::from_u128(if other { 2 } else { 1 });
+    let subject = Subject::parse("subject", "locker:13455555555").unwrap();
+    match step {
+        TokenStep::Issue {
+            other,
+            role,
+            expires,
+        } => TokenCommand::Issue {
+            token_id: id(*other),
+            role: token_role(*role),
+            subject,
+            expires_at: expires.then(|| now.at + Duration::hours(12)),
+            via: TokenVia::Provisioned,
+            at: now.at,
+        },
+        TokenStep::Revoke { other, role } => TokenCommand::Revoke {
+            token_id: id(*other),
+            role: token_role(*role),
+            subject,
+            reason: RevokeReason::Logout,
+            at: now.at,
+        },
+    }
+}
+
+fn token_events() -> impl Strategy<Value = Vec<TokenEvent>> {
+    let other = prop::bool::weighted(0.1);
+    let issue =
+        (other, any::<u8>(), any::<bool>()).prop_map(|(other, role, expires)| TokenStep::Issue {
+            other,
+            role,
+            expires,
+        });
+    let revoke = (other, any::<u8>()).prop_map(|(other, role)| TokenStep::Revoke { other, role });
+    let step = prop_oneof![issue.clone(), revoke.clone()];
+    script(prop_oneof![issue, revoke], step, 4, 86_400)
+        .prop_map(|steps| run(&steps, token_command, ApiToken::decide))
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn api_token_snapshot_equals_fold(events in token_events()) {
+        check::<ApiToken>(&events, ApiToken::eq)?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LockerLogin: one attempt, succeeded or refused
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum LoginStep {
+    Succeed,
+    Refuse(u8),
+}
+
+fn login_command(_: &LockerLogin, step: &LoginStep, now: Now) -> LoginCommand {
+    let user_number = user_number("13455555555");
+    match step {
+        LoginStep::Succeed => LoginCommand::Succeed {
+            user_number,
+            token_id: now.id(6),
+            subject: Subject::parse("subject", "locker:13455555555").unwrap(),
+            expires_at: now.at + Duration::hours(12),
+            at: now.at,
+        },
+        LoginStep::Refuse(i) => LoginCommand::Refuse {
+            user_number,
+            reason: pick(
+                &[
+                    LoginRefusal::InvalidCredentials,
+                    LoginRefusal::UnknownUser,
+                    LoginRefusal::UserDisabled,
+                ],
+                *i,
+            ),
+            at: now.at,
+        },
+    }
+}
+
+fn login_events() -> impl Strategy<Value = Vec<LoginEvent>> {
+    let step = prop_oneof![
+        Just(LoginStep::Succeed),
+        any::<u8>().prop_map(LoginStep::Refuse)
+    ];
+    script(step.clone(), step, 3, 60)
+        .prop_map(|steps| run(&steps, login_command, LockerLogin::decide))
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn locker_login_snapshot_equals_fold(events in login_events()) {
+        check::<LockerLogin>(&events, LockerLogin::eq)?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// StickerScan: one scan, genuine, swapped or forged
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct ScanStep {
+    cabinet: Option<u8>,
+    verdict: u8,
+    shopper: bool,
+}
+
+fn scan_command(_: &StickerScan, step: &ScanStep, now: Now) -> ScanCommand {
+    let cabinet = |i: u8| DeviceId::from(Uuid::from_u128(u128::from(i % 3) + 1));
+    ScanCommand::Record {
+        cabinet: step.cabinet.map(cabinet),
+        verdict: match step.verdict % 3 {
+            0 => ScanVerdict::Genuine,
+            1 => ScanVerdict::Swapped {
+                genuine_for: cabinet(step.verdict / 3),
+            },
+            _ => ScanVerdict::Forged,
+        },
+        shopper: step
+            .shopper
+            .then(|| KazayaUserId::parse("user", "kz_1").unwrap()),
+        at: now.at,
+    }
+}
+
+fn scan_events() -> impl Strategy<Value = Vec<ScanEvent>> {
+    let step = (
+        prop_oneof![4 => any::<u8>().prop_map(Some), 1 => Just(None)],
+        any::<u8>(),
+        any::<bool>(),
+    )
+        .prop_map(|(cabinet, verdict, shopper)| ScanStep {
+            cabinet,
+            verdict,
+            shopper,
+        });
+    script(step.clone(), step, 3, 60)
+        .prop_map(|steps| run(&steps, scan_command, StickerScan::decide))
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn sticker_scan_snapshot_equals_fold(events in scan_events()) {
+        check::<StickerScan>(&events, StickerScan::eq)?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The generators reach every event variant
 // ---------------------------------------------------------------------------------------------
 
@@ -1415,6 +1609,19 @@ fn every_event_variant_is_generated() {
             "AuthorizerDeactivated",
             "AuthorizerActivated",
             "AuthorizerReconfigured",
+        ],
+    );
+    assert_all_generated(token_events(), &["TokenIssued", "TokenRevoked"]);
+    assert_all_generated(
+        login_events(),
+        &["LockerLoginSucceeded", "LockerLoginRefused"],
+    );
+    assert_all_generated(
+        scan_events(),
+        &[
+            "StickerScanned",
+            "SwappedStickerScanned",
+            "ForgedStickerScanned",
         ],
     );
     assert_all_generated(

@@ -366,6 +366,17 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<DeviceView>, sqlx::Er
     .await
 }
 
+/// Every registered vending cabinet's id (at most `limit`), for telling a swapped sticker from
+/// a forged one.
+pub async fn vending_ids(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT device_id FROM device_status WHERE kind = 'vending' ORDER BY device_id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 pub async fn list(
     pool: &PgPool,
     site: Option<&str>,

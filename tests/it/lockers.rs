@@ -556,6 +556,57 @@ async fn login_refuses_wrong_passwords_retryably_disabled_users_and_rate_limits(
     assert_eq!(last, 429);
     app.clock.advance(chrono::Duration::minutes(2));
     assert_eq!(login(&app, "13488888888", PASSWORD).await.status(), 200);
+
+    // Every checked attempt is one event of its own short stream, with the reason the caller
+    // is not told (an unknown number); the malformed number and the rate-limited attempt are
+    // refused before any check and record nothing.
+    let attempts: Vec<(String, Option<String>, String)> = sqlx::query_as(
+        "SELECT event_type, coalesce(payload->'LockerLoginRefused'->>'reason', ''), aggregate_id
+           FROM events WHERE aggregate_type = 'locker_login' ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(t, r, id): (String, String, String)| (t, (!r.is_empty()).then_some(r), id))
+    .collect();
+    let outcomes: Vec<(&str, Option<&str>)> = attempts
+        .iter()
+        .map(|(t, r, _)| (t.as_str(), r.as_deref()))
+        .collect();
+    let refused = |r| ("LockerLoginRefused", Some(r));
+    let mut expected = vec![
+        refused("invalid_credentials"),
+        ("LockerLoginSucceeded", None),
+        refused("unknown_user"),
+        refused("user_disabled"),
+    ];
+    expected.extend([refused("invalid_credentials"); 5]);
+    expected.push(("LockerLoginSucceeded", None));
+    assert_eq!(outcomes, expected);
+    let streams: std::collections::HashSet<&str> =
+        attempts.iter().map(|(_, _, id)| id.as_str()).collect();
+    assert_eq!(streams.len(), attempts.len(), "one stream per attempt");
+    // A good login's stream id is the id of the credential it issued.
+    let issued = count(
+        &app.pool,
+        "SELECT count(*) FROM events e JOIN api_tokens t ON t.token_id::text = e.aggregate_id
+          WHERE e.event_type = 'LockerLoginSucceeded'
+            AND e.payload->'LockerLoginSucceeded'->>'token_id' = e.aggregate_id
+            AND t.subject = e.payload->'LockerLoginSucceeded'->>'subject'",
+    )
+    .await;
+    assert_eq!(issued, 2);
+    let leaked = count(
+        &app.pool,
+        &format!(
+            "SELECT count(*) FROM events WHERE aggregate_type = 'locker_login'
+              AND (payload::text LIKE '%{PASSWORD}%' OR payload::text LIKE '%nope-nope%'
+                   OR payload::text LIKE '%argon2%' OR payload::text LIKE '%lt\\_%')"
+        ),
+    )
+    .await;
+    assert_eq!(leaked, 0);
 }
 
 #[tokio::test]
@@ -1530,7 +1581,9 @@ async fn wiring_a_door_refuses_what_is_not_this_sites_locker_and_changes_nothing
     .await;
     assert_eq!((status, code.as_str()), (422, "door_not_a_locker"));
     // A locker user may not wire doors, nor see a compartment they neither hold nor filled.
+    // (Their login is a fact of its own: `LockerLoginSucceeded`.)
     let li = token(&app, "13455555555").await;
+    let before = before + 1;
     let res = app
         .post(
             &format!("/lockers/compartments/{SITE}:01/door"),

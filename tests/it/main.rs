@@ -8,6 +8,7 @@ mod crash;
 mod dev;
 mod devices_api;
 mod event_store;
+mod facts;
 mod kazaya;
 mod locker_pages;
 mod locker_process;

@@ -217,6 +217,19 @@ async fn redeeming_twice_fails_and_only_the_minting_browser_can() {
         .await,
         1
     );
+    // The redemption is the session token's issue: it names the token by the id its credential
+    // row carries, with the same expiry, and one command did both.
+    assert_eq!(
+        count(
+            &app.pool,
+            "SELECT count(*) FROM events e JOIN api_tokens t
+                ON t.token_id::text = e.payload->'QrLoginRedeemed'->>'session_id'
+             WHERE e.event_type = 'QrLoginRedeemed'
+               AND (e.payload->'QrLoginRedeemed'->>'session_expires_at')::timestamptz = t.expires_at"
+        )
+        .await,
+        1
+    );
 }
 
 #[tokio::test]

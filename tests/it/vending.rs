@@ -398,6 +398,18 @@ async fn a_new_member_registers_opens_takes_three_items_pays_and_gets_a_receipt(
     let session_cookie = register_through_kazaya(&world, cabinet.id, "13455555555", "小李").await;
     assert_eq!(world.events_of_type("MemberRegistered").await, 1);
     assert_eq!(world.events_of_type("MemberAuthorized").await, 1);
+    // The scan that started it is a fact, and the login names the session token it issued by
+    // the id its credential row carries (never by the token).
+    assert_eq!(world.events_of_type("StickerScanned").await, 1);
+    let (named,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM events e
+           JOIN api_tokens t ON t.token_id::text = e.payload->'MemberAuthorized'->'session'->>'token_id'
+          WHERE e.event_type = 'MemberAuthorized' AND t.subject LIKE 'kazaya:%'",
+    )
+    .fetch_one(&world.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(named, 1);
 
     let cookie_get = |path: String| {
         world
@@ -673,7 +685,8 @@ async fn a_forged_or_swapped_sticker_gets_a_clear_page_and_no_login() {
     );
     let unsigned = format!("{}/m/c/{}", world.app.address, a.id);
     let garbage = format!("{}/m/c/not-a-cabinet?k=x", world.app.address);
-    for url in [swapped, forged, unsigned, garbage] {
+    let edited = format!("{}/m/c/not-a-cabinet?k={sig}", world.app.address);
+    for url in [swapped, forged, unsigned, garbage, edited] {
         let res = world.browser.get(&url).send().await.unwrap();
         assert_eq!(res.status(), 403, "{url}");
         assert!(set_cookies(&res).is_empty(), "no login is started");
@@ -683,6 +696,77 @@ async fn a_forged_or_swapped_sticker_gets_a_clear_page_and_no_login() {
     }
     let res = world.browser.get(&link_a).send().await.unwrap();
     assert_eq!(res.status(), 303);
+
+    // Each scan is one short stream: the swapped one names the cabinet its signature is for.
+    let scans = || async {
+        let rows: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
+            "SELECT event_type, aggregate_id, payload FROM events
+              WHERE aggregate_type = 'sticker_scan' ORDER BY tx_id, id",
+        )
+        .fetch_all(&world.app.pool)
+        .await
+        .unwrap();
+        rows
+    };
+    let rows = scans().await;
+    let types: Vec<&str> = rows.iter().map(|(t, _, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "SwappedStickerScanned",
+            "ForgedStickerScanned",
+            "ForgedStickerScanned",
+            "ForgedStickerScanned",
+            "ForgedStickerScanned",
+            "StickerScanned"
+        ]
+    );
+    let body = |i: usize| &rows[i].2[&rows[i].0];
+    assert_eq!(body(0)["cabinet"], b.to_string());
+    assert_eq!(body(0)["genuine_for"], a.id.to_string());
+    assert_eq!(body(1)["cabinet"], a.id.to_string());
+    assert_eq!(body(3)["cabinet"], Value::Null, "not a cabinet id at all");
+    assert_eq!(
+        body(4)["cabinet"],
+        Value::Null,
+        "a genuine signature, no cabinet"
+    );
+    assert_eq!(body(5)["cabinet"], a.id.to_string());
+    assert_eq!(body(5)["shopper"], Value::Null);
+    let ids: std::collections::HashSet<&str> = rows.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), rows.len());
+
+    // A shopper with a session is named by the scan.
+    let token = member_token(&world, a.id, "13455555555").await;
+    let res = world
+        .browser
+        .get(&link_a)
+        .header("cookie", format!("latch_session={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let rows = scans().await;
+    let (t, _, last) = rows.last().unwrap();
+    assert_eq!(t, "StickerScanned");
+    assert!(last[t]["shopper"].is_string(), "{last}");
+
+    // Anonymous traffic cannot grow the log without bound: one client has at most
+    // SCANS_PER_MINUTE_PER_IP scans a minute recorded; the rest are answered the same.
+    let before = rows.len();
+    let forged = format!(
+        "{}/m/c/{}?k=BBBBBBBBBBBBBBBBBBBBBB",
+        world.app.address, a.id
+    );
+    for _ in 0..40 {
+        let res = world.browser.get(&forged).send().await.unwrap();
+        assert_eq!(res.status(), 403);
+    }
+    let recorded = scans().await.len() - before;
+    assert!(
+        recorded < 40 && recorded <= latch_api::vending::scans::SCANS_PER_MINUTE_PER_IP as usize,
+        "{recorded}"
+    );
 }
 
 #[tokio::test]

@@ -3,14 +3,16 @@
 
 use super::passwords::{hash_password, verify_password};
 use super::{unprocessable, SUBJECT_PREFIX};
-use crate::auth::{issue_token_until, Actor, Role};
+use crate::auth::{Actor, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, RequestMeta};
+use crate::login_events::{self, LoginToken};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
+use latch_domain::access::LoginRefusal;
 use latch_domain::device::Label;
 use latch_domain::locker::{UserCommand, UserNumber};
 use serde::{Deserialize, Serialize};
@@ -135,14 +137,19 @@ pub struct LoggedIn {
     responses((status = 200, body = LoggedIn), (status = 429, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
+    client: crate::qr::Client,
     body: JsonBody<Login>,
 ) -> Result<Json<LoggedIn>, ApiError> {
-    check_login(&state, &body.value).await.map(Json)
+    check_login(&state, &body.value, client.ip).await.map(Json)
 }
 
 /// Checks a user number and password and issues a session token: what `POST /lockers/login`
 /// answers, and what the phone pages' login turns into a cookie.
-pub(crate) async fn check_login(state: &AppState, login: &Login) -> Result<LoggedIn, ApiError> {
+pub(crate) async fn check_login(
+    state: &AppState,
+    login: &Login,
+    ip: std::net::IpAddr,
+) -> Result<LoggedIn, ApiError> {
     let number = UserNumber::parse("user_number", &login.user_number)?;
     if let Err(wait) = state.lockers.login_limit.check(&number.to_string()) {
         return Err(ApiError::TooManyRequests {
@@ -172,24 +179,25 @@ pub(crate) async fn check_login(state: &AppState, login: &Login) -> Result<Logge
             .password_work(move || verify_password(&password, &hash))
             .await?;
     if !ok {
-        tracing::info!(user = %number, "locker login refused");
+        let why = match user.number {
+            Some(_) => LoginRefusal::InvalidCredentials,
+            None => LoginRefusal::UnknownUser,
+        };
+        login_events::refused(state, ip, &number, why).await?;
         return Err(refused());
     }
     if !user.is_active() {
+        login_events::refused(state, ip, &number, LoginRefusal::UserDisabled).await?;
         return Err(unprocessable(
             "user_disabled",
             "user_number",
             "this user is disabled",
         ));
     }
-    let expires_at = state.clock.now() + state.lockers.settings.session;
-    let token = issue_token_until(
-        &state.store.pool,
-        Role::User,
-        &format!("{SUBJECT_PREFIX}{number}"),
-        Some(expires_at),
-    )
-    .await?;
+    let subject = format!("{SUBJECT_PREFIX}{number}");
+    let session = state.lockers.settings.session;
+    let LoginToken { token, expires_at } =
+        login_events::succeeded(state, &number, &subject, session).await?;
     Ok(LoggedIn {
         token,
         user_number: number.to_string(),

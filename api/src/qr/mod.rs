@@ -21,7 +21,7 @@ pub mod hub;
 pub mod limits;
 pub mod picture;
 
-use crate::auth::{issue_token_until, Actor, Role, SessionActor};
+use crate::auth::{Actor, NewToken, Role, SessionActor};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, RequestMeta};
 use crate::AppState;
@@ -774,10 +774,14 @@ pub async fn redeem(
         ));
     }
     let at = state.clock.now();
-    let session_id = uuid::Uuid::now_v7();
+    // The redemption records the session token's id and expiry: one command issues it.
+    let session = NewToken::generate();
+    let session_id = session.token_id;
+    let expires_at = at + state.qr.config.session_ttl;
     let command = QrLoginCommand::Redeem {
         secret_hash: secret.hash(),
         session_id,
+        session_expires_at: expires_at,
         at,
     };
     let mut ctx = CommandContext::new(format!("browser:{}", secret.login_id()));
@@ -800,8 +804,10 @@ pub async fn redeem(
     };
     // The login is spent before the session exists: a crash in between costs the user a new
     // scan, never a second session from one code.
-    let expires_at = at + state.qr.config.session_ttl;
-    let token = issue_token_until(&state.store.pool, Role::User, &user, Some(expires_at)).await?;
+    session
+        .store(&state.store.pool, Role::User, &user, Some(expires_at))
+        .await?;
+    let token = session.token;
     tracing::info!(login = %id, %session_id, "qr login redeemed");
     let session = Cookie::build((crate::auth::SESSION_COOKIE, token))
         .http_only(true)

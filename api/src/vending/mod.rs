@@ -9,6 +9,7 @@
 //! Every write is a command on an aggregate (`planogram`, `device`, `shopping_session`,
 //! `member`); every list is a read model built by projections.
 
+pub mod scans;
 pub mod shop;
 pub mod sticker;
 
@@ -70,6 +71,8 @@ pub struct Vending {
     pub config: VendingConfig,
     /// `None` when no Kazaya is configured: shopper logins and payments answer 503.
     pub kazaya: Option<Arc<dyn Kazaya>>,
+    /// Sticker scans: the per-IP recording limit and the swapped-sticker index.
+    pub scans: scans::Scans,
 }
 
 impl Vending {

@@ -13,8 +13,8 @@
 //! 4. `POST /kazaya/webhooks`: signed (Standard Webhooks), deduplicated by webhook id through
 //!    the command's idempotency key, so a replayed callback changes nothing.
 
-use super::{parse_device, parse_limit, parse_session, sticker, Vending};
-use crate::auth::{issue_token_until, Actor, Auth, Role, SESSION_COOKIE};
+use super::{parse_device, parse_limit, parse_session, scans, Vending};
+use crate::auth::{Actor, Auth, NewToken, Role, SESSION_COOKIE};
 use crate::error::{from_command_error, ApiError, ErrorBody};
 use crate::kazaya::{Kazaya, KazayaError, Pkce, WebhookKind};
 use crate::AppState;
@@ -31,8 +31,8 @@ use hmac::{Hmac, Mac};
 use latch_domain::device::{DeviceCommand, DeviceError, DeviceId, Label, ShopperOpen};
 use latch_domain::store::{CommandContext, CommandError, IdempotencyKey};
 use latch_domain::vending::{
-    KazayaUserId, MemberCommand, PaymentState, Profile, ProviderRef, SessionStage, ShoppingCommand,
-    ShoppingSession,
+    KazayaUserId, MemberCommand, PaymentState, Profile, ProviderRef, ScanVerdict, Session,
+    SessionStage, ShoppingCommand, ShoppingSession,
 };
 use latch_projections::device_status;
 use latch_projections::orders::{self, OrderRow};
@@ -220,9 +220,12 @@ fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// `GET /m/c/{cabinet}?k=...`: what the sticker opens.
+/// `GET /m/c/{cabinet}?k=...`: what the sticker opens. Every scan is recorded (one command:
+/// genuine, swapped or forged, with the shopper when the phone has a session), within the
+/// per-IP limit of [`super::scans`].
 pub async fn sticker_landing(
     State(state): State<AppState>,
+    client: crate::qr::Client,
     jar: CookieJar,
     Path(device_id): Path<String>,
     Query(q): Query<StickerQuery>,
@@ -236,26 +239,33 @@ pub async fn sticker_landing(
              operator (the sticker may have been replaced). 此二维码无效，请联系运营人员。",
         )
     };
-    let Ok(device) = DeviceId::parse("device_id", &device_id) else {
-        return forged();
-    };
+    let device = DeviceId::parse("device_id", &device_id).ok();
     let config = &state.vending.config;
-    if !q
-        .k
-        .as_deref()
-        .is_some_and(|k| sticker::verify(&config.sticker_key, &device, k))
-    {
-        tracing::warn!(%device, "forged or swapped cabinet link");
-        return forged();
-    }
-    let home = format!("/m/cabinet/{device}");
-    // Already logged in as a shopper: straight to the cabinet.
+    let verdict = match scans::classify(&state, device.as_ref(), q.k.as_deref()).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    // Already logged in as a shopper: the scan names them, and they go straight on.
+    let mut shopper = None;
     if let Some(token) = jar.get(SESSION_COOKIE).map(|c| c.value().to_owned()) {
         if let Ok(actor) = state.auth.authenticate(&token).await {
-            if shopper_of(actor).is_ok() {
-                return Redirect::to(&home).into_response();
-            }
+            shopper = shopper_of(actor).ok();
         }
+    }
+    let genuine = verdict == ScanVerdict::Genuine;
+    if !genuine {
+        tracing::warn!(cabinet = ?device, ?verdict, "forged or swapped cabinet link");
+    }
+    let who = shopper.as_ref().map(|s| s.user.clone());
+    if let Err(e) = scans::record(&state, client.ip, device, verdict, who).await {
+        return e.into_response();
+    }
+    let Some(device) = device.filter(|_| genuine) else {
+        return forged();
+    };
+    let home = format!("/m/cabinet/{device}");
+    if shopper.is_some() {
+        return Redirect::to(&home).into_response();
     }
     let Ok(kazaya) = state.vending.kazaya() else {
         return notice(
@@ -369,12 +379,19 @@ pub async fn auth_callback(
             .into_response();
     };
     let now = state.clock.now();
+    // The login records the session token's id and expiry: one command issues it.
+    let session = NewToken::generate();
+    let expires = now + config.session_ttl;
     let command = MemberCommand::Authorize {
         user: user.clone(),
         profile: Profile {
             phone: member.phone,
             nickname: member.nickname,
             avatar: member.avatar,
+        },
+        session: Session {
+            token_id: session.token_id,
+            expires_at: expires,
         },
         at: now,
     };
@@ -387,18 +404,14 @@ pub async fn auth_callback(
     {
         return from_command_error(e).into_response();
     }
-    let expires = now + config.session_ttl;
-    let token = match issue_token_until(
-        &state.store.pool,
-        Role::User,
-        &format!("kazaya:{}", user.as_str()),
-        Some(expires),
-    )
-    .await
+    let subject = format!("kazaya:{}", user.as_str());
+    if let Err(e) = session
+        .store(&state.store.pool, Role::User, &subject, Some(expires))
+        .await
     {
-        Ok(t) => t,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
+        return ApiError::from(e).into_response();
+    }
+    let token = session.token;
     let session = Cookie::build((SESSION_COOKIE, token))
         .http_only(true)
         .same_site(SameSite::Lax)
@@ -1009,6 +1022,10 @@ pub async fn webhook(
 
 impl Vending {
     pub fn new(config: super::VendingConfig, kazaya: Option<Arc<dyn Kazaya>>) -> Self {
-        Self { config, kazaya }
+        Self {
+            config,
+            kazaya,
+            scans: super::scans::Scans::default(),
+        }
     }
 }

@@ -11,6 +11,8 @@ use sha2::Sha256;
 const CONTEXT: &[u8] = b"latch-cabinet-link:v1:";
 /// 128 bits of the MAC: enough that guessing one is hopeless, short enough to scan well.
 const SIG_BYTES: usize = 16;
+/// Length of a signature as the link carries it (unpadded URL-safe base64 of [`SIG_BYTES`]).
+pub const SIG_CHARS: usize = 22;
 
 fn mac(key: &[u8], device: &DeviceId) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
@@ -63,5 +65,6 @@ mod tests {
         assert!(!verify(b"key", &a, &sig[..sig.len() - 1]));
         assert!(!verify(b"key", &a, "not base64!"));
         assert!(!verify(b"key", &a, ""));
+        assert_eq!(sig.len(), SIG_CHARS);
     }
 }

@@ -35,10 +35,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
 
+use crate::access::{ApiToken, LockerLogin};
 use crate::device::Device;
 use crate::locker::{Authorizer, Compartment, Grant, LockerUser, Site};
 use crate::qr_login::QrLogin;
-use crate::vending::{CabinetPlanogram, Member, ShoppingSession};
+use crate::vending::{CabinetPlanogram, Member, ShoppingSession, StickerScan};
 use journal::Journal;
 use snapshot::SnapshotStore;
 
@@ -456,6 +457,9 @@ pub struct Store {
     pub locker_users: AggregateStore<LockerUser>,
     pub authorizers: AggregateStore<Authorizer>,
     pub grants: AggregateStore<Grant>,
+    pub api_tokens: AggregateStore<ApiToken>,
+    pub locker_logins: AggregateStore<LockerLogin>,
+    pub sticker_scans: AggregateStore<StickerScan>,
 }
 
 impl Store {
@@ -471,6 +475,9 @@ impl Store {
             locker_users: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
             authorizers: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
             grants: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
+            api_tokens: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
+            locker_logins: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
+            sticker_scans: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
             pool,
         }
     }

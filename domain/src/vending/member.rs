@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// What Kazaya shares about a member (its "user basic information").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,8 +24,17 @@ pub enum MemberCommand {
     Authorize {
         user: KazayaUserId,
         profile: Profile,
+        /// The web session token this login issues (role user, subject `kazaya:<member>`).
+        session: Session,
         at: DateTime<Utc>,
     },
+}
+
+/// A shopper's web session token as the log names it: by id, never by the token or its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub token_id: Uuid,
+    pub expires_at: DateTime<Utc>,
 }
 
 impl MemberCommand {
@@ -44,7 +54,11 @@ pub enum MemberEvent {
         profile: Profile,
         at: DateTime<Utc>,
     },
+    /// A login; also the issue of the session token it names, so a login stays one command.
+    /// Logins recorded before the token was named here have no `session`.
     MemberAuthorized {
+        #[serde(default)]
+        session: Option<Session>,
         at: DateTime<Utc>,
     },
 }
@@ -111,7 +125,12 @@ impl Aggregate for Member {
 
 impl Member {
     pub fn decide(&self, command: MemberCommand) -> Result<Vec<MemberEvent>, MemberError> {
-        let MemberCommand::Authorize { user, profile, at } = command;
+        let MemberCommand::Authorize {
+            user,
+            profile,
+            session,
+            at,
+        } = command;
         let mut events = Vec::new();
         match (&self.user, &self.profile) {
             (None, _) => events.push(MemberEvent::MemberRegistered { user, profile, at }),
@@ -119,7 +138,10 @@ impl Member {
             (Some(_), Some(p)) if *p == profile => {}
             (Some(_), _) => events.push(MemberEvent::MemberProfileChanged { profile, at }),
         }
-        events.push(MemberEvent::MemberAuthorized { at });
+        events.push(MemberEvent::MemberAuthorized {
+            session: Some(session),
+            at,
+        });
         Ok(events)
     }
 }
@@ -143,10 +165,23 @@ mod tests {
             avatar: None,
         }
     }
+    fn session() -> Session {
+        Session {
+            token_id: Uuid::from_u128(3),
+            expires_at: at(),
+        }
+    }
     fn authorize(id: &str, nick: &str) -> MemberCommand {
         MemberCommand::Authorize {
             user: user(id),
             profile: profile(nick),
+            session: session(),
+            at: at(),
+        }
+    }
+    fn authorized() -> MemberEvent {
+        MemberEvent::MemberAuthorized {
+            session: Some(session()),
             at: at(),
         }
     }
@@ -162,7 +197,7 @@ mod tests {
                     profile: profile("小李"),
                     at: at(),
                 },
-                MemberEvent::MemberAuthorized { at: at() },
+                authorized(),
             ]);
     }
 
@@ -176,7 +211,7 @@ mod tests {
         TestFramework::<Member>::with(())
             .given(vec![registered.clone()])
             .when(authorize("ky_1", "小李"))
-            .then_expect_events(vec![MemberEvent::MemberAuthorized { at: at() }]);
+            .then_expect_events(vec![authorized()]);
         TestFramework::<Member>::with(())
             .given(vec![registered])
             .when(authorize("ky_1", "李四"))
@@ -185,7 +220,7 @@ mod tests {
                     profile: profile("李四"),
                     at: at(),
                 },
-                MemberEvent::MemberAuthorized { at: at() },
+                authorized(),
             ]);
     }
 
@@ -199,5 +234,14 @@ mod tests {
             }])
             .when(authorize("ky_2", "x"))
             .then_expect_error(MemberError::WrongMember);
+    }
+
+    #[test]
+    fn a_login_recorded_before_sessions_were_named_still_reads() {
+        let old = serde_json::json!({"MemberAuthorized": {"at": "2026-01-01T00:00:00Z"}});
+        assert!(matches!(
+            serde_json::from_value::<MemberEvent>(old).unwrap(),
+            MemberEvent::MemberAuthorized { session: None, .. }
+        ));
     }
 }
