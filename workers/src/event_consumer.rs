@@ -54,11 +54,13 @@ async fn consume<H: EventHandler>(
     handler: &H,
     shutdown: &CancellationToken,
 ) -> Result<(), async_nats::Error> {
-    // Redelivered without limit: a message that comes back because Postgres was away must not
-    // be dropped by the server after a few tries. A handler that keeps answering "later" is
-    // dead-lettered below instead, after `MAX_DELIVER` attempts.
+    // Redelivered for as long as it takes: a message that comes back because Postgres was away
+    // must not be dropped by the server after a few tries (at the last backoff pause, 10,000
+    // deliveries are more than nine days; nats-server 2.9 refuses "unlimited" together with a
+    // backoff list). A handler that keeps answering "later" is dead-lettered below instead,
+    // after `MAX_DELIVER` attempts.
     let config = async_nats::jetstream::consumer::pull::Config {
-        max_deliver: -1,
+        max_deliver: 10_000,
         ..streams::durable(name, filter)
     };
     let consumer = streams::ensure_consumer(js, subjects::EVENTS_STREAM, config).await?;
