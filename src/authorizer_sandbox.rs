@@ -13,8 +13,9 @@
 //! - `GET /roster`, `POST /roster/{user_number}` `{on_duty}`: the duty roster.
 //! - `GET /sandbox/requests`: every request received and what became of it.
 //!
-//! Its signing code is its own (not Latch's), so a mistake in the scheme shows up as a failed
-//! verification. Time comes from the injected clock, so tests with a manual clock agree with
+//! It signs and verifies with Latch's one Standard Webhooks implementation
+//! (`latch_domain::webhooks`), whose unit test holds it to the scheme's published test vector,
+//! so a mistake in the scheme cannot hide behind two copies that agree with each other. Time comes from the injected clock, so tests with a manual clock agree with
 //! Latch on what "stale" means.
 
 use crate::kazaya_sandbox::RetryPolicy;
@@ -23,22 +24,17 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use latch_domain::clock::{SharedClock, SystemClock};
+use latch_domain::webhooks::{self, WebhookError};
 use latch_workers::CancellationToken;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-
-/// Signatures older or newer than this are refused (Standard Webhooks' usual five minutes).
-const TOLERANCE_SECS: i64 = 300;
 
 /// One courier on the roster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,29 +113,11 @@ pub struct AuthorizerSandbox {
     shared: Arc<Shared>,
 }
 
-fn decode_secret(secret: &str) -> Option<Vec<u8>> {
-    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .ok()
-        .filter(|k| !k.is_empty())
-}
-
-fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.finalize().into_bytes().to_vec()
-}
-
 impl AuthorizerSandbox {
     pub async fn build(
         settings: AuthorizerSandboxSettings,
     ) -> Result<Self, AuthorizerSandboxError> {
-        let key = decode_secret(&settings.secret).ok_or_else(|| {
+        let key = latch_domain::webhooks::secret_key(&settings.secret).ok_or_else(|| {
             AuthorizerSandboxError::Settings("secret must be `whsec_` + base64".into())
         })?;
         let listener = TcpListener::bind(settings.addr).await.map_err(|source| {
@@ -218,31 +196,11 @@ fn fail(status: StatusCode, code: &str, message: &str) -> (StatusCode, Json<Valu
     )
 }
 
-/// The Standard Webhooks check: headers present, fresh, one `v1,` signature matching.
-fn verify(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<String, &'static str> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(id), Some(ts), Some(sigs)) = (
-        get("webhook-id"),
-        get("webhook-timestamp"),
-        get("webhook-signature"),
-    ) else {
-        return Err("webhook headers missing");
-    };
-    let ts: i64 = ts.parse().map_err(|_| "bad webhook-timestamp")?;
-    if (shared.settings.clock.now().timestamp() - ts).abs() > TOLERANCE_SECS {
-        return Err("stale webhook-timestamp");
-    }
-    let expected = signature(&shared.key, id, ts, body);
-    let ok = sigs
-        .split_ascii_whitespace()
-        .filter_map(|s| s.strip_prefix("v1,"))
-        .filter_map(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-        .any(|s| s.len() == expected.len() && s.iter().zip(&expected).all(|(a, b)| a == b));
-    if ok {
-        Ok(id.to_owned())
-    } else {
-        Err("no signature matches")
-    }
+/// The Standard Webhooks check (Latch's one implementation): headers present, fresh, one `v1,`
+/// signature matching; the webhook id.
+fn verify(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<String, WebhookError> {
+    let now = shared.settings.clock.now();
+    latch_api::webhooks::verify(&shared.settings.secret, headers, body, now).map(|s| s.id)
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,7 +223,7 @@ async fn receive(
 ) -> (StatusCode, Json<Value>) {
     let webhook_id = match verify(&shared, &headers, &body) {
         Ok(id) => id,
-        Err(why) => return fail(StatusCode::BAD_REQUEST, "webhook_invalid", why),
+        Err(why) => return fail(StatusCode::BAD_REQUEST, "webhook_invalid", &why.to_string()),
     };
     let request: Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -342,19 +300,14 @@ async fn call_back(shared: Arc<Shared>, id: String, body: String, mut handled: H
     let retry = shared.settings.retry.clone();
     for attempt in 1..=retry.max_attempts.max(1) {
         let ts = shared.settings.clock.now().timestamp();
-        let sig = base64::engine::general_purpose::STANDARD.encode(signature(
-            &shared.key,
-            &id,
-            ts,
-            body.as_bytes(),
-        ));
+        let sig = webhooks::sign(&shared.key, &id, ts, body.as_bytes());
         let result = shared
             .http
             .post(&url)
             .header("content-type", "application/json")
             .header("webhook-id", &id)
             .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", format!("v1,{sig}"))
+            .header("webhook-signature", sig)
             .body(body.clone())
             .send()
             .await;
@@ -481,22 +434,6 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The published Standard Webhooks test vector.
-    #[test]
-    fn signs_like_the_reference_implementation() {
-        let key = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let sig = signature(
-            &key,
-            "msg_p5jXN8AQM9LWM0D4loKWxJek",
-            1614265330,
-            br#"{"test": 2432232314}"#,
-        );
-        assert_eq!(
-            base64::engine::general_purpose::STANDARD.encode(sig),
-            "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-        );
-    }
 
     #[test]
     fn couriers_parse_from_flags() {

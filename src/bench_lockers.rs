@@ -220,7 +220,7 @@ async fn sandbox_receive_phase(http: &reqwest::Client, args: &LockersArgs) -> Re
     let stub_url = format!("http://{}", listener.local_addr()?);
     let stub_server = tokio::spawn(async move { axum::serve(listener, stub).await });
     let (endpoint, stop, sandbox) = start_sandbox(&stub_url).await?;
-    let key = latch_domain::locker::signing::secret_key(SECRET).ok_or("bench secret")?;
+    let key = latch_domain::webhooks::secret_key(SECRET).ok_or("bench secret")?;
     let http = http.clone();
     let op = move |_: usize| {
         let (http, endpoint, key) = (http.clone(), endpoint.clone(), key.clone());
@@ -234,7 +234,7 @@ async fn sandbox_receive_phase(http: &reqwest::Client, args: &LockersArgs) -> Re
             .to_string();
             let id = latch_workers::grant_delivery::webhook_id(request_id);
             let ts = chrono::Utc::now().timestamp();
-            let signature = latch_domain::locker::signing::sign(&key, &id, ts, body.as_bytes());
+            let signature = latch_domain::webhooks::sign(&key, &id, ts, body.as_bytes());
             http.post(&endpoint)
                 .header("content-type", "application/json")
                 .header("webhook-id", &id)

@@ -169,9 +169,10 @@ pub struct KazayaSandbox {
 
 impl KazayaSandbox {
     pub async fn build(settings: SandboxSettings) -> Result<Self, SandboxError> {
-        let key = decode_secret(&settings.webhook_secret).ok_or_else(|| {
-            SandboxError::Settings("webhook_secret must be `whsec_` + base64".into())
-        })?;
+        let key =
+            latch_domain::webhooks::secret_key(&settings.webhook_secret).ok_or_else(|| {
+                SandboxError::Settings("webhook_secret must be `whsec_` + base64".into())
+            })?;
         let mut clients = HashMap::new();
         for client in &settings.clients {
             if client.client_id.is_empty() || client.client_secret.is_empty() {
@@ -392,14 +393,6 @@ fn form_decode(s: &str) -> String {
 
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn decode_secret(secret: &str) -> Option<Vec<u8>> {
-    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .ok()
-        .filter(|k| !k.is_empty())
 }
 
 /// A random, URL-safe token with 256 bits of entropy.

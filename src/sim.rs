@@ -885,7 +885,7 @@ async fn cabinet(
     let id = device.id.to_string();
     let (mut commands, mut control) = match (
         client.subscribe(subjects::device_commands_all(&id)).await,
-        client.subscribe(format!("latch.sim.{id}.*")).await,
+        client.subscribe(subjects::sim_controls_all(&id)).await,
     ) {
         (Ok(c), Ok(s)) => (c, s),
         (Err(e), _) | (_, Err(e)) => {

@@ -7,8 +7,8 @@
 use crate::error::ApiError;
 use crate::qr::limits::Limit;
 use axum::extract::{FromRef, FromRequestParts};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{header, Method};
 use chrono::{DateTime, Utc};
 use latch_domain::clock::SharedClock;
 use rand::RngCore;
@@ -278,11 +278,67 @@ where
     }
 }
 
+/// A cookie-authenticated write (anything but GET and HEAD) must carry this header (any value).
+/// A cross-site form cannot send it, so a browser's cookie cannot be ridden into a change.
+pub const CLIENT_HEADER: &str = "x-latch-client";
+
+/// A caller who may authenticate by Bearer header or by one browser cookie: which cookie, and
+/// what the authenticated token must be to count as this caller.
+///
+/// The rules every such caller shares live in [`bearer_or_cookie`]; an implementation only
+/// names its cookie and checks the actor, and its `FromRequestParts` is one line.
+pub trait CookieCaller: Sized {
+    /// The one cookie accepted for this caller; other cookies on the request are ignored, so a
+    /// shopper's session on the same phone is never taken for a locker user's.
+    const COOKIE: &'static str;
+
+    /// The caller an authenticated token stands for, or why it does not. `by_cookie` says which
+    /// door it came in by: some callers take any Bearer token (the handler checks the role) but
+    /// only their own kind of session in their cookie.
+    fn admit(actor: Actor, by_cookie: bool) -> Result<Self, ApiError>;
+}
+
+/// Authenticates a [`CookieCaller`]: the Bearer header first (a request that has one is never
+/// judged by its cookies); otherwise the caller's cookie, where a write also needs
+/// [`CLIENT_HEADER`] (checked before the token, so a forged cross-site write learns nothing).
+pub async fn bearer_or_cookie<C, S>(parts: &mut Parts, state: &S) -> Result<C, ApiError>
+where
+    C: CookieCaller,
+    S: Send + Sync,
+    Arc<Auth>: FromRef<S>,
+{
+    if parts.headers.contains_key(header::AUTHORIZATION) {
+        let actor = Actor::from_request_parts(parts, state).await?;
+        return C::admit(actor, false);
+    }
+    let writes = !matches!(parts.method, Method::GET | Method::HEAD);
+    if writes && !parts.headers.contains_key(CLIENT_HEADER) {
+        return Err(ApiError::Forbidden(format!(
+            "a cookie-authenticated change needs the {CLIENT_HEADER} header"
+        )));
+    }
+    let token = axum_extra::extract::CookieJar::from_headers(&parts.headers)
+        .get(C::COOKIE)
+        .map(|c| c.value().to_owned())
+        .filter(|t| !t.is_empty() && t.len() <= 200)
+        .ok_or(ApiError::Unauthorized)?;
+    let actor = Arc::<Auth>::from_ref(state).authenticate(&token).await?;
+    C::admit(actor, true)
+}
+
 /// The caller of a read-only page endpoint: a Bearer token, or the browser's session cookie.
 ///
 /// Commands take [`Actor`] (Bearer only), so a cookie can never be ridden cross-site into a
 /// state change.
 pub struct SessionActor(pub Actor);
+
+impl CookieCaller for SessionActor {
+    const COOKIE: &'static str = SESSION_COOKIE;
+
+    fn admit(actor: Actor, _by_cookie: bool) -> Result<Self, ApiError> {
+        Ok(Self(actor))
+    }
+}
 
 impl<S> FromRequestParts<S> for SessionActor
 where
@@ -292,18 +348,6 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        if parts.headers.contains_key(header::AUTHORIZATION) {
-            return Actor::from_request_parts(parts, state).await.map(Self);
-        }
-        let jar = axum_extra::extract::CookieJar::from_headers(&parts.headers);
-        let token = jar
-            .get(SESSION_COOKIE)
-            .map(|c| c.value().to_owned())
-            .filter(|t| !t.is_empty() && t.len() <= 200)
-            .ok_or(ApiError::Unauthorized)?;
-        Arc::<Auth>::from_ref(state)
-            .authenticate(&token)
-            .await
-            .map(Self)
+        bearer_or_cookie(parts, state).await
     }
 }

@@ -21,6 +21,7 @@ pub mod pages;
 pub mod qr;
 pub mod tokens;
 pub mod vending;
+pub mod webhooks;
 
 use axum::extract::FromRef;
 use axum::http::Request;

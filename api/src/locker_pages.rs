@@ -8,16 +8,15 @@
 //! carry the `X-Latch-Client` header, which a cross-site form cannot send, like the shop pages.
 //! API clients keep using Bearer tokens from `POST /lockers/login`.
 
-use crate::auth::{Actor, Auth, Role};
+use crate::auth::{bearer_or_cookie, Actor, Auth, CookieCaller, Role, CLIENT_HEADER};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::JsonBody;
 use crate::lockers::users::{check_login, Login};
 use crate::lockers::SUBJECT_PREFIX;
-use crate::vending::shop::CLIENT_HEADER;
 use crate::AppState;
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -81,6 +80,18 @@ fn script() -> Response {
 /// header, or from the pages' cookie. Cookie-authenticated changes need [`CLIENT_HEADER`].
 pub struct LockerCaller(pub Actor);
 
+impl CookieCaller for LockerCaller {
+    const COOKIE: &'static str = LOCKER_COOKIE;
+
+    fn admit(actor: Actor, by_cookie: bool) -> Result<Self, ApiError> {
+        // Only a locker user's session may ride in this cookie.
+        if by_cookie && (actor.role != Role::User || !actor.subject.starts_with(SUBJECT_PREFIX)) {
+            return Err(ApiError::Unauthorized);
+        }
+        Ok(Self(actor))
+    }
+}
+
 impl<S> FromRequestParts<S> for LockerCaller
 where
     S: Send + Sync,
@@ -89,22 +100,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        if parts.headers.contains_key(header::AUTHORIZATION) {
-            return Actor::from_request_parts(parts, state).await.map(Self);
-        }
-        let writes = !matches!(parts.method, Method::GET | Method::HEAD);
-        if writes && !parts.headers.contains_key(CLIENT_HEADER) {
-            return Err(ApiError::Forbidden(format!(
-                "a cookie-authenticated change needs the {CLIENT_HEADER} header"
-            )));
-        }
-        let token = cookie_token(&parts.headers).ok_or(ApiError::Unauthorized)?;
-        let actor = Arc::<Auth>::from_ref(state).authenticate(&token).await?;
-        // Only a locker user's session may ride in this cookie.
-        if actor.role != Role::User || !actor.subject.starts_with(SUBJECT_PREFIX) {
-            return Err(ApiError::Unauthorized);
-        }
-        Ok(Self(actor))
+        bearer_or_cookie(parts, state).await
     }
 }
 

@@ -20,6 +20,8 @@
 //!   [`store::CommandBus`] that stamps metadata, retries optimistic conflicts a bounded number of
 //!   times and makes every command idempotent by key.
 //! - [`upcast`]: older shapes of stored events read as the current one (rows never rewritten).
+//! - [`webhooks`]: Standard Webhooks signing and verification, the one copy every sender and
+//!   receiver (Kazaya callbacks, authorizers, the sandboxes) uses.
 //! - [`clock`]: time as a dependency, so deadlines and liveness can be tested without sleeping.
 //!
 //! Nothing here talks to NATS or serves HTTP; those live in `latch-workers` and `latch-api`.
@@ -34,5 +36,6 @@ pub mod store;
 pub mod telemetry;
 pub mod upcast;
 pub mod vending;
+pub mod webhooks;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -78,6 +78,11 @@ pub fn parse_authorizer_answers_subject(subject: &str) -> Option<&str> {
     (!number.is_empty() && !number.contains('.')).then_some(number)
 }
 
+/// Where an authorizer that subscribes hears its grant requests (signed like the webhook).
+pub fn authorizer_grants(authorizer: &str) -> String {
+    format!("latch.authorizers.{}.grants", token(authorizer))
+}
+
 /// Where an authorizer hears that a grant it accepted was completed.
 pub fn authorizer_confirmations(authorizer: &str) -> String {
     format!("latch.authorizers.{}.confirmations", token(authorizer))
@@ -86,6 +91,17 @@ pub fn authorizer_confirmations(authorizer: &str) -> String {
 /// A locker user's notices (come and use, grant confirmed).
 pub fn locker_notifications(user_number: &str) -> String {
     format!("latch.lockers.notifications.{}", token(user_number))
+}
+
+/// The development simulator's control switch `what` (`fault`, `shopper`, `restock`) for one
+/// simulated cabinet.
+pub fn sim_control(device_id: &str, what: &str) -> String {
+    format!("latch.sim.{}.{}", token(device_id), token(what))
+}
+
+/// Every control switch of one simulated cabinet.
+pub fn sim_controls_all(device_id: &str) -> String {
+    format!("latch.sim.{}.*", token(device_id))
 }
 
 fn token(raw: &str) -> String {

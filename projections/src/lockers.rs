@@ -168,16 +168,18 @@ fn parse<E: DeserializeOwned>(event: &LoggedEvent) -> Result<E, ProjectionError>
     })
 }
 
+/// The aggregate types this projection reads.
+pub const AGGREGATE_TYPES: &[&str] = &[
+    Site::TYPE,
+    Compartment::TYPE,
+    LockerUser::TYPE,
+    Authorizer::TYPE,
+    Grant::TYPE,
+];
+
 /// Whether this projection reads events of `aggregate_type`.
 pub fn is_mine(aggregate_type: &str) -> bool {
-    [
-        Site::TYPE,
-        Compartment::TYPE,
-        LockerUser::TYPE,
-        Authorizer::TYPE,
-        Grant::TYPE,
-    ]
-    .contains(&aggregate_type)
+    AGGREGATE_TYPES.contains(&aggregate_type)
 }
 
 /// The changes one event makes (none for events of other aggregates).

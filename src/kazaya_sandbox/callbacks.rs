@@ -8,12 +8,10 @@
 use super::{new_id, Shared};
 use axum::extract::State;
 use axum::Json;
-use base64::Engine;
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
+use latch_domain::webhooks::sign;
 use serde::Serialize;
 use serde_json::{json, Value};
-use sha2::Sha256;
 use std::sync::Arc;
 
 /// One delivery attempt, as `GET /sandbox/callbacks` lists it.
@@ -30,17 +28,6 @@ pub(super) struct Attempt {
     error: Option<String>,
     /// Whether this was the last attempt (delivered, or given up).
     last: bool,
-}
-
-/// `v1,` + base64(HMAC-SHA256(key, `{id}.{timestamp}.{body}`)).
-pub(super) fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
 }
 
 /// Queues an event for `url`; delivery runs in the background.
@@ -112,24 +99,4 @@ async fn deliver(shared: Arc<Shared>, id: String, kind: String, url: String, bod
 pub(super) async fn list(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let attempts = shared.db().attempts.clone();
     Json(json!({ "attempts": attempts }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The published Standard Webhooks test vector.
-    #[test]
-    fn signs_like_the_reference_implementation() {
-        let key = super::super::decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        assert_eq!(
-            sign(
-                &key,
-                "msg_p5jXN8AQM9LWM0D4loKWxJek",
-                1614265330,
-                br#"{"test": 2432232314}"#
-            ),
-            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-        );
-    }
 }

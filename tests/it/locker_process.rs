@@ -329,7 +329,7 @@ fn signed_answer(grant_id: &str, now: i64) -> (NatsHeaders, String) {
     h.insert("webhook-timestamp", now.to_string().as_str());
     h.insert(
         "webhook-signature",
-        latch_api::lockers::sign(&key, "msg_p_1", now, body.as_bytes()).as_str(),
+        latch_domain::webhooks::sign(&key, "msg_p_1", now, body.as_bytes()).as_str(),
     );
     (h, body)
 }

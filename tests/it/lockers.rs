@@ -194,7 +194,7 @@ fn signed(secret: &str, id: &str, timestamp: i64, body: &str) -> HeaderMap {
     h.insert("webhook-timestamp", timestamp.to_string().parse().unwrap());
     h.insert(
         "webhook-signature",
-        latch_api::lockers::sign(&key, id, timestamp, body.as_bytes())
+        latch_domain::webhooks::sign(&key, id, timestamp, body.as_bytes())
             .parse()
             .unwrap(),
     );
@@ -458,7 +458,7 @@ async fn worked_example_2_zheng_hands_compartment_01_to_company_a_which_picks_wa
         received.lock().unwrap().first().cloned()
     })
     .await;
-    latch_api::kazaya::verify_signature(SECRET_A, &headers, &webhook, app.clock.now())
+    latch_api::webhooks::verify(SECRET_A, &headers, &webhook, app.clock.now())
         .expect("signed with company A's secret");
     let webhook: Value = serde_json::from_slice(&webhook).unwrap();
     assert_eq!(webhook["data"]["site"], SITE);
@@ -1084,7 +1084,7 @@ async fn flaky_endpoint(
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_owned();
-                assert!(latch_api::kazaya::verify_signature(
+                assert!(latch_api::webhooks::verify(
                     SECRET_A,
                     &headers,
                     &body,

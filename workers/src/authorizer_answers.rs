@@ -12,7 +12,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// The Standard Webhooks headers an answer carries.
-pub const WEBHOOK_HEADERS: [&str; 3] = ["webhook-id", "webhook-timestamp", "webhook-signature"];
+pub const WEBHOOK_HEADERS: [&str; 3] = [
+    latch_domain::webhooks::ID_HEADER,
+    latch_domain::webhooks::TIMESTAMP_HEADER,
+    latch_domain::webhooks::SIGNATURE_HEADER,
+];
 
 /// Checks one signed answer and executes its command; the reply (the outcome or an error body).
 #[async_trait::async_trait]

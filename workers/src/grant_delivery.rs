@@ -23,9 +23,9 @@ use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use latch_domain::clock::SharedClock;
 use latch_domain::locker::grant::GrantStatus;
-use latch_domain::locker::signing::{secret_key, sign};
 use latch_domain::locker::{GrantEvent, GrantTarget};
 use latch_domain::store::Store;
+use latch_domain::webhooks::{self, secret_key, sign};
 use latch_nats::{streams, subjects};
 use latch_projections::LoggedEvent;
 use serde::{Deserialize, Serialize};
@@ -53,7 +53,7 @@ pub struct DeliveryConfig {
 impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
-            backoff: latch_domain::locker::signing::DEFAULT_WEBHOOK_BACKOFF_SECS
+            backoff: latch_domain::locker::DEFAULT_WEBHOOK_BACKOFF_SECS
                 .into_iter()
                 .map(Duration::from_secs)
                 .collect(),
@@ -78,11 +78,6 @@ pub struct GrantRequestMessage {
 /// The webhook id of a grant request: the same on every attempt, so the authorizer dedups.
 pub fn webhook_id(grant_id: Uuid) -> String {
     format!("msg_{}", grant_id.simple())
-}
-
-/// Where an authorizer that subscribes hears its grant requests.
-pub fn grants_subject(authorizer: &str) -> String {
-    format!("latch.authorizers.{authorizer}.grants")
 }
 
 /// The durable consumer: only grant requests; no server-side backoff or delivery limit, because
@@ -319,10 +314,10 @@ impl GrantDelivery {
         let signature = sign(&key, &id, timestamp, &body);
 
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("webhook-id", id.as_str());
-        headers.insert("webhook-timestamp", timestamp.to_string().as_str());
-        headers.insert("webhook-signature", signature.as_str());
-        let subject = grants_subject(authorizer.as_str());
+        headers.insert(webhooks::ID_HEADER, id.as_str());
+        headers.insert(webhooks::TIMESTAMP_HEADER, timestamp.to_string().as_str());
+        headers.insert(webhooks::SIGNATURE_HEADER, signature.as_str());
+        let subject = subjects::authorizer_grants(authorizer.as_str());
         if let Err(e) = self
             .client
             .publish_with_headers(subject, headers, body.clone())
@@ -338,9 +333,9 @@ impl GrantDelivery {
             .http
             .post(endpoint.as_str())
             .header("content-type", "application/json")
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
+            .header(webhooks::ID_HEADER, &id)
+            .header(webhooks::TIMESTAMP_HEADER, timestamp.to_string())
+            .header(webhooks::SIGNATURE_HEADER, signature)
             .header("idempotency-key", &id)
             .body(body)
             .send()

@@ -9,8 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use latch_domain::device::Label;
-use latch_domain::locker::signing::secret_key;
 use latch_domain::locker::{AuthorizerCommand, AuthorizerNumber, Endpoint};
+use latch_domain::webhooks::secret_key;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

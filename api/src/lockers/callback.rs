@@ -15,7 +15,6 @@
 use super::grants::active_receiver;
 use super::unprocessable;
 use crate::error::{ApiError, ErrorBody};
-use crate::kazaya::verify_signature;
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -88,7 +87,7 @@ pub async fn handle_answer(
             code: "authorizer_not_found",
             message: format!("no authorizer {number}"),
         })?;
-    let signed = verify_signature(&authorizer.secret, headers, body, clock.now())?;
+    let signed = crate::webhooks::verify(&authorizer.secret, headers, body, clock.now())?;
     let callback: CallbackBody =
         serde_json::from_slice(body).map_err(|e| ApiError::BadRequest {
             code: "webhook_body_invalid",

@@ -43,8 +43,6 @@ use callback::*;
 use chrono::{DateTime, Utc};
 use grants::*;
 use latch_domain::clock::SharedClock;
-/// Re-exported for authorizers' test doubles: what Latch signs with.
-pub use latch_domain::locker::signing::sign;
 use latch_domain::locker::{
     AuthorizerError, CompartmentError, GrantError, SiteError, UserError, UserNumber,
 };
@@ -84,7 +82,7 @@ impl Default for LockerSettings {
             session: chrono::Duration::hours(12),
             grant_timeout: chrono::Duration::minutes(5),
             reservation: chrono::Duration::hours(2),
-            webhook_backoff: latch_domain::locker::signing::DEFAULT_WEBHOOK_BACKOFF_SECS
+            webhook_backoff: latch_domain::locker::DEFAULT_WEBHOOK_BACKOFF_SECS
                 .into_iter()
                 .map(Duration::from_secs)
                 .collect(),

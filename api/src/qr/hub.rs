@@ -250,7 +250,7 @@ impl Hub {
 
     /// Follows the EVENTS stream until shutdown; evicts and, around NATS outages, reloads.
     pub async fn run(self: Arc<Self>, nats: async_nats::Client, shutdown: CancellationToken) {
-        let subject = format!("latch.events.{}.>", QrLogin::TYPE);
+        let subject = latch_nats::subjects::events_of_aggregate(QrLogin::TYPE);
         let mut subscription = loop {
             match nats.subscribe(subject.clone()).await {
                 Ok(s) => break s,

@@ -14,14 +14,14 @@
 //!    the command's idempotency key, so a replayed callback changes nothing.
 
 use super::{parse_device, parse_limit, parse_session, scans, Vending};
-use crate::auth::{Actor, Auth, NewToken, Role, SESSION_COOKIE};
+use crate::auth::{bearer_or_cookie, Actor, Auth, CookieCaller, NewToken, Role, SESSION_COOKIE};
 use crate::error::{from_command_error, ApiError, ErrorBody};
 use crate::kazaya::{Kazaya, KazayaError, Pkce, WebhookKind};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{FromRef, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -43,8 +43,6 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 const OAUTH_COOKIE: &str = "latch_oauth";
-/// A cookie-authenticated write must carry this header (any value).
-pub const CLIENT_HEADER: &str = "x-latch-client";
 const SHOP_HTML: &str = include_str!("../../../web/shop.html");
 const SHOP_JS: &str = include_str!("../../../web/shop.js");
 
@@ -130,7 +128,7 @@ fn notice(status: StatusCode, code: &str, title: &str, message: &str) -> Respons
 // Who is shopping
 
 /// A logged-in shopper: a `user` token whose subject is `kazaya:<member id>`, from a Bearer
-/// header or the session cookie (cookie writes need [`CLIENT_HEADER`]).
+/// header or the session cookie (cookie writes need [`crate::auth::CLIENT_HEADER`]).
 #[derive(Debug, Clone)]
 pub struct Shopper {
     pub actor: Actor,
@@ -150,6 +148,15 @@ fn shopper_of(actor: Actor) -> Result<Shopper, ApiError> {
     Ok(Shopper { actor, user })
 }
 
+impl CookieCaller for Shopper {
+    const COOKIE: &'static str = SESSION_COOKIE;
+
+    /// Any door: a token that is not a shopper's is refused alike (403).
+    fn admit(actor: Actor, _by_cookie: bool) -> Result<Self, ApiError> {
+        shopper_of(actor)
+    }
+}
+
 impl<S> FromRequestParts<S> for Shopper
 where
     S: Send + Sync,
@@ -158,24 +165,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        if parts.headers.contains_key(header::AUTHORIZATION) {
-            let actor = Actor::from_request_parts(parts, state).await?;
-            return shopper_of(actor);
-        }
-        let writes = !matches!(parts.method, Method::GET | Method::HEAD);
-        if writes && !parts.headers.contains_key(CLIENT_HEADER) {
-            return Err(ApiError::Forbidden(format!(
-                "a cookie-authenticated change needs the {CLIENT_HEADER} header"
-            )));
-        }
-        let jar = CookieJar::from_headers(&parts.headers);
-        let token = jar
-            .get(SESSION_COOKIE)
-            .map(|c| c.value().to_owned())
-            .filter(|t| !t.is_empty() && t.len() <= 200)
-            .ok_or(ApiError::Unauthorized)?;
-        let actor = Arc::<Auth>::from_ref(state).authenticate(&token).await?;
-        shopper_of(actor)
+        bearer_or_cookie(parts, state).await
     }
 }
 

@@ -10,7 +10,9 @@
 //! - [`user`]: a locker user (user number = phone), password hash, active/disabled.
 //! - [`authorizer`]: a third-party authorizer (number, name, endpoint, signing secret, status).
 //! - [`grant`]: one stream per grant request, direct or via an authorizer, to its outcome.
-//! - [`signing`]: the authorizer's Standard Webhooks secret and signature.
+//!
+//! The authorizer's secret signs both directions (grant requests and answers) with Standard
+//! Webhooks, through [`crate::webhooks`].
 //!
 //! Cross-aggregate checks (the receiver exists and is active, the authorizer is active) are made
 //! by the caller from the other aggregates before it sends the command that changes the holder;
@@ -20,10 +22,13 @@
 pub mod authorizer;
 pub mod compartment;
 pub mod grant;
-pub mod signing;
 pub mod site;
 pub mod user;
 pub mod values;
+
+/// Seconds before each grant-request delivery attempt: nine attempts over about four minutes,
+/// inside the default five-minute grant timeout, after which delivering is pointless.
+pub const DEFAULT_WEBHOOK_BACKOFF_SECS: [u64; 8] = [1, 2, 5, 10, 20, 30, 60, 120];
 
 pub use authorizer::{Authorizer, AuthorizerCommand, AuthorizerError, AuthorizerEvent};
 pub use compartment::{Compartment, CompartmentCommand, CompartmentError, CompartmentEvent};

@@ -1,15 +1,20 @@
 //! `latch projections rebuild NAME`: a read model replayed from position 0 into a fresh table,
 //! then swapped in; readers keep being served from the live table throughout.
 //!
-//! 1. `NAME__rebuild` is created like the live table and filled by folding the log from
-//!    position 0 to the head (one ordered read, rows folded in memory with the projection's own
-//!    pure `evolve`, written in large batches).
+//! Every read model goes the same way, through its one [`Rebuild`] implementation (a
+//! [`Model`] has it for free; the lockers projection, seven tables fed by five aggregate types,
+//! has its own [`Fold`]):
+//!
+//! 1. A schema `NAME__rebuild` gets a copy of each of the model's tables, filled by folding the
+//!    log from position 0 to the head (one ordered read of the model's aggregate types; a
+//!    [`Model`]'s rows are folded in memory with its own pure `evolve` and written in large
+//!    batches).
 //! 2. It catches up to the new head without locks, as often as that moves it.
 //! 3. In one transaction: the projection's checkpoint row is locked `FOR UPDATE` (the live
 //!    projector takes the same lock to apply a batch, so it waits here and cannot write in
-//!    between), the last few events are folded in, the live table is dropped, the rebuilt one is
-//!    renamed into its place (with its indexes renamed back), and the checkpoint is set to the
-//!    last position folded. On commit the live projector resumes from that checkpoint.
+//!    between), the last few events are folded in, each live table is dropped and its rebuilt
+//!    copy moved into its place (with its indexes renamed back), and the checkpoint is set to
+//!    the last position folded. On commit the live projector resumes from that checkpoint.
 //!
 //! Every event of the model's aggregate type must parse, through the upcasters: an unknown event
 //! type or version stops the rebuild with an error that names it (and the live table is left as
@@ -29,6 +34,7 @@ use futures::TryStreamExt;
 use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -89,7 +95,78 @@ const FLUSH_ROWS: usize = 50_000;
 const CACHE_ROWS: usize = 500_000;
 const CHUNK: usize = 10_000;
 
-struct Folder<'m, M: Model> {
+/// What a rebuild needs of a read model: its name, its tables, the aggregate types it reads, and
+/// a [`Fold`] that writes into copies of its tables in another schema.
+pub trait Rebuild: Send + Sync {
+    type Fold<'m>: Fold
+    where
+        Self: 'm;
+
+    /// The projection's (and its checkpoint's) name.
+    fn name(&self) -> &'static str;
+    /// Every table the model writes, replaced together.
+    fn tables(&self) -> Vec<&'static str>;
+    /// The table whose rows a rebuild reports.
+    fn counted_table(&self) -> &'static str;
+    /// The aggregate types whose events it reads: the long first read asks for these only.
+    fn aggregate_types(&self) -> Vec<&'static str>;
+    /// A fold into the copies of [`Rebuild::tables`] in `schema`.
+    fn fold(&self, schema: &str) -> Self::Fold<'_>;
+}
+
+/// Events in log order into a rebuild's copies of the tables.
+pub trait Fold: Send {
+    /// Folds a run of consecutive events (of any aggregate type; others are ignored).
+    fn feed(
+        &mut self,
+        conn: &mut PgConnection,
+        events: &[LoggedEvent],
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+    /// Writes whatever is still held in memory.
+    fn flush(
+        &mut self,
+        conn: &mut PgConnection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    /// Events of the model's aggregate types folded so far.
+    fn events(&self) -> u64;
+}
+
+impl<M: Model> Rebuild for M {
+    type Fold<'m>
+        = Folder<'m, M>
+    where
+        M: 'm;
+
+    fn name(&self) -> &'static str {
+        Model::name(self)
+    }
+
+    fn tables(&self) -> Vec<&'static str> {
+        vec![Model::name(self)]
+    }
+
+    fn counted_table(&self) -> &'static str {
+        Model::name(self)
+    }
+
+    fn aggregate_types(&self) -> Vec<&'static str> {
+        vec![self.aggregate_type()]
+    }
+
+    fn fold(&self, schema: &str) -> Folder<'_, M> {
+        Folder {
+            model: self,
+            shadow: format!("{schema}.{}", Model::name(self)),
+            cache: HashMap::new(),
+            dirty: HashSet::new(),
+            spilled: false,
+            events: 0,
+        }
+    }
+}
+
+/// A [`Model`]'s fold: rows kept in memory and written in large batches.
+pub struct Folder<'m, M: Model> {
     model: &'m M,
     shadow: String,
     cache: HashMap<Uuid, M::Row>,
@@ -99,7 +176,7 @@ struct Folder<'m, M: Model> {
     events: u64,
 }
 
-impl<'m, M: Model> Folder<'m, M> {
+impl<M: Model> Fold for Folder<'_, M> {
     async fn feed(
         &mut self,
         conn: &mut PgConnection,
@@ -156,6 +233,76 @@ impl<'m, M: Model> Folder<'m, M> {
         self.dirty.clear();
         Ok(())
     }
+
+    fn events(&self) -> u64 {
+        self.events
+    }
+}
+
+impl Rebuild for LockersProjection {
+    type Fold<'m> = LockersFold;
+
+    fn name(&self) -> &'static str {
+        lockers::NAME
+    }
+
+    fn tables(&self) -> Vec<&'static str> {
+        lockers::TABLES.to_vec()
+    }
+
+    fn counted_table(&self) -> &'static str {
+        "locker_compartments"
+    }
+
+    fn aggregate_types(&self) -> Vec<&'static str> {
+        lockers::AGGREGATE_TYPES.to_vec()
+    }
+
+    fn fold(&self, schema: &str) -> LockersFold {
+        LockersFold {
+            schema: schema.to_owned(),
+            events: 0,
+        }
+    }
+}
+
+/// The lockers projection's fold: its own writes, aimed at the copies. Its SQL names tables
+/// unqualified and reads rows it wrote before (a direct grant takes the compartment's size), so
+/// each run gets a transaction with the copies' schema first on the search path rather than a
+/// second set of queries that could drift from the live ones.
+pub struct LockersFold {
+    schema: String,
+    events: u64,
+}
+
+impl Fold for LockersFold {
+    async fn feed(
+        &mut self,
+        conn: &mut PgConnection,
+        events: &[LoggedEvent],
+    ) -> Result<(), ProjectionError> {
+        // A transaction of its own, or a savepoint inside the swap's.
+        let mut tx = conn.begin().await?;
+        sqlx::query(&format!("SET LOCAL search_path = {}, public", self.schema))
+            .execute(&mut *tx)
+            .await?;
+        LockersProjection.apply(&mut tx, events).await?;
+        tx.commit().await?;
+        self.events += events
+            .iter()
+            .filter(|e| lockers::is_mine(&e.aggregate_type))
+            .count() as u64;
+        Ok(())
+    }
+
+    async fn flush(&mut self, _conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        // Every change was written as it was folded.
+        Ok(())
+    }
+
+    fn events(&self) -> u64 {
+        self.events
+    }
 }
 
 /// The event columns a fold needs (no metadata, no hash), decoded.
@@ -185,156 +332,16 @@ pub async fn rebuild_named(
         device_status::NAME => rebuild(pool, &DeviceStatusProjection, progress).await,
         qr_login_status::NAME => rebuild(pool, &QrLoginStatusProjection, progress).await,
         orders::NAME => rebuild(pool, &OrdersProjection, progress).await,
-        lockers::NAME => rebuild_lockers(pool, progress).await,
+        lockers::NAME => rebuild(pool, &LockersProjection, progress).await,
         other => Err(RebuildError::UnknownProjection(other.to_owned())),
     }
 }
 
-/// The lockers read models span several tables written by one projection, so they are rebuilt
-/// together: the same tables are created in a schema of their own, the projection's own writes
-/// fill them (its SQL names tables unqualified, and the rebuild's transactions put that schema
-/// first on the search path), and the swap moves each into place in one transaction under the
-/// checkpoint lock, as for a single-table model.
-pub async fn rebuild_lockers(
+/// Rebuilds one read model: copies of its tables in the schema `NAME__rebuild`, folded from
+/// position 0, swapped in under the checkpoint lock.
+pub async fn rebuild<R: Rebuild>(
     pool: &PgPool,
-    progress: &(dyn Fn(Progress) + Send + Sync),
-) -> Result<Rebuilt, RebuildError> {
-    let started = Instant::now();
-    let guard = one_rebuild_at_a_time(pool, lockers::NAME).await?;
-    let result = run_lockers(pool, progress, started).await;
-    if result.is_err() {
-        sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {LOCKERS_SHADOW} CASCADE"))
-            .execute(pool)
-            .await
-            .ok();
-    }
-    guard.close().await.ok();
-    result
-}
-
-const LOCKERS_SHADOW: &str = "lockers__rebuild";
-
-async fn run_lockers(
-    pool: &PgPool,
-    progress: &(dyn Fn(Progress) + Send + Sync),
-    started: Instant,
-) -> Result<Rebuilt, RebuildError> {
-    let name = lockers::NAME;
-    let mut ddl =
-        format!("DROP SCHEMA IF EXISTS {LOCKERS_SHADOW} CASCADE; CREATE SCHEMA {LOCKERS_SHADOW};");
-    for table in lockers::TABLES {
-        ddl.push_str(&format!(
-            "CREATE TABLE {LOCKERS_SHADOW}.{table} (LIKE public.{table} INCLUDING ALL);"
-        ));
-    }
-    sqlx::raw_sql(&ddl).execute(pool).await?;
-    let head = log::head(pool).await?;
-    tracing::info!(name, head, "rebuild: folding the log");
-    let mut position = 0i64;
-    let mut events = 0u64;
-    // 1 and 2: fold without locks until the head is less than a chunk away.
-    loop {
-        let mut tx = pool.begin().await?;
-        let (next, folded, full) = fold_lockers(&mut tx, position).await?;
-        tx.commit().await?;
-        position = next;
-        events += folded;
-        progress(Progress {
-            phase: "fold",
-            position,
-            head: head.max(position),
-            events,
-        });
-        if !full {
-            break;
-        }
-    }
-    // 3. Hold the live projector off, fold the last events, swap, set the checkpoint.
-    let swap_started = Instant::now();
-    let mut tx = pool.begin().await?;
-    hold_projector_off(&mut tx, name).await?;
-    loop {
-        let (next, folded, full) = fold_lockers(&mut tx, position).await?;
-        position = next;
-        events += folded;
-        if !full {
-            break;
-        }
-    }
-    sqlx::query("SET LOCAL search_path = public")
-        .execute(&mut *tx)
-        .await?;
-    for table in lockers::TABLES {
-        let shadow = format!("{LOCKERS_SHADOW}.{table}");
-        let old = indexes(&mut tx, &format!("public.{table}")).await?;
-        let new = indexes(&mut tx, &shadow).await?;
-        sqlx::raw_sql(&format!(
-            "DROP TABLE public.{table}; ALTER TABLE {shadow} SET SCHEMA public;"
-        ))
-        .execute(&mut *tx)
-        .await?;
-        rename_indexes_back(&mut tx, &old, &new).await?;
-    }
-    sqlx::raw_sql(&format!("DROP SCHEMA {LOCKERS_SHADOW}"))
-        .execute(&mut *tx)
-        .await?;
-    set_checkpoint(&mut tx, name, position).await?;
-    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM public.locker_compartments")
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    let swap = swap_started.elapsed();
-    progress(Progress {
-        phase: "swapped",
-        position,
-        head: position,
-        events,
-    });
-    tracing::info!(
-        name,
-        position,
-        rows,
-        events,
-        swap_ms = swap.as_millis() as u64,
-        "rebuild swapped in"
-    );
-    Ok(Rebuilt {
-        name: name.to_owned(),
-        position,
-        events,
-        positions: position,
-        rows,
-        elapsed: started.elapsed(),
-        swap,
-    })
-}
-
-/// Folds the next chunk of the log after `position` into the shadow lockers tables, inside the
-/// caller's transaction. Returns the new position, the lockers events folded, and whether the
-/// chunk was full (more may follow).
-async fn fold_lockers(
-    tx: &mut PgConnection,
-    position: i64,
-) -> Result<(i64, u64, bool), ProjectionError> {
-    let events = log::read_range(&mut *tx, position, None, CHUNK as i64).await?;
-    let Some(last) = events.last() else {
-        return Ok((position, 0, false));
-    };
-    check_dense(position, &events)?;
-    sqlx::query(&format!("SET LOCAL search_path = {LOCKERS_SHADOW}, public"))
-        .execute(&mut *tx)
-        .await?;
-    LockersProjection.apply(&mut *tx, &events).await?;
-    let folded = events
-        .iter()
-        .filter(|e| lockers::is_mine(&e.aggregate_type))
-        .count() as u64;
-    Ok((last.position, folded, events.len() == CHUNK))
-}
-
-pub async fn rebuild<M: Model>(
-    pool: &PgPool,
-    model: &M,
+    model: &R,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<Rebuilt, RebuildError> {
     let started = Instant::now();
@@ -343,7 +350,7 @@ pub async fn rebuild<M: Model>(
     let guard = one_rebuild_at_a_time(pool, name).await?;
     let result = run(pool, model, &shadow, progress, started).await;
     if result.is_err() {
-        sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}"))
+        sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
             .execute(pool)
             .await
             .ok();
@@ -352,27 +359,22 @@ pub async fn rebuild<M: Model>(
     result
 }
 
-async fn run<M: Model>(
+async fn run<R: Rebuild>(
     pool: &PgPool,
-    model: &M,
+    model: &R,
     shadow: &str,
     progress: &(dyn Fn(Progress) + Send + Sync),
     started: Instant,
 ) -> Result<Rebuilt, RebuildError> {
     let name = model.name();
-    sqlx::raw_sql(&format!(
-        "DROP TABLE IF EXISTS {shadow}; CREATE TABLE {shadow} (LIKE {name} INCLUDING ALL);"
-    ))
-    .execute(pool)
-    .await?;
-    let mut folder = Folder {
-        model,
-        shadow: shadow.to_owned(),
-        cache: HashMap::new(),
-        dirty: HashSet::new(),
-        spilled: false,
-        events: 0,
-    };
+    let mut ddl = format!("DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow};");
+    for table in model.tables() {
+        ddl.push_str(&format!(
+            "CREATE TABLE {shadow}.{table} (LIKE public.{table} INCLUDING ALL);"
+        ));
+    }
+    sqlx::raw_sql(&ddl).execute(pool).await?;
+    let mut folder = model.fold(shadow);
     let mut writer = pool.acquire().await?;
 
     // 1. One ordered read from position 0 to the head as it is now.
@@ -385,7 +387,11 @@ async fn run<M: Model>(
         let (chunks, mut ready) =
             tokio::sync::mpsc::channel::<Result<Vec<LoggedEvent>, sqlx::Error>>(4);
         let reader_pool = pool.clone();
-        let aggregate_type = model.aggregate_type();
+        let aggregate_types: Vec<String> = model
+            .aggregate_types()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         let reader = tokio::spawn(async move {
             let read = async {
                 let mut conn = reader_pool.acquire().await?;
@@ -393,11 +399,11 @@ async fn run<M: Model>(
                     "SELECT l.position, e.event_id, e.aggregate_type, e.aggregate_id, e.sequence,
                             e.event_type, e.event_version, e.payload, e.recorded_at
                        FROM event_log l JOIN events e ON e.event_id = l.event_id
-                      WHERE l.position <= $1 AND e.aggregate_type = $2
+                      WHERE l.position <= $1 AND e.aggregate_type = ANY($2)
                       ORDER BY l.position",
                 )
                 .bind(head)
-                .bind(aggregate_type)
+                .bind(aggregate_types)
                 .fetch(&mut *conn);
                 let mut chunk = Vec::with_capacity(CHUNK);
                 while let Some(row) = rows.try_next().await? {
@@ -426,7 +432,7 @@ async fn run<M: Model>(
                 phase: "fold",
                 position,
                 head,
-                events: folder.events,
+                events: folder.events(),
             });
         }
         drop(ready);
@@ -437,7 +443,7 @@ async fn run<M: Model>(
         phase: "fold",
         position,
         head,
-        events: folder.events,
+        events: folder.events(),
     });
 
     // 2. Catch up without locks while the head moves on.
@@ -457,9 +463,10 @@ async fn run<M: Model>(
     hold_projector_off(&mut tx, name).await?;
     position = catch_up_in(&mut tx, &mut folder, position).await?;
     folder.flush(&mut tx).await?;
-    swap_tables(&mut tx, name, shadow).await?;
+    swap_tables(&mut tx, &model.tables(), shadow).await?;
     set_checkpoint(&mut tx, name, position).await?;
-    let (rows,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {name}"))
+    let counted = model.counted_table();
+    let (rows,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM public.{counted}"))
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -468,20 +475,20 @@ async fn run<M: Model>(
         phase: "swapped",
         position,
         head: position,
-        events: folder.events,
+        events: folder.events(),
     });
     tracing::info!(
         name,
         position,
         rows,
-        events = folder.events,
+        events = folder.events(),
         swap_ms = swap.as_millis() as u64,
         "rebuild swapped in"
     );
     Ok(Rebuilt {
         name: name.to_owned(),
         position,
-        events: folder.events,
+        events: folder.events(),
         positions: position,
         rows,
         elapsed: started.elapsed(),
@@ -534,10 +541,10 @@ async fn set_checkpoint(
     Ok(())
 }
 
-async fn catch_up<M: Model>(
+async fn catch_up<F: Fold>(
     pool: &PgPool,
     writer: &mut PgConnection,
-    folder: &mut Folder<'_, M>,
+    folder: &mut F,
     mut position: i64,
 ) -> Result<i64, ProjectionError> {
     loop {
@@ -551,9 +558,9 @@ async fn catch_up<M: Model>(
     }
 }
 
-async fn catch_up_in<M: Model>(
+async fn catch_up_in<F: Fold>(
     conn: &mut PgConnection,
-    folder: &mut Folder<'_, M>,
+    folder: &mut F,
     mut position: i64,
 ) -> Result<i64, ProjectionError> {
     loop {
@@ -603,15 +610,32 @@ async fn indexes(
         .collect())
 }
 
-async fn swap_tables(tx: &mut PgConnection, name: &str, shadow: &str) -> Result<(), sqlx::Error> {
-    let old = indexes(tx, name).await?;
-    let new = indexes(tx, shadow).await?;
-    sqlx::raw_sql(&format!(
-        "DROP TABLE {name}; ALTER TABLE {shadow} RENAME TO {name};"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    rename_indexes_back(tx, &old, &new).await
+/// Moves each rebuilt copy in `shadow` into `public` in place of its live table, then drops the
+/// emptied schema.
+async fn swap_tables(
+    tx: &mut PgConnection,
+    tables: &[&str],
+    shadow: &str,
+) -> Result<(), sqlx::Error> {
+    // A lockers fold leaves the shadow schema first on this transaction's search path.
+    sqlx::query("SET LOCAL search_path = public")
+        .execute(&mut *tx)
+        .await?;
+    for table in tables {
+        let copy = format!("{shadow}.{table}");
+        let old = indexes(tx, &format!("public.{table}")).await?;
+        let new = indexes(tx, &copy).await?;
+        sqlx::raw_sql(&format!(
+            "DROP TABLE public.{table}; ALTER TABLE {copy} SET SCHEMA public;"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        rename_indexes_back(tx, &old, &new).await?;
+    }
+    sqlx::raw_sql(&format!("DROP SCHEMA {shadow}"))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 /// Gives each index of a swapped-in table the name its twin had in the table it replaced.
