@@ -802,7 +802,7 @@ mod tests {
     fn t(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
     }
-    fn logged<E: Serialize + cqrs_es::DomainEvent>(ty: &str, id: &str, e: E) -> LoggedEvent {
+    fn logged<E: serde::Serialize + cqrs_es::DomainEvent>(ty: &str, id: &str, e: E) -> LoggedEvent {
         LoggedEvent {
             position: 7,
             event_id: Uuid::from_u128(1),
