@@ -327,3 +327,94 @@ async fn upsert(
     q.build().execute(conn).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use latch_domain::device::Label;
+    use latch_domain::vending::values::Money;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
+    }
+
+    fn logged(position: i64, e: ShoppingEvent) -> LoggedEvent {
+        use cqrs_es::DomainEvent;
+        LoggedEvent {
+            position,
+            event_id: Uuid::from_u128(position as u128),
+            aggregate_type: ShoppingSession::TYPE.into(),
+            aggregate_id: Uuid::from_u128(1).to_string(),
+            sequence: position,
+            event_type: e.event_type(),
+            event_version: e.event_version(),
+            payload: serde_json::to_value(&e).unwrap(),
+            metadata: serde_json::json!({}),
+            recorded_at: t(position),
+            hash: String::new(),
+        }
+    }
+
+    fn placed() -> OrderRow {
+        OrderRow {
+            session_id: Uuid::from_u128(1),
+            user_id: "kazaya:1".into(),
+            device_id: Uuid::from_u128(2),
+            site: "S1".into(),
+            status: "placed".into(),
+            lines: Json(serde_json::json!([])),
+            total_minor: Some(350),
+            currency: "CNY".into(),
+            review_reasons: None,
+            payment_id: None,
+            payment_ids: Vec::new(),
+            provider_ref: None,
+            payment_error: None,
+            paid_minor: None,
+            refunded_minor: 0,
+            opened_at: t(0),
+            closed_at: Some(t(1)),
+            paid_at: None,
+            updated_at: t(1),
+            last_position: 1,
+        }
+    }
+
+    #[test]
+    fn every_payment_attempt_stays_findable_once_each() {
+        let amount = Money::parse("amount", 350, "CNY").unwrap();
+        let (first, second) = (Uuid::from_u128(10), Uuid::from_u128(11));
+        let requested = |payment_id| ShoppingEvent::PaymentRequested {
+            payment_id,
+            amount,
+            at: t(2),
+        };
+        let failed = ShoppingEvent::PaymentFailed {
+            payment_id: first,
+            reason: Label::parse("reason", "declined", 200).unwrap(),
+            at: t(3),
+        };
+        let mut row = Some(placed());
+        for (position, e) in [
+            requested(first),
+            failed,
+            requested(second),
+            // Already present (migration 0021 filled it ahead of the checkpoint): not twice.
+            requested(second),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            row = evolve(row, &logged(position as i64 + 2, e)).unwrap();
+        }
+        let row = row.unwrap();
+        assert_eq!(row.payment_id, Some(second));
+        assert_eq!(row.payment_ids, vec![first, second]);
+        // Internal: the order as the API shows it is unchanged.
+        assert!(serde_json::to_value(&row)
+            .unwrap()
+            .get("payment_ids")
+            .is_none());
+    }
+}
