@@ -195,6 +195,7 @@ impl Application {
                 qr,
                 shutdown: shutdown.clone(),
                 store: self.store.clone(),
+                pool: self.pool.clone(),
                 auth: Arc::new(Auth::new(self.pool.clone(), s.clock.clone())),
                 nats: self.nats.clone(),
                 clock: s.clock.clone(),

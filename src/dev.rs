@@ -24,7 +24,7 @@ use latch_domain::store::{self, CommandContext, Store};
 use latch_domain::vending::{OperatorId, Planogram, PlanogramCommand, RawSlot};
 use latch_nats::server::NatsServer;
 use latch_workers::CancellationToken;
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, PgConnection, PgPool};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -133,7 +133,7 @@ pub async fn run(
     let courier_endpoint = courier.endpoint();
     let courier_url = courier.base_url().to_owned();
     let store = app.store();
-    let devices = seed(&store, opts.devices).await?;
+    let devices = seed(&store, app.pool(), opts.devices).await?;
     let stickers = seed_planograms(&store, &devices, &vending).await?;
     let door = locker_door(&store, &devices).await?;
     seed_lockers(&store, &courier_endpoint, door).await?;
@@ -158,14 +158,14 @@ pub async fn run(
         }
     });
     let operator = provision(
-        &store.pool,
+        app.pool(),
         TokenRole::Operator,
         "dev-operator",
         "system:dev",
     )
     .await?
     .token;
-    let user = provision(&store.pool, TokenRole::User, "dev-user", "system:dev")
+    let user = provision(app.pool(), TokenRole::User, "dev-user", "system:dev")
         .await?
         .token;
     let port = app.port();
@@ -173,7 +173,7 @@ pub async fn run(
     let shutdown = CancellationToken::new();
     let client = latch_nats::connect(&nats_url, "latch-sim").await?;
     let js = latch_nats::jetstream(client.clone());
-    reset_foreign_events_stream(&js, &store).await?;
+    reset_foreign_events_stream(&js, app.pool()).await?;
     // The cabinets' first messages need the TELEMETRY stream to exist.
     latch_nats::streams::ensure_streams(&js)
         .await
@@ -249,7 +249,7 @@ pub async fn run(
 /// In dev (only) that history is disposable, so the stream is recreated.
 async fn reset_foreign_events_stream(
     js: &async_nats::jetstream::Context,
-    store: &Store,
+    pool: &PgPool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let Ok(mut stream) = js.get_stream(latch_nats::subjects::EVENTS_STREAM).await else {
         return Ok(());
@@ -260,7 +260,7 @@ async fn reset_foreign_events_stream(
         .map_err(|e| e.to_string())?
         .state
         .last_sequence;
-    let head = latch_projections::log::head(&store.pool).await?;
+    let head = latch_projections::log::head(pool).await?;
     if last as i64 > head {
         tracing::warn!(
             stream = last,
@@ -496,11 +496,15 @@ pub async fn seed_lockers(
 }
 
 /// Registers demo devices until there are `count`; returns all device ids.
-async fn seed(store: &Store, count: usize) -> Result<Vec<Uuid>, Box<dyn std::error::Error>> {
+async fn seed(
+    store: &Store,
+    pool: &PgPool,
+    count: usize,
+) -> Result<Vec<Uuid>, Box<dyn std::error::Error>> {
     let existing: Vec<(String,)> = sqlx::query_as(
         "SELECT aggregate_id FROM events WHERE aggregate_type = 'device' AND sequence = 1 ORDER BY id",
     )
-    .fetch_all(&store.pool)
+    .fetch_all(pool)
     .await?;
     let mut ids: Vec<Uuid> = existing
         .iter()

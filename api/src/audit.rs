@@ -162,7 +162,7 @@ pub async fn events(
         }
     }
     // Fail with 503 before the stream starts when the store is away.
-    latch_projections::log::head(&state.store.pool).await?;
+    latch_projections::log::head(&state.pool).await?;
     let follow = follow.then(|| Follow {
         wake: Some(state.nats.clone()),
         poll: Duration::from_millis(250),
@@ -170,7 +170,7 @@ pub async fn events(
     });
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(history::stream(
-        state.store.pool.clone(),
+        state.pool.clone(),
         filter,
         from,
         follow,
@@ -193,7 +193,7 @@ pub async fn aggregate(
     auditor(&actor)?;
     let aggregate_type = text("aggregate_type", Some(aggregate_type))?.unwrap_or_default();
     let aggregate_id = text("aggregate_id", Some(aggregate_id))?.unwrap_or_default();
-    let rows = history::aggregate(&state.store.pool, &aggregate_type, &aggregate_id).await?;
+    let rows = history::aggregate(&state.pool, &aggregate_type, &aggregate_id).await?;
     if rows.is_empty() {
         return Err(ApiError::NotFound {
             code: "aggregate_not_found",
@@ -236,7 +236,7 @@ pub async fn as_of_handler(
                 .map_err(|_| ApiError::bad_request("invalid_field", "device_id", "must be a UUID"))
         })
         .transpose()?;
-    as_of::as_of(&state.store.pool, at, device)
+    as_of::as_of(&state.pool, at, device)
         .await
         .map(Json)
         .map_err(|e| match e {
@@ -254,7 +254,7 @@ pub async fn verify_handler(
     actor: Actor,
 ) -> Result<Json<verify::Report>, ApiError> {
     auditor(&actor)?;
-    Ok(Json(verify::walk(&state.store.pool, None, &|_| {}).await?))
+    Ok(Json(verify::walk(&state.pool, None, &|_| {}).await?))
 }
 
 /// Every signed checkpoint, oldest first.
@@ -266,7 +266,7 @@ pub async fn checkpoints(
     actor: Actor,
 ) -> Result<Json<Vec<SignedCheckpoint>>, ApiError> {
     auditor(&actor)?;
-    Ok(Json(signing::list(&state.store.pool, None).await?))
+    Ok(Json(signing::list(&state.pool, None).await?))
 }
 
 /// An old checkpoint against today's log: 200 with the verdict, 422 `bad_signature` for a
@@ -280,7 +280,7 @@ pub async fn check_checkpoint(
     body: crate::extract::JsonBody<SignedCheckpoint>,
 ) -> Result<Json<signing::Consistency>, ApiError> {
     auditor(&actor)?;
-    signing::check(&state.store.pool, &body.value, None)
+    signing::check(&state.pool, &body.value, None)
         .await
         .map(Json)
         .map_err(|e| match e {

@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use latch_domain::device::{DeviceCommand, DeviceEvent, DeviceId, DeviceKind, Label, SiteCode};
-use latch_projections::device_status::{self, DeviceView};
+use latch_projections::device_status::{self, queries::DeviceView};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -172,7 +172,7 @@ pub async fn show(
     Path(device_id): Path<String>,
 ) -> Result<Json<DeviceView>, ApiError> {
     let device_id = parse_device_id(&device_id)?;
-    device_status::get(&state.store.pool, device_id.as_uuid())
+    device_status::queries::get(&state.pool, device_id.as_uuid())
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound {
@@ -209,6 +209,6 @@ pub async fn list(
             .ok_or_else(|| ApiError::bad_request("invalid_field", "limit", "must be 1 to 1000"))?,
     };
     let rows =
-        device_status::list(&state.store.pool, site.as_ref().map(|s| s.as_str()), limit).await?;
+        device_status::queries::list(&state.pool, site.as_ref().map(|s| s.as_str()), limit).await?;
     Ok(Json(rows))
 }

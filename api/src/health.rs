@@ -38,7 +38,7 @@ pub async fn healthz() -> Json<Health> {
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let pg = tokio::time::timeout(
         Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.store.pool),
+        sqlx::query("SELECT 1").execute(&state.pool),
     )
     .await;
     let postgres = if matches!(pg, Ok(Ok(_))) {

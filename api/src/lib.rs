@@ -28,6 +28,7 @@ use axum::http::Request;
 use axum::Router;
 use latch_domain::clock::SharedClock;
 use latch_domain::store::Store;
+use sqlx::PgPool;
 use std::sync::Arc;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -36,7 +37,11 @@ use tower_http::trace::TraceLayer;
 
 #[derive(Clone)]
 pub struct AppState {
+    /// Commands: every write to the event store goes through here.
     pub store: Arc<Store>,
+    /// Reads: the read models (through `latch_projections`' `queries` modules) and the
+    /// credential tables that are not read models (tokens, idempotency keys, sandbox SMS).
+    pub pool: PgPool,
     pub auth: Arc<auth::Auth>,
     pub nats: async_nats::Client,
     pub clock: SharedClock,

@@ -193,14 +193,10 @@ pub async fn whoami(
         .subject
         .strip_prefix(SUBJECT_PREFIX)
         .ok_or_else(|| ApiError::Forbidden("this needs a locker user's token".into()))?;
-    let name: Option<(String,)> =
-        sqlx::query_as("SELECT name FROM locker_users WHERE user_number = $1")
-            .bind(number)
-            .fetch_optional(&state.store.pool)
-            .await?;
+    let name = latch_projections::lockers::queries::user_name(&state.pool, number).await?;
     Ok(Json(PageSession {
         user_number: number.to_owned(),
-        name: name.map(|(n,)| n).unwrap_or_default(),
+        name: name.unwrap_or_default(),
         expires_at: None,
     }))
 }

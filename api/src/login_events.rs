@@ -83,7 +83,7 @@ pub async fn succeeded(
         .create(&new.token_id.to_string(), command.name(), command, &ctx)
         .await
         .map_err(from_command_error)?;
-    new.store(&state.store.pool, Role::User, subject_raw, Some(expires_at))
+    new.store(&state.pool, Role::User, subject_raw, Some(expires_at))
         .await?;
     Ok(LoginToken {
         token: new.token,

@@ -13,6 +13,8 @@ use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+pub mod queries;
+
 pub const NAME: &str = "device_status";
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -344,53 +346,4 @@ pub async fn fold_log(pool: &PgPool) -> Result<BTreeMap<Uuid, DeviceStatus>, Pro
             }
         }
     }
-}
-
-/// A device's status as the API shows it: the projected row plus heartbeat liveness.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct DeviceView {
-    #[serde(flatten)]
-    #[sqlx(flatten)]
-    pub status: DeviceStatus,
-    pub last_seen: Option<DateTime<Utc>>,
-}
-
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<DeviceView>, sqlx::Error> {
-    sqlx::query_as::<_, DeviceView>(
-        "SELECT s.*, l.last_seen FROM device_status s
-           LEFT JOIN device_liveness l ON l.device_id = s.device_id
-          WHERE s.device_id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await
-}
-
-/// Every registered vending cabinet's id (at most `limit`), for telling a swapped sticker from
-/// a forged one.
-pub async fn vending_ids(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT device_id FROM device_status WHERE kind = 'vending' ORDER BY device_id LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
-
-pub async fn list(
-    pool: &PgPool,
-    site: Option<&str>,
-    limit: i64,
-) -> Result<Vec<DeviceView>, sqlx::Error> {
-    sqlx::query_as::<_, DeviceView>(
-        "SELECT s.*, l.last_seen FROM device_status s
-           LEFT JOIN device_liveness l ON l.device_id = s.device_id
-          WHERE $1::text IS NULL OR s.site = $1
-          ORDER BY s.site, s.label, s.device_id
-          LIMIT $2",
-    )
-    .bind(site)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
 }

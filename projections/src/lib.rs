@@ -13,7 +13,9 @@
 //! - [`orders`]: one row per shopping session: status, lines, totals, payment, refunds.
 //! - [`qr_login_status`]: where each QR login stands (for the sweeper, operators and audits).
 //!
-//! Read models are never written by command handlers: only by projections folding the log.
+//! Read models are never written by command handlers: only by projections folding the log. They
+//! are read only through each model's `queries` module (typed rows over a `&PgPool`), so the SQL
+//! of a table lives beside the projection that owns it; the API and workers hold no SQL of them.
 
 pub mod audit;
 pub mod device_status;

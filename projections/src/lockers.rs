@@ -14,9 +14,10 @@ use latch_domain::locker::{
     LockerUser, Site, SiteEvent, UserEvent,
 };
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
+
+pub mod queries;
 
 pub const NAME: &str = "lockers";
 
@@ -794,73 +795,6 @@ impl Projection for LockersProjection {
     }
 }
 
-/// A compartment as the ownership read model holds it, with its door as the device-status
-/// model last saw it (both `None` while no door is wired).
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct CompartmentRow {
-    pub compartment_id: String,
-    pub site: String,
-    /// The site's name, when the site is known to the read model.
-    pub site_name: Option<String>,
-    pub number: String,
-    pub size: String,
-    pub status: String,
-    pub holder: Option<String>,
-    pub window_start: Option<DateTime<Utc>>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub depositor: Option<String>,
-    pub parcel: Option<String>,
-    pub door_device: Option<Uuid>,
-    /// `open`, `closed` or `unknown`.
-    pub door: Option<String>,
-    pub updated_at: DateTime<Utc>,
-}
-
-const COMPARTMENT_ROW: &str = "SELECT c.compartment_id, c.site, s.name AS site_name, c.number, c.size,
-        c.status, c.holder, c.window_start, c.expires_at, c.depositor, c.parcel, c.door_device, d.door,
-        c.updated_at
-   FROM locker_compartments c LEFT JOIN device_status d ON d.device_id = c.door_device
-   LEFT JOIN locker_sites s ON s.site = c.site";
-
-/// The compartments `user` holds now.
-pub async fn held_by(pool: &sqlx::PgPool, user: &str) -> Result<Vec<CompartmentRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "{COMPARTMENT_ROW} WHERE c.holder = $1 ORDER BY c.compartment_id"
-    ))
-    .bind(user)
-    .fetch_all(pool)
-    .await
-}
-
-/// One compartment.
-pub async fn compartment_row(
-    pool: &sqlx::PgPool,
-    id: &str,
-) -> Result<Option<CompartmentRow>, sqlx::Error> {
-    sqlx::query_as(&format!("{COMPARTMENT_ROW} WHERE c.compartment_id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-}
-
-/// Who held `compartment` at `at` (None: nobody).
-pub async fn holder_at(
-    pool: &sqlx::PgPool,
-    compartment: &str,
-    at: DateTime<Utc>,
-) -> Result<Option<String>, sqlx::Error> {
-    let row: Option<(String,)> = sqlx::query_as(
-        "SELECT holder FROM compartment_holders
-          WHERE compartment_id = $1 AND held_from <= $2 AND (held_to IS NULL OR held_to > $2)
-          ORDER BY position DESC LIMIT 1",
-    )
-    .bind(compartment)
-    .bind(at)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(h,)| h))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -870,7 +804,7 @@ mod tests {
     fn t(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
     }
-    fn logged<E: Serialize + cqrs_es::DomainEvent>(ty: &str, id: &str, e: E) -> LoggedEvent {
+    fn logged<E: serde::Serialize + cqrs_es::DomainEvent>(ty: &str, id: &str, e: E) -> LoggedEvent {
         LoggedEvent {
             position: 7,
             event_id: Uuid::from_u128(1),

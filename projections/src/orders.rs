@@ -12,8 +12,10 @@ use cqrs_es::Aggregate;
 use latch_domain::vending::{ShoppingEvent, ShoppingSession};
 use serde::Serialize;
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
+
+pub mod queries;
 
 pub const NAME: &str = "orders";
 
@@ -33,7 +35,13 @@ pub struct OrderRow {
     pub currency: String,
     #[schema(value_type = Option<Vec<Object>>)]
     pub review_reasons: Option<Json<serde_json::Value>>,
+    /// The latest payment attempt.
     pub payment_id: Option<Uuid>,
+    /// Every payment attempt, oldest first, so a callback for any of them finds its order.
+    /// Internal: not part of the order as the API shows it.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub payment_ids: Vec<Uuid>,
     pub provider_ref: Option<String>,
     pub payment_error: Option<String>,
     pub paid_minor: Option<i64>,
@@ -97,6 +105,7 @@ pub fn evolve(
             currency: planogram.currency().as_str().to_owned(),
             review_reasons: None,
             payment_id: None,
+            payment_ids: Vec::new(),
             provider_ref: None,
             payment_error: None,
             paid_minor: None,
@@ -150,6 +159,11 @@ pub fn evolve(
                 E::PaymentRequested { payment_id, .. } => {
                     row.status = "payment_pending".into();
                     row.payment_id = Some(*payment_id);
+                    // Already there when migration 0021 filled the column from the log ahead
+                    // of this projector's checkpoint.
+                    if !row.payment_ids.contains(payment_id) {
+                        row.payment_ids.push(*payment_id);
+                    }
                     row.payment_error = None;
                 }
                 E::PaymentSucceeded {
@@ -274,7 +288,7 @@ async fn upsert(
 ) -> Result<(), sqlx::Error> {
     let mut q = QueryBuilder::<Postgres>::new(format!(
         "INSERT INTO {table} (session_id, user_id, device_id, site, status, lines, total_minor,
-             currency, review_reasons, payment_id, provider_ref, payment_error, paid_minor,
+             currency, review_reasons, payment_id, payment_ids, provider_ref, payment_error, paid_minor,
              refunded_minor, opened_at, closed_at, paid_at, updated_at, last_position) "
     ));
     q.push_values(rows, |mut b, r| {
@@ -288,6 +302,7 @@ async fn upsert(
             .push_bind(&r.currency)
             .push_bind(&r.review_reasons)
             .push_bind(r.payment_id)
+            .push_bind(&r.payment_ids)
             .push_bind(&r.provider_ref)
             .push_bind(&r.payment_error)
             .push_bind(r.paid_minor)
@@ -302,7 +317,8 @@ async fn upsert(
         " ON CONFLICT (session_id) DO UPDATE SET
              status = EXCLUDED.status, lines = EXCLUDED.lines,
              total_minor = EXCLUDED.total_minor, review_reasons = EXCLUDED.review_reasons,
-             payment_id = EXCLUDED.payment_id, provider_ref = EXCLUDED.provider_ref,
+             payment_id = EXCLUDED.payment_id, payment_ids = EXCLUDED.payment_ids,
+             provider_ref = EXCLUDED.provider_ref,
              payment_error = EXCLUDED.payment_error, paid_minor = EXCLUDED.paid_minor,
              refunded_minor = EXCLUDED.refunded_minor, closed_at = EXCLUDED.closed_at,
              paid_at = EXCLUDED.paid_at, updated_at = EXCLUDED.updated_at,
@@ -312,52 +328,93 @@ async fn upsert(
     Ok(())
 }
 
-pub async fn get(pool: &PgPool, session_id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as::<_, OrderRow>("SELECT * FROM orders WHERE session_id = $1")
-        .bind(session_id)
-        .fetch_optional(pool)
-        .await
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use latch_domain::device::Label;
+    use latch_domain::vending::values::Money;
 
-/// Newest first.
-pub async fn by_user(pool: &PgPool, user: &str, limit: i64) -> Result<Vec<OrderRow>, sqlx::Error> {
-    sqlx::query_as::<_, OrderRow>(
-        "SELECT * FROM orders WHERE user_id = $1 ORDER BY opened_at DESC LIMIT $2",
-    )
-    .bind(user)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
+    }
 
-/// Newest first; `status` filters (e.g. `needs_review` for an operator's queue).
-pub async fn list(
-    pool: &PgPool,
-    device: Option<Uuid>,
-    status: Option<&str>,
-    limit: i64,
-) -> Result<Vec<OrderRow>, sqlx::Error> {
-    sqlx::query_as::<_, OrderRow>(
-        "SELECT * FROM orders
-          WHERE ($1::uuid IS NULL OR device_id = $1) AND ($2::text IS NULL OR status = $2)
-          ORDER BY opened_at DESC LIMIT $3",
-    )
-    .bind(device)
-    .bind(status)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
+    fn logged(position: i64, e: ShoppingEvent) -> LoggedEvent {
+        use cqrs_es::DomainEvent;
+        LoggedEvent {
+            position,
+            event_id: Uuid::from_u128(position as u128),
+            aggregate_type: ShoppingSession::TYPE.into(),
+            aggregate_id: Uuid::from_u128(1).to_string(),
+            sequence: position,
+            event_type: e.event_type(),
+            event_version: e.event_version(),
+            payload: serde_json::to_value(&e).unwrap(),
+            metadata: serde_json::json!({}),
+            recorded_at: t(position),
+            hash: String::new(),
+        }
+    }
 
-/// The shopper's orders that block a new opening: charged and not paid, or in review.
-pub async fn unpaid_of(pool: &PgPool, user: &str) -> Result<Vec<Uuid>, sqlx::Error> {
-    let rows: Vec<(Uuid,)> = sqlx::query_as(
-        "SELECT session_id FROM orders
-          WHERE user_id = $1 AND status IN ('placed', 'needs_review', 'payment_pending')
-          ORDER BY opened_at",
-    )
-    .bind(user)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    fn placed() -> OrderRow {
+        OrderRow {
+            session_id: Uuid::from_u128(1),
+            user_id: "kazaya:1".into(),
+            device_id: Uuid::from_u128(2),
+            site: "S1".into(),
+            status: "placed".into(),
+            lines: Json(serde_json::json!([])),
+            total_minor: Some(350),
+            currency: "CNY".into(),
+            review_reasons: None,
+            payment_id: None,
+            payment_ids: Vec::new(),
+            provider_ref: None,
+            payment_error: None,
+            paid_minor: None,
+            refunded_minor: 0,
+            opened_at: t(0),
+            closed_at: Some(t(1)),
+            paid_at: None,
+            updated_at: t(1),
+            last_position: 1,
+        }
+    }
+
+    #[test]
+    fn every_payment_attempt_stays_findable_once_each() {
+        let amount = Money::parse("amount", 350, "CNY").unwrap();
+        let (first, second) = (Uuid::from_u128(10), Uuid::from_u128(11));
+        let requested = |payment_id| ShoppingEvent::PaymentRequested {
+            payment_id,
+            amount,
+            at: t(2),
+        };
+        let failed = ShoppingEvent::PaymentFailed {
+            payment_id: first,
+            reason: Label::parse("reason", "declined", 200).unwrap(),
+            at: t(3),
+        };
+        let mut row = Some(placed());
+        for (position, e) in [
+            requested(first),
+            failed,
+            requested(second),
+            // Already present (migration 0021 filled it ahead of the checkpoint): not twice.
+            requested(second),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            row = evolve(row, &logged(position as i64 + 2, e)).unwrap();
+        }
+        let row = row.unwrap();
+        assert_eq!(row.payment_id, Some(second));
+        assert_eq!(row.payment_ids, vec![first, second]);
+        // Internal: the order as the API shows it is unchanged.
+        assert!(serde_json::to_value(&row)
+            .unwrap()
+            .get("payment_ids")
+            .is_none());
+    }
 }

@@ -10,8 +10,10 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use latch_domain::qr_login::{QrLogin, QrLoginEvent};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
+
+pub mod queries;
 
 pub const NAME: &str = "qr_login_status";
 
@@ -235,25 +237,4 @@ pub async fn upsert_into(
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
-}
-
-pub async fn get(pool: &PgPool, login_id: Uuid) -> Result<Option<QrLoginStatus>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM qr_login_status WHERE login_id = $1")
-        .bind(login_id)
-        .fetch_optional(pool)
-        .await
-}
-
-/// Live logins whose deadline (the code's, or the redeem window's once confirmed) is past `now`.
-pub async fn due(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
-    let rows: Vec<(Uuid,)> = sqlx::query_as(
-        "SELECT login_id FROM qr_login_status
-          WHERE state IN ('waiting', 'scanned', 'confirmed') AND coalesce(redeem_by, expires_at) <= $1
-          ORDER BY coalesce(redeem_by, expires_at) LIMIT $2",
-    )
-    .bind(now)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
 }

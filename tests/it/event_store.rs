@@ -138,7 +138,8 @@ async fn a_creation_under_a_taken_id_falls_back_to_a_real_load() {
     use latch_domain::device::{DeviceCommand, DeviceError, DeviceId, DeviceKind, Label, SiteCode};
     use latch_domain::store::{CommandContext, CommandError, Store};
     let db = TestDb::new().await;
-    let store = Store::new(db.pool().await);
+    let pool = db.pool().await;
+    let store = Store::new(pool.clone());
     let id = DeviceId::generate();
     let register = || DeviceCommand::Register {
         device_id: id,
@@ -168,7 +169,7 @@ async fn a_creation_under_a_taken_id_falls_back_to_a_real_load() {
         ),
         "{again:?}"
     );
-    assert_eq!(count(&store.pool, "SELECT count(*) FROM events").await, 1);
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 1);
 }
 
 fn row(id: &str, sequence: i64, metadata: Value) -> latch_domain::group_commit::Row {

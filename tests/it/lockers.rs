@@ -334,14 +334,14 @@ async fn worked_example_1_li_grants_large_compartment_01_directly_to_13499996666
     .unwrap();
     assert!(li_to.is_some());
     assert_eq!(
-        latch_projections::lockers::holder_at(&app.pool, &id, li_from)
+        latch_projections::lockers::queries::holder_at(&app.pool, &id, li_from)
             .await
             .unwrap()
             .as_deref(),
         Some("13455555555")
     );
     assert_eq!(
-        latch_projections::lockers::holder_at(&app.pool, &id, app.clock.now())
+        latch_projections::lockers::queries::holder_at(&app.pool, &id, app.clock.now())
             .await
             .unwrap()
             .as_deref(),

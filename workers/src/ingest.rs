@@ -18,6 +18,7 @@ use latch_domain::device::{DeviceCommand, OpenFailure};
 use latch_domain::store::{CommandContext, CommandError, IdempotencyKey, Store};
 use latch_domain::telemetry::{parse_telemetry, Telemetry, TelemetryBody};
 use latch_nats::{streams, subjects};
+use latch_projections::device_status;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,9 @@ const DEADLETTER_KEEP: usize = 1024;
 
 pub struct Ingest {
     pub store: Arc<Store>,
+    /// Heartbeat liveness (telemetry, kept beside the log rather than in it) and the
+    /// device-status model.
+    pub pool: sqlx::PgPool,
     pub js: Context,
     pub clock: SharedClock,
 }
@@ -178,18 +182,15 @@ impl Ingest {
                 .bind(t.device_id.as_uuid())
                 .bind(now)
                 .bind(&t.msg_id)
-                .execute(&self.store.pool)
+                .execute(&self.pool)
                 .await;
                 if let Err(e) = seen {
                     return Outcome::Retry(e.to_string());
                 }
-                let online: Result<Option<(bool,)>, _> =
-                    sqlx::query_as("SELECT online FROM device_status WHERE device_id = $1")
-                        .bind(t.device_id.as_uuid())
-                        .fetch_optional(&self.store.pool)
-                        .await;
+                let online =
+                    device_status::queries::online(&self.pool, t.device_id.as_uuid()).await;
                 match online {
-                    Ok(Some((true,))) => return Outcome::Done,
+                    Ok(Some(true)) => return Outcome::Done,
                     Ok(_) => DeviceCommand::ReportOnline { at: now },
                     Err(e) => return Outcome::Retry(e.to_string()),
                 }

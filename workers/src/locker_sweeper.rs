@@ -7,25 +7,24 @@
 use latch_domain::clock::SharedClock;
 use latch_domain::locker::{CompartmentCommand, GrantCommand};
 use latch_domain::store::{CommandContext, Store};
+use latch_projections::lockers::queries;
+use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 /// Expires unused reservations and unanswered grant requests that are due at the clock's now;
 /// how many events that appended.
-pub async fn sweep_once(store: &Store, clock: &SharedClock) -> Result<usize, sqlx::Error> {
+pub async fn sweep_once(
+    store: &Store,
+    pool: &PgPool,
+    clock: &SharedClock,
+) -> Result<usize, sqlx::Error> {
     let now = clock.now();
     let mut done = 0;
-    let due: Vec<(String,)> = sqlx::query_as(
-        "SELECT compartment_id FROM locker_compartments
-          WHERE status = 'reserved' AND expires_at <= $1 LIMIT 500",
-    )
-    .bind(now)
-    .fetch_all(&store.pool)
-    .await?;
+    let due = queries::expired_reservations(pool, now, 500).await?;
     let ctx = CommandContext::new("system:lockers-sweeper");
-    for (id,) in due {
+    for id in due {
         let command = CompartmentCommand::Expire { at: now };
         match store
             .compartments
@@ -36,13 +35,8 @@ pub async fn sweep_once(store: &Store, clock: &SharedClock) -> Result<usize, sql
             Err(e) => tracing::warn!(compartment = %id, error = %e, "reservation not expired"),
         }
     }
-    let due: Vec<(Uuid,)> = sqlx::query_as(
-        "SELECT grant_id FROM grant_requests WHERE status = 'requested' AND deadline <= $1 LIMIT 500",
-    )
-    .bind(now)
-    .fetch_all(&store.pool)
-    .await?;
-    for (id,) in due {
+    let due = queries::overdue_grants(pool, now, 500).await?;
+    for id in due {
         let command = GrantCommand::Expire { at: now };
         match store
             .grants
@@ -59,6 +53,7 @@ pub async fn sweep_once(store: &Store, clock: &SharedClock) -> Result<usize, sql
 /// Runs [`sweep_once`] every `interval` until `shutdown`.
 pub async fn run(
     store: Arc<Store>,
+    pool: PgPool,
     clock: SharedClock,
     interval: Duration,
     shutdown: CancellationToken,
@@ -68,7 +63,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        if let Err(e) = sweep_once(&store, &clock).await {
+        if let Err(e) = sweep_once(&store, &pool, &clock).await {
             tracing::warn!(error = %e, "lockers sweep failed");
         }
     }

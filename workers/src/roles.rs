@@ -172,6 +172,7 @@ pub fn tasks(role: Role, d: &Deps, shutdown: &CancellationToken) -> Vec<Task> {
         Role::Ingest => vec![Box::pin(
             Ingest {
                 store: d.store.clone(),
+                pool: d.pool.clone(),
                 js: d.js.clone(),
                 clock: d.clock.clone(),
             }
@@ -200,6 +201,7 @@ pub fn tasks(role: Role, d: &Deps, shutdown: &CancellationToken) -> Vec<Task> {
             Box::pin(
                 Sweeper {
                     store: d.store.clone(),
+                    pool: d.pool.clone(),
                     clock: d.clock.clone(),
                     config: d.sweeper.clone(),
                 }
@@ -207,6 +209,7 @@ pub fn tasks(role: Role, d: &Deps, shutdown: &CancellationToken) -> Vec<Task> {
             ),
             Box::pin(crate::locker_sweeper::run(
                 d.store.clone(),
+                d.pool.clone(),
                 d.clock.clone(),
                 d.sweeper.interval,
                 stop,

@@ -10,6 +10,7 @@ use latch_domain::device::{DeviceCommand, DeviceId, OpenFailure};
 use latch_domain::qr_login::QrLoginCommand;
 use latch_domain::store::{CommandContext, CommandError, Store};
 use latch_domain::vending::{ShoppingCommand, Weighing};
+use latch_projections::{device_status, qr_login_status};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,8 @@ pub struct SweeperConfig {
 
 pub struct Sweeper {
     pub store: Arc<Store>,
+    /// The read models it sweeps over.
+    pub pool: sqlx::PgPool,
     pub clock: SharedClock,
     pub config: SweeperConfig,
 }
@@ -48,32 +51,19 @@ impl Sweeper {
     pub async fn sweep(&self) -> Result<usize, sqlx::Error> {
         let now = self.clock.now();
         let mut issued = 0;
-        let silent: Vec<(
-            Uuid,
-            Option<chrono::DateTime<chrono::Utc>>,
-            chrono::DateTime<chrono::Utc>,
-        )> = sqlx::query_as(
-            "SELECT s.device_id, l.last_seen, s.last_event_at FROM device_status s
-               LEFT JOIN device_liveness l ON l.device_id = s.device_id
-              WHERE s.online AND coalesce(l.last_seen, s.last_event_at) < $1",
-        )
-        .bind(now - self.config.heartbeat_timeout)
-        .fetch_all(&self.store.pool)
-        .await?;
-        for (device, last_seen, last_event) in silent {
+        let silent =
+            device_status::queries::silent_since(&self.pool, now - self.config.heartbeat_timeout)
+                .await?;
+        for device in silent {
             let command = DeviceCommand::ReportOffline {
-                last_seen: last_seen.unwrap_or(last_event),
+                last_seen: device.last_seen.unwrap_or(device.last_event_at),
                 at: now,
             };
-            issued += self.issue(device, command, "system:liveness").await;
+            issued += self
+                .issue(device.device_id, command, "system:liveness")
+                .await;
         }
-        let overdue: Vec<(Uuid, Uuid)> = sqlx::query_as(
-            "SELECT device_id, pending_open_request FROM device_status
-              WHERE pending_open_request IS NOT NULL AND pending_open_deadline < $1",
-        )
-        .bind(now)
-        .fetch_all(&self.store.pool)
-        .await?;
+        let overdue = device_status::queries::overdue_openings(&self.pool, now).await?;
         for (device, request_id) in overdue {
             let id = DeviceId::from(device);
             let ctx = CommandContext::new("system:open-timeout").with_device(id.to_string());
@@ -97,21 +87,16 @@ impl Sweeper {
                 }
             }
         }
-        let silent_after_close: Vec<(Uuid, Uuid)> = sqlx::query_as(
-            "SELECT o.session_id, o.device_id FROM orders o
-               JOIN device_status d ON d.device_id = o.device_id
-              WHERE d.current_session = o.session_id
-                AND d.door = 'closed' AND d.pending_open_request IS NULL
-                AND d.last_event_at < $1
-              LIMIT 500",
+        let silent_after_close = device_status::queries::quiet_after_close(
+            &self.pool,
+            now - self.config.weights_after_timeout,
+            500,
         )
-        .bind(now - self.config.weights_after_timeout)
-        .fetch_all(&self.store.pool)
         .await?;
         for (session, device) in silent_after_close {
             issued += self.settle_without_weights(session, device, now).await;
         }
-        for login in latch_projections::qr_login_status::due(&self.store.pool, now, 500).await? {
+        for login in qr_login_status::queries::due(&self.pool, now, 500).await? {
             issued += self.expire_login(login, now).await;
         }
         Ok(issued)

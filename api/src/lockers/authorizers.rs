@@ -11,7 +11,8 @@ use axum::Json;
 use latch_domain::device::Label;
 use latch_domain::locker::{AuthorizerCommand, AuthorizerNumber, Endpoint};
 use latch_domain::webhooks::secret_key;
-use serde::{Deserialize, Serialize};
+use latch_projections::lockers::queries::{self, AuthorizerRow};
+use serde::Deserialize;
 use serde_json::json;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -122,13 +123,6 @@ pub(super) async fn activate_authorizer(
     authorizer_status(state, actor, meta, number, true).await
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct AuthorizerRow {
-    pub number: String,
-    pub name: String,
-    pub status: String,
-}
-
 /// The active authorizers (any signed-in user or operator).
 #[utoipa::path(get, path = "/lockers/authorizers", tag = "lockers",
     responses((status = 200, body = Vec<AuthorizerRow>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
@@ -136,10 +130,6 @@ pub async fn list_authorizers(
     State(state): State<AppState>,
     LockerCaller(_actor): LockerCaller,
 ) -> Result<Json<Vec<AuthorizerRow>>, ApiError> {
-    let rows = sqlx::query_as::<_, AuthorizerRow>(
-        "SELECT number, name, status FROM locker_authorizers WHERE status = 'active' ORDER BY number",
-    )
-    .fetch_all(&state.store.pool)
-    .await?;
+    let rows = queries::active_authorizers(&state.pool).await?;
     Ok(Json(rows))
 }

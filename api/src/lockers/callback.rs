@@ -219,16 +219,10 @@ async fn replayed(store: &Store, ctx: &CommandContext) -> Result<bool, ApiError>
     let Some(key) = &ctx.idempotency else {
         return Ok(false);
     };
-    let seen: Option<(Option<String>,)> =
-        sqlx::query_as("SELECT fingerprint FROM command_keys WHERE idempotency_key = $1")
-            .bind(&key.key)
-            .fetch_optional(&store.pool)
-            .await?;
-    match seen {
+    let seen = store.idempotency_claim(&key.key).await?;
+    match seen.map(|claim| claim.fingerprint) {
         None => Ok(false),
-        Some((fingerprint,)) if fingerprint.as_deref() == Some(key.fingerprint.as_str()) => {
-            Ok(true)
-        }
+        Some(fingerprint) if fingerprint.as_deref() == Some(key.fingerprint.as_str()) => Ok(true),
         Some(_) => Err(ApiError::Unprocessable {
             code: "webhook_id_reused",
             message: "this webhook id was already used for a different callback".into(),

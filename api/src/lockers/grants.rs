@@ -10,13 +10,13 @@ use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::{DateTime, Utc};
 use latch_domain::device::SiteCode;
 use latch_domain::locker::{
     Authorizer, AuthorizerNumber, Compartment, CompartmentCommand, CompartmentEvent, CompartmentId,
     CompartmentNumber, GrantCommand, GrantTarget, LockerUser, Size, UserNumber,
 };
 use latch_domain::store::Store;
+use latch_projections::lockers::queries::{self, GrantRow};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -231,24 +231,6 @@ async fn active_authorizer(
     }
 }
 
-/// An authorizer's answer: `type` is `grant.accepted` or `grant.declined`.
-
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct GrantRow {
-    pub grant_id: Uuid,
-    pub compartment_id: String,
-    pub size: String,
-    pub requester: String,
-    pub kind: String,
-    pub authorizer: Option<String>,
-    pub receiver: Option<String>,
-    pub status: String,
-    pub reason: Option<String>,
-    pub deadline: DateTime<Utc>,
-    pub requested_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
 /// A grant request's state (its requester, or an operator).
 #[utoipa::path(get, path = "/lockers/grants/{grant_id}", tag = "lockers", params(("grant_id" = Uuid, Path)),
     responses((status = 200, body = GrantRow), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
@@ -259,14 +241,7 @@ pub async fn show_grant(
 ) -> Result<Json<GrantRow>, ApiError> {
     let grant_id = Uuid::parse_str(&grant_id)
         .map_err(|_| ApiError::bad_request("invalid_field", "grant_id", "must be a UUID"))?;
-    let row: Option<GrantRow> = sqlx::query_as(
-        "SELECT grant_id, compartment_id, size, requester, kind, authorizer, receiver, status, reason,
-                deadline, requested_at, updated_at
-           FROM grant_requests WHERE grant_id = $1",
-    )
-    .bind(grant_id)
-    .fetch_optional(&state.store.pool)
-    .await?;
+    let row = queries::grant(&state.pool, grant_id).await?;
     let not_found = || ApiError::NotFound {
         code: "grant_not_found",
         message: format!("no grant request {grant_id}"),

@@ -8,14 +8,14 @@ use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::{DateTime, Utc};
+
+use cqrs_es::Aggregate;
 use latch_domain::device::SiteCode;
-use latch_domain::locker::{CompartmentCommand, CompartmentError, Size};
+use latch_domain::locker::{Compartment, CompartmentCommand, CompartmentError, Size};
 use latch_domain::store::CommandError;
-use latch_projections::lockers::{self as model, CompartmentRow};
-use serde::{Deserialize, Serialize};
+use latch_projections::lockers::queries::{self as model, CompartmentRow, InboxItem};
+use serde::Deserialize;
 use serde_json::json;
-use uuid::Uuid;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -49,25 +49,18 @@ pub async fn reserve(
             message: format!("no site {}", site.as_str()),
         });
     }
-    let candidates: Vec<(String,)> = sqlx::query_as(
-        "SELECT compartment_id FROM locker_compartments
-          WHERE site = $1 AND size = $2 AND status = 'free' ORDER BY number LIMIT 20",
-    )
-    .bind(site.as_str())
-    .bind(size.as_str())
-    .fetch_all(&state.store.pool)
-    .await?;
+    let candidates =
+        model::free_compartments(&state.pool, site.as_str(), size.as_str(), 20).await?;
     let ctx = meta.context(&actor, &body.raw);
     // A retry of a reservation that went through names the compartment it reserved then.
     if let Some(key) = &ctx.idempotency {
-        let earlier: Option<(String,)> = sqlx::query_as(
-            "SELECT aggregate_id FROM command_keys
-              WHERE idempotency_key = $1 AND aggregate_type = 'locker_compartment'",
-        )
-        .bind(&key.key)
-        .fetch_optional(&state.store.pool)
-        .await?;
-        if let Some((id,)) = earlier {
+        let earlier = state
+            .store
+            .idempotency_claim(&key.key)
+            .await?
+            .filter(|claim| claim.aggregate_type == Compartment::TYPE)
+            .map(|claim| claim.aggregate_id);
+        if let Some(id) = earlier {
             let command = CompartmentCommand::Reserve {
                 user: user.clone(),
                 window_start,
@@ -97,7 +90,7 @@ pub async fn reserve(
             }
         }
     }
-    for (id,) in candidates {
+    for id in candidates {
         let command = CompartmentCommand::Reserve {
             user: user.clone(),
             window_start,
@@ -145,18 +138,7 @@ pub async fn my_compartments(
     LockerCaller(actor): LockerCaller,
 ) -> Result<Json<Vec<CompartmentRow>>, ApiError> {
     let user = me(&actor)?;
-    Ok(Json(
-        model::held_by(&state.store.pool, user.as_str()).await?,
-    ))
-}
-
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct InboxItem {
-    pub kind: String,
-    pub grant_id: Option<Uuid>,
-    pub compartment_id: String,
-    pub message: String,
-    pub created_at: DateTime<Utc>,
+    Ok(Json(model::held_by(&state.pool, user.as_str()).await?))
 }
 
 #[utoipa::path(get, path = "/lockers/me/inbox", tag = "lockers",
@@ -166,12 +148,6 @@ pub async fn my_inbox(
     LockerCaller(actor): LockerCaller,
 ) -> Result<Json<Vec<InboxItem>>, ApiError> {
     let user = me(&actor)?;
-    let rows = sqlx::query_as::<_, InboxItem>(
-        "SELECT kind, grant_id, compartment_id, message, created_at FROM locker_inbox
-          WHERE recipient = $1 ORDER BY position DESC, kind LIMIT 100",
-    )
-    .bind(format!("user:{user}"))
-    .fetch_all(&state.store.pool)
-    .await?;
+    let rows = model::inbox(&state.pool, &format!("user:{user}")).await?;
     Ok(Json(rows))
 }

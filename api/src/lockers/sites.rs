@@ -14,7 +14,7 @@ use latch_domain::device::{Label, SiteCode};
 use latch_domain::locker::{
     CompartmentCommand, CompartmentId, CompartmentNumber, SiteCommand, Size,
 };
-use latch_projections::lockers::{self as model, CompartmentRow};
+use latch_projections::lockers::queries::{self as model, CompartmentRow};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -206,7 +206,7 @@ pub async fn show_compartment(
         code: "compartment_not_found",
         message: format!("no compartment {id}"),
     };
-    let row = model::compartment_row(&state.store.pool, &id)
+    let row = model::compartment(&state.pool, &id)
         .await?
         .ok_or_else(not_found)?;
     if actor.role != Role::Operator {
@@ -238,7 +238,7 @@ pub(super) async fn holder_at(
     }
     let id = CompartmentId::parse("id", &id)?;
     let at = parse_time("at", &q.at)?.unwrap_or_else(|| state.clock.now());
-    let holder = model::holder_at(&state.store.pool, &id.to_string(), at).await?;
+    let holder = model::holder_at(&state.pool, &id.to_string(), at).await?;
     Ok(Json(
         json!({ "compartment_id": id.to_string(), "at": at, "holder": holder }),
     ))

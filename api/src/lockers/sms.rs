@@ -21,7 +21,7 @@ pub(super) async fn sandbox_sms(
         "SELECT message_id, phone, body, sent_at FROM
            (SELECT * FROM sandbox_sms ORDER BY seq DESC LIMIT 1000) recent ORDER BY seq",
     )
-    .fetch_all(&state.store.pool)
+    .fetch_all(&state.pool)
     .await?;
     let sent: Vec<_> = rows
         .into_iter()

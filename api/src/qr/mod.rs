@@ -805,7 +805,7 @@ pub async fn redeem(
     // The login is spent before the session exists: a crash in between costs the user a new
     // scan, never a second session from one code.
     session
-        .store(&state.store.pool, Role::User, &user, Some(expires_at))
+        .store(&state.pool, Role::User, &user, Some(expires_at))
         .await?;
     let token = session.token;
     tracing::info!(login = %id, %session_id, "qr login redeemed");

@@ -340,8 +340,8 @@ pub async fn list_orders(
         }
     }
     let limit = parse_limit(q.limit.as_deref())?;
-    let rows = orders::list(
-        &state.store.pool,
+    let rows = orders::queries::list(
+        &state.pool,
         device.map(|d| d.as_uuid()),
         q.status.as_deref(),
         limit,
@@ -361,7 +361,7 @@ pub async fn show_order(
     Path(session_id): Path<String>,
 ) -> Result<Json<OrderRow>, ApiError> {
     let sid = parse_session(&session_id)?;
-    let row = orders::get(&state.store.pool, sid).await?;
+    let row = orders::queries::get(&state.pool, sid).await?;
     match row {
         Some(r) if actor.role == Role::Operator || shop::owns(&actor, &r.user_id) => Ok(Json(r)),
         _ => Err(ApiError::NotFound {

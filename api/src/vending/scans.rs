@@ -73,7 +73,7 @@ impl Scans {
             .is_none_or(|(built, _)| built.elapsed() >= INDEX_MAX_AGE);
         if stale {
             let key = &state.vending.config.sticker_key;
-            let ids = device_status::vending_ids(&state.store.pool, INDEX_MAX_CABINETS).await?;
+            let ids = device_status::queries::vending_ids(&state.pool, INDEX_MAX_CABINETS).await?;
             let map = ids
                 .into_iter()
                 .map(DeviceId::from)

@@ -444,9 +444,20 @@ where
     }
 }
 
+/// The command an idempotency key was first used for.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct KeyClaim {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// The request's fingerprint (`None` for keys recorded before fingerprints were kept).
+    pub fingerprint: Option<String>,
+}
+
 /// Every aggregate's command entry point over one pool.
 pub struct Store {
-    pub pool: PgPool,
+    /// Private: read models are read through `latch_projections`, credential tables through
+    /// the pool their owner holds; only the store itself touches the event tables here.
+    pool: PgPool,
     pub devices: AggregateStore<Device>,
     pub qr_logins: AggregateStore<QrLogin>,
     pub shopping_sessions: AggregateStore<ShoppingSession>,
@@ -480,6 +491,18 @@ impl Store {
             sticker_scans: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
             pool,
         }
+    }
+
+    /// What idempotency key `key` was first used for, if it was: the event store records each
+    /// key beside the command's events (`command_keys`), and some callers must answer a retry
+    /// before they know which command it is.
+    pub async fn idempotency_claim(&self, key: &str) -> Result<Option<KeyClaim>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id, fingerprint FROM command_keys WHERE idempotency_key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
     }
 
     /// Whether an aggregate has any event at all (sequence 1 is the first one postgres-es writes).
