@@ -68,6 +68,28 @@ pub fn upcast(mut event: SerializedEvent) -> SerializedEvent {
     event
 }
 
+/// One stored event payload as the current code reads it: through every upcaster that matches
+/// its type and version, then into `E`. For readers that fold a stream themselves.
+pub fn read<E: serde::de::DeserializeOwned>(
+    event_type: &str,
+    event_version: &str,
+    payload: Value,
+) -> Result<E, serde_json::Error> {
+    if !needs_upcast(event_type, event_version) {
+        return serde_json::from_value(payload);
+    }
+    let stored = SerializedEvent::new(
+        String::new(),
+        0,
+        String::new(),
+        event_type.to_owned(),
+        event_version.to_owned(),
+        payload,
+        Value::Null,
+    );
+    serde_json::from_value(upcast(stored).payload)
+}
+
 /// True when some upcaster reads this type and version.
 pub fn needs_upcast(event_type: &str, event_version: &str) -> bool {
     upcasters()

@@ -313,16 +313,17 @@ fn apply_in_order(sender: &watch::Sender<Snapshot>, sequence: i64, event: QrLogi
 }
 
 async fn load(pool: &PgPool, id: LoginId) -> Result<Snapshot, sqlx::Error> {
-    let rows: Vec<(i64, serde_json::Value)> = sqlx::query_as(
-        "SELECT sequence, payload FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+    let rows: Vec<(i64, String, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT sequence, event_type, event_version, payload FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
     )
     .bind(QrLogin::TYPE)
     .bind(id.to_string())
     .fetch_all(pool)
     .await?;
     let mut snapshot = Snapshot::default();
-    for (sequence, payload) in rows {
-        match serde_json::from_value::<QrLoginEvent>(payload) {
+    for (sequence, event_type, version, payload) in rows {
+        match latch_domain::upcast::read::<QrLoginEvent>(&event_type, &version, payload) {
             Ok(event) => snapshot.apply(sequence, event),
             Err(e) => {
                 return Err(sqlx::Error::Decode(
