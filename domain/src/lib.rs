@@ -20,6 +20,8 @@
 //!   [`store::CommandBus`] that stamps metadata, retries optimistic conflicts a bounded number of
 //!   times and makes every command idempotent by key.
 //! - [`upcast`]: older shapes of stored events read as the current one (rows never rewritten).
+//! - [`vault`]: the secrets events only name: authorizers' signing secrets (encrypted) and
+//!   locker users' password hashes.
 //! - [`webhooks`]: Standard Webhooks signing and verification, the one copy every sender and
 //!   receiver (Kazaya callbacks, authorizers, the sandboxes) uses.
 //! - [`clock`]: time as a dependency, so deadlines and liveness can be tested without sleeping.
@@ -35,6 +37,7 @@ pub mod qr_login;
 pub mod store;
 pub mod telemetry;
 pub mod upcast;
+pub mod vault;
 pub mod vending;
 pub mod webhooks;
 

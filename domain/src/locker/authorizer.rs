@@ -1,7 +1,10 @@
 //! A third-party authorizer (a courier company): one `locker_authorizer` stream per number.
 //!
 //! Its service endpoint receives grant requests as signed webhooks; the signing secret (Standard
-//! Webhooks, `whsec_` + base64) signs both directions.
+//! Webhooks, `whsec_` + base64) signs both directions. The secret itself never enters an event
+//! or this state: it is kept encrypted in the vault (`crate::vault`) and named here by its id.
+//! Version 1 of `AuthorizerRegistered` / `AuthorizerReconfigured` carried it in plain text; their
+//! upcaster replaces it with a reference the vault resolves.
 
 use super::values::{AuthorizerNumber, Endpoint};
 use crate::device::Label;
@@ -16,7 +19,7 @@ pub enum AuthorizerCommand {
         number: AuthorizerNumber,
         name: Label,
         endpoint: Endpoint,
-        secret: String,
+        secret_id: String,
         at: DateTime<Utc>,
     },
     Deactivate {
@@ -28,7 +31,7 @@ pub enum AuthorizerCommand {
     /// A new service endpoint and/or signing secret (a no-op when both are unchanged).
     Reconfigure {
         endpoint: Endpoint,
-        secret: String,
+        secret_id: String,
         at: DateTime<Utc>,
     },
 }
@@ -50,7 +53,7 @@ pub enum AuthorizerEvent {
         number: AuthorizerNumber,
         name: Label,
         endpoint: Endpoint,
-        secret: String,
+        secret_id: String,
         at: DateTime<Utc>,
     },
     AuthorizerDeactivated {
@@ -61,7 +64,7 @@ pub enum AuthorizerEvent {
     },
     AuthorizerReconfigured {
         endpoint: Endpoint,
-        secret: String,
+        secret_id: String,
         at: DateTime<Utc>,
     },
 }
@@ -77,7 +80,12 @@ impl DomainEvent for AuthorizerEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        match self {
+            // 2: the secret's id instead of the secret.
+            Self::AuthorizerRegistered { .. } | Self::AuthorizerReconfigured { .. } => "2",
+            Self::AuthorizerDeactivated { .. } | Self::AuthorizerActivated { .. } => "1",
+        }
+        .to_owned()
     }
 }
 
@@ -106,7 +114,7 @@ pub struct Authorizer {
     pub number: Option<AuthorizerNumber>,
     pub name: Option<Label>,
     pub endpoint: Option<Endpoint>,
-    pub secret: String,
+    pub secret_id: String,
     pub inactive: bool,
 }
 
@@ -123,7 +131,7 @@ impl Authorizer {
             number,
             name,
             endpoint,
-            secret,
+            secret_id,
             at,
         } = command
         {
@@ -134,7 +142,7 @@ impl Authorizer {
                 number,
                 name,
                 endpoint,
-                secret,
+                secret_id,
                 at,
             }]);
         }
@@ -151,15 +159,15 @@ impl Authorizer {
             }
             AuthorizerCommand::Reconfigure {
                 endpoint,
-                secret,
+                secret_id,
                 at,
             } => {
-                if self.endpoint.as_ref() == Some(&endpoint) && self.secret == secret {
+                if self.endpoint.as_ref() == Some(&endpoint) && self.secret_id == secret_id {
                     vec![]
                 } else {
                     vec![AuthorizerEvent::AuthorizerReconfigured {
                         endpoint,
-                        secret,
+                        secret_id,
                         at,
                     }]
                 }
@@ -196,21 +204,23 @@ impl Aggregate for Authorizer {
                 number,
                 name,
                 endpoint,
-                secret,
+                secret_id,
                 ..
             } => {
                 self.number = Some(number);
                 self.name = Some(name);
                 self.endpoint = Some(endpoint);
-                self.secret = secret;
+                self.secret_id = secret_id;
             }
             AuthorizerEvent::AuthorizerDeactivated { .. } => self.inactive = true,
             AuthorizerEvent::AuthorizerActivated { .. } => self.inactive = false,
             AuthorizerEvent::AuthorizerReconfigured {
-                endpoint, secret, ..
+                endpoint,
+                secret_id,
+                ..
             } => {
                 self.endpoint = Some(endpoint);
-                self.secret = secret;
+                self.secret_id = secret_id;
             }
         }
     }
@@ -230,7 +240,7 @@ mod tests {
             number: AuthorizerNumber::parse("n", "0001").unwrap(),
             name: Label::parse("name", "快递公司A", 80).unwrap(),
             endpoint: Endpoint::parse("e", "http://127.0.0.1:7000/grants").unwrap(),
-            secret: "whsec_c2VjcmV0".into(),
+            secret_id: "fp_1".into(),
             at: at(),
         }
     }
@@ -243,7 +253,7 @@ mod tests {
                 number: AuthorizerNumber::parse("n", "0001").unwrap(),
                 name: Label::parse("name", "快递公司A", 80).unwrap(),
                 endpoint: Endpoint::parse("e", "http://127.0.0.1:7000/grants").unwrap(),
-                secret: "whsec_c2VjcmV0".into(),
+                secret_id: "fp_1".into(),
                 at: at(),
             })
             .then_expect_events(vec![registered()]);
@@ -264,19 +274,19 @@ mod tests {
             .given(vec![registered()])
             .when(AuthorizerCommand::Reconfigure {
                 endpoint: endpoint.clone(),
-                secret: "whsec_c2VjcmV0".into(),
+                secret_id: "fp_1".into(),
                 at: at(),
             })
             .then_expect_events(vec![AuthorizerEvent::AuthorizerReconfigured {
                 endpoint,
-                secret: "whsec_c2VjcmV0".into(),
+                secret_id: "fp_1".into(),
                 at: at(),
             }]);
         TestFramework::<Authorizer>::with(())
             .given(vec![registered()])
             .when(AuthorizerCommand::Reconfigure {
                 endpoint: Endpoint::parse("e", "http://127.0.0.1:7000/grants").unwrap(),
-                secret: "whsec_c2VjcmV0".into(),
+                secret_id: "fp_1".into(),
                 at: at(),
             })
             .then_expect_events(vec![]);
@@ -294,7 +304,7 @@ mod tests {
                 number: AuthorizerNumber::parse("n", "0001").unwrap(),
                 name: Label::parse("name", "x", 80).unwrap(),
                 endpoint: Endpoint::parse("e", "http://a/").unwrap(),
-                secret: "s".into(),
+                secret_id: "fp_2".into(),
                 at: at(),
             })
             .then_expect_error(AuthorizerError::AlreadyRegistered);

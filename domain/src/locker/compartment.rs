@@ -11,6 +11,13 @@
 //! wired at installation or later. The door itself is not driven from here: a worker reacts to
 //! `ParcelDeposited` / `ParcelCollected` by asking that device to open, so a crash between the
 //! deposit and the opening is repaired by redelivery rather than lost.
+//!
+//! The pickup code is kept only as an HMAC-SHA256 under a server-side pepper
+//! ([`PickupProof::mac`], computed by the caller): a short numeric code under a plain hash is
+//! reversed by trying every code, so the log must hold nothing a code can be recovered from
+//! without the pepper. Version 1 of `ParcelDeposited` held a plain SHA-256 of
+//! `"{compartment}:{code}"`; its upcaster marks it [`LEGACY_SHA256`] and such a deposit is still
+//! collected by comparing the old way.
 
 use super::values::{AuthorizerNumber, CompartmentId, ParcelNumber, Size, UserNumber};
 use crate::device::DeviceId;
@@ -19,6 +26,33 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// How an upcast version-1 deposit's code digest starts: a plain SHA-256, hex, follows.
+pub const LEGACY_SHA256: &str = "sha256:";
+
+/// A collector's pickup code in both forms a deposit may have kept it in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PickupProof {
+    /// HMAC-SHA256 under the pickup pepper, hex (deposits of version 2).
+    pub mac: String,
+    /// Plain SHA-256, hex (deposits recorded as version 1).
+    pub legacy_sha256: String,
+}
+
+impl PickupProof {
+    /// Whether this proof opens a deposit that kept `stored`.
+    pub fn opens(&self, stored: &str) -> bool {
+        match stored.strip_prefix(LEGACY_SHA256) {
+            Some(sha) => constant_time_eq(sha.as_bytes(), self.legacy_sha256.as_bytes()),
+            None => constant_time_eq(stored.as_bytes(), self.mac.as_bytes()),
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so timing tells nothing of the digest.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -68,18 +102,15 @@ pub enum CompartmentCommand {
         at: DateTime<Utc>,
     },
     /// The holder's one deposit: the parcel number is recorded and the recipient's pickup code
-    /// is kept only as a hash.
+    /// is kept only as its keyed MAC.
     Deposit {
         user: UserNumber,
         parcel: ParcelNumber,
-        pickup_code_hash: String,
+        pickup_code_mac: String,
         at: DateTime<Utc>,
     },
-    /// The recipient collects with the pickup code (given as its hash).
-    Collect {
-        pickup_code_hash: String,
-        at: DateTime<Utc>,
-    },
+    /// The recipient collects with the pickup code (given as its digests).
+    Collect { proof: PickupProof, at: DateTime<Utc> },
 }
 
 impl CompartmentCommand {
@@ -130,7 +161,9 @@ pub enum CompartmentEvent {
     ParcelDeposited {
         depositor: UserNumber,
         parcel: ParcelNumber,
-        pickup_code_hash: String,
+        /// HMAC-SHA256 of `"{compartment}:{code}"` under the pickup pepper, hex; or, read from
+        /// a version-1 event, [`LEGACY_SHA256`] + its plain SHA-256.
+        pickup_code_mac: String,
         at: DateTime<Utc>,
     },
     ParcelCollected {
@@ -153,7 +186,12 @@ impl DomainEvent for CompartmentEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        match self {
+            // 2: a keyed MAC of the pickup code instead of its plain SHA-256.
+            Self::ParcelDeposited { .. } => "2",
+            _ => "1",
+        }
+        .to_owned()
     }
 }
 
@@ -212,7 +250,7 @@ pub struct Compartment {
     pub expires_at: Option<DateTime<Utc>>,
     pub depositor: Option<UserNumber>,
     pub parcel: Option<ParcelNumber>,
-    pub pickup_code_hash: Option<String>,
+    pub pickup_code_mac: Option<String>,
 }
 
 impl Compartment {
@@ -300,7 +338,7 @@ impl Compartment {
             C::Deposit {
                 user,
                 parcel,
-                pickup_code_hash,
+                pickup_code_mac,
                 at,
             } => {
                 if self.status != Status::Reserved {
@@ -315,16 +353,17 @@ impl Compartment {
                 Ok(vec![E::ParcelDeposited {
                     depositor: user,
                     parcel,
-                    pickup_code_hash,
+                    pickup_code_mac,
                     at,
                 }])
             }
-            C::Collect {
-                pickup_code_hash,
-                at,
-            } => match (&self.status, &self.parcel) {
+            C::Collect { proof, at } => match (&self.status, &self.parcel) {
                 (Status::Occupied, Some(parcel)) => {
-                    if self.pickup_code_hash.as_deref() != Some(pickup_code_hash.as_str()) {
+                    if !self
+                        .pickup_code_mac
+                        .as_deref()
+                        .is_some_and(|stored| proof.opens(stored))
+                    {
                         return Err(CompartmentError::WrongPickupCode);
                     }
                     Ok(vec![E::ParcelCollected {
@@ -386,20 +425,20 @@ impl Aggregate for Compartment {
                 self.expires_at = None;
                 self.depositor = None;
                 self.parcel = None;
-                self.pickup_code_hash = None;
+                self.pickup_code_mac = None;
             }
             E::HolderChanged { to, .. } => self.holder = Some(to),
             E::ParcelDeposited {
                 depositor,
                 parcel,
-                pickup_code_hash,
+                pickup_code_mac,
                 ..
             } => {
                 self.status = Status::Occupied;
                 self.holder = None;
                 self.depositor = Some(depositor);
                 self.parcel = Some(parcel);
-                self.pickup_code_hash = Some(pickup_code_hash);
+                self.pickup_code_mac = Some(pickup_code_mac);
             }
         }
     }
@@ -653,14 +692,14 @@ mod tests {
             .when(CompartmentCommand::Deposit {
                 user: receiver(),
                 parcel: parcel.clone(),
-                pickup_code_hash: "h".into(),
+                pickup_code_mac: "h".into(),
                 at: t(30),
             })
             .then_expect_error(CompartmentError::NotHolder);
         let deposited = CompartmentEvent::ParcelDeposited {
             depositor: li(),
             parcel: parcel.clone(),
-            pickup_code_hash: "h".into(),
+            pickup_code_mac: "h".into(),
             at: t(30),
         };
         CompartmentTest::with(())
@@ -668,7 +707,7 @@ mod tests {
             .when(CompartmentCommand::Deposit {
                 user: li(),
                 parcel: parcel.clone(),
-                pickup_code_hash: "h".into(),
+                pickup_code_mac: "h".into(),
                 at: t(30),
             })
             .then_expect_events(vec![deposited.clone()]);
@@ -677,14 +716,14 @@ mod tests {
         CompartmentTest::with(())
             .given(occupied.clone())
             .when(CompartmentCommand::Collect {
-                pickup_code_hash: "wrong".into(),
+                proof: proof("wrong", "h"),
                 at: t(40),
             })
             .then_expect_error(CompartmentError::WrongPickupCode);
         CompartmentTest::with(())
             .given(occupied.clone())
             .when(CompartmentCommand::Collect {
-                pickup_code_hash: "h".into(),
+                pickup_code_mac: "h".into(),
                 at: t(40),
             })
             .then_expect_events(vec![CompartmentEvent::ParcelCollected {
@@ -700,6 +739,23 @@ mod tests {
             .given(occupied)
             .when(grant(li(), receiver(), 41))
             .then_expect_error(CompartmentError::NotReserved);
+    }
+
+    fn proof(mac: &str, legacy: &str) -> PickupProof {
+        PickupProof {
+            mac: mac.into(),
+            legacy_sha256: legacy.into(),
+        }
+    }
+
+    #[test]
+    fn a_legacy_deposit_compares_the_plain_digest_only() {
+        let stored = format!("{LEGACY_SHA256}abc");
+        assert!(proof("x", "abc").opens(&stored));
+        assert!(!proof("abc", "x").opens(&stored));
+        assert!(!proof(&stored, "x").opens(&stored));
+        assert!(proof("def", "x").opens("def"));
+        assert!(!proof("de", "def").opens("def"));
     }
 
     #[test]

@@ -31,7 +31,9 @@ pub mod values;
 pub const DEFAULT_WEBHOOK_BACKOFF_SECS: [u64; 8] = [1, 2, 5, 10, 20, 30, 60, 120];
 
 pub use authorizer::{Authorizer, AuthorizerCommand, AuthorizerError, AuthorizerEvent};
-pub use compartment::{Compartment, CompartmentCommand, CompartmentError, CompartmentEvent};
+pub use compartment::{
+    Compartment, CompartmentCommand, CompartmentError, CompartmentEvent, PickupProof, LEGACY_SHA256,
+};
 pub use grant::{Grant, GrantCommand, GrantError, GrantEvent, GrantTarget};
 pub use site::{Site, SiteCommand, SiteError, SiteEvent};
 pub use user::{LockerUser, UserCommand, UserError, UserEvent};

@@ -1,7 +1,10 @@
 //! A locker user: one `locker_user` stream per user number (their phone number).
 //!
-//! The password is stored only as a slow hash (argon2, PHC string), computed by the caller; the
-//! aggregate never sees the password itself.
+//! The password is stored only as a slow hash (argon2, PHC string), computed by the caller and
+//! kept in the vault's `credentials` table (`crate::vault`); events and this state carry only the
+//! credential's id, so nothing password-derived reaches the log or a snapshot. Version 1 of
+//! `LockerUserRegistered` / `LockerUserPasswordChanged` carried the hash; their upcaster replaces
+//! it with a reference the vault resolves.
 
 use super::values::UserNumber;
 use crate::device::Label;
@@ -15,11 +18,11 @@ pub enum UserCommand {
     Register {
         number: UserNumber,
         name: Label,
-        password_hash: String,
+        credential_id: String,
         at: DateTime<Utc>,
     },
     ChangePassword {
-        password_hash: String,
+        credential_id: String,
         at: DateTime<Utc>,
     },
     Disable {
@@ -46,11 +49,11 @@ pub enum UserEvent {
     LockerUserRegistered {
         number: UserNumber,
         name: Label,
-        password_hash: String,
+        credential_id: String,
         at: DateTime<Utc>,
     },
     LockerUserPasswordChanged {
-        password_hash: String,
+        credential_id: String,
         at: DateTime<Utc>,
     },
     LockerUserDisabled {
@@ -72,7 +75,12 @@ impl DomainEvent for UserEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        match self {
+            // 2: the credential's id instead of the password hash.
+            Self::LockerUserRegistered { .. } | Self::LockerUserPasswordChanged { .. } => "2",
+            Self::LockerUserDisabled { .. } | Self::LockerUserEnabled { .. } => "1",
+        }
+        .to_owned()
     }
 }
 
@@ -100,7 +108,7 @@ impl UserError {
 pub struct LockerUser {
     pub number: Option<UserNumber>,
     pub name: Option<Label>,
-    pub password_hash: String,
+    pub credential_id: String,
     pub disabled: bool,
 }
 
@@ -114,7 +122,7 @@ impl LockerUser {
         if let UserCommand::Register {
             number,
             name,
-            password_hash,
+            credential_id,
             at,
         } = command
         {
@@ -124,7 +132,7 @@ impl LockerUser {
             return Ok(vec![UserEvent::LockerUserRegistered {
                 number,
                 name,
-                password_hash,
+                credential_id,
                 at,
             }]);
         }
@@ -133,8 +141,8 @@ impl LockerUser {
         }
         Ok(match command {
             UserCommand::Register { .. } => unreachable!("handled above"),
-            UserCommand::ChangePassword { password_hash, at } => {
-                vec![UserEvent::LockerUserPasswordChanged { password_hash, at }]
+            UserCommand::ChangePassword { credential_id, at } => {
+                vec![UserEvent::LockerUserPasswordChanged { credential_id, at }]
             }
             UserCommand::Disable { at } if !self.disabled => {
                 vec![UserEvent::LockerUserDisabled { at }]
@@ -173,15 +181,15 @@ impl Aggregate for LockerUser {
             UserEvent::LockerUserRegistered {
                 number,
                 name,
-                password_hash,
+                credential_id,
                 ..
             } => {
                 self.number = Some(number);
                 self.name = Some(name);
-                self.password_hash = password_hash;
+                self.credential_id = credential_id;
             }
-            UserEvent::LockerUserPasswordChanged { password_hash, .. } => {
-                self.password_hash = password_hash
+            UserEvent::LockerUserPasswordChanged { credential_id, .. } => {
+                self.credential_id = credential_id
             }
             UserEvent::LockerUserDisabled { .. } => self.disabled = true,
             UserEvent::LockerUserEnabled { .. } => self.disabled = false,
@@ -202,7 +210,7 @@ mod tests {
         UserEvent::LockerUserRegistered {
             number: UserNumber::parse("n", "13455555555").unwrap(),
             name: Label::parse("name", "李", 80).unwrap(),
-            password_hash: "$argon2id$x".into(),
+            credential_id: "cred_1".into(),
             at: at(),
         }
     }
@@ -214,7 +222,7 @@ mod tests {
             .when(UserCommand::Register {
                 number: UserNumber::parse("n", "13455555555").unwrap(),
                 name: Label::parse("name", "李", 80).unwrap(),
-                password_hash: "$argon2id$x".into(),
+                credential_id: "cred_1".into(),
                 at: at(),
             })
             .then_expect_events(vec![registered()]);
@@ -242,7 +250,7 @@ mod tests {
             .when(UserCommand::Register {
                 number: UserNumber::parse("n", "13455555555").unwrap(),
                 name: Label::parse("name", "x", 80).unwrap(),
-                password_hash: "h".into(),
+                credential_id: "cred_2".into(),
                 at: at(),
             })
             .then_expect_error(UserError::AlreadyRegistered);

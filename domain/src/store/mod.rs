@@ -471,11 +471,20 @@ pub struct Store {
     pub api_tokens: AggregateStore<ApiToken>,
     pub locker_logins: AggregateStore<LockerLogin>,
     pub sticker_scans: AggregateStore<StickerScan>,
+    /// The secrets events name only by id (signing secrets, password hashes).
+    pub vault: crate::vault::Vault,
 }
 
 impl Store {
+    /// A store whose vault uses the development secrets key (tests, benches, tools that do not
+    /// read secrets); `latch serve` uses [`Store::with_vault_key`].
     pub fn new(pool: PgPool) -> Self {
+        Self::with_vault_key(pool, crate::vault::VaultKey::development())
+    }
+
+    pub fn with_vault_key(pool: PgPool, key: crate::vault::VaultKey) -> Self {
         Self {
+            vault: crate::vault::Vault::new(pool.clone(), key),
             devices: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
             qr_logins: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
             shopping_sessions: AggregateStore::new(pool.clone(), DEFAULT_CONFLICT_RETRIES),
