@@ -166,6 +166,20 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<latch_domain::vault::VaultError> for ApiError {
+    fn from(e: latch_domain::vault::VaultError) -> Self {
+        match e {
+            latch_domain::vault::VaultError::Sql(e) => e.into(),
+            // A wrong or missing secrets key is the operator's to fix; the caller learns nothing
+            // about the secret.
+            other => {
+                tracing::error!(error = %other, "vault");
+                Self::Internal("a stored secret is unusable".into())
+            }
+        }
+    }
+}
+
 impl From<CommandError<DeviceError>> for ApiError {
     fn from(e: CommandError<DeviceError>) -> Self {
         match e {

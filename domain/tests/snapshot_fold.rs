@@ -1052,13 +1052,16 @@ fn compartment_command(
             user: holder_or(*by_holder, *parcel),
             parcel: ParcelNumber::parse("parcel", pick(&["SF1234567890", "YT-0001_x"], *parcel))
                 .unwrap(),
-            pickup_code_hash: format!("code-hash-{}", now.fresh),
+            pickup_code_mac: format!("code-mac-{}", now.fresh),
             at,
         },
         S::Collect { right_code } => C::Collect {
-            pickup_code_hash: match (&compartment.pickup_code_hash, right_code) {
-                (Some(hash), true) => hash.clone(),
-                _ => "wrong".into(),
+            proof: latch_domain::locker::PickupProof {
+                mac: match (&compartment.pickup_code_mac, right_code) {
+                    (Some(mac), true) => mac.clone(),
+                    _ => "wrong".into(),
+                },
+                legacy_sha256: "wrong".into(),
             },
             at,
         },
@@ -1093,9 +1096,10 @@ enum UserStep {
     Enable,
 }
 
-const PASSWORD_HASHES: [&str; 2] = [
-    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
-    "$argon2id$v=19$m=19456,t=2,p=1$b3RoZXJzYWx0$b3RoZXJoYXNoaGFzaGhhc2g",
+/// Credential ids (the hashes themselves live in the vault, not in events).
+const CREDENTIALS: [&str; 2] = [
+    "cred_0195f0c2000070008000000000000001",
+    "cred_0195f0c2000070008000000000000002",
 ];
 
 fn user_command(_: &LockerUser, step: &UserStep, now: Now) -> UserCommand {
@@ -1104,11 +1108,11 @@ fn user_command(_: &LockerUser, step: &UserStep, now: Now) -> UserCommand {
         UserStep::Register { number, name, hash } => UserCommand::Register {
             number: user_number(pick(&USERS, *number)),
             name: label(pick(&NAMES, *name)),
-            password_hash: pick(&PASSWORD_HASHES, *hash).into(),
+            credential_id: pick(&CREDENTIALS, *hash).into(),
             at,
         },
         UserStep::ChangePassword(hash) => UserCommand::ChangePassword {
-            password_hash: pick(&PASSWORD_HASHES, *hash).into(),
+            credential_id: pick(&CREDENTIALS, *hash).into(),
             at,
         },
         UserStep::Disable => UserCommand::Disable { at },
@@ -1156,9 +1160,10 @@ const ENDPOINTS: [&str; 2] = [
     "http://127.0.0.1:9100/grants",
     "https://courier.example/hooks/latch?v=2",
 ];
+/// Secret ids (the secrets themselves live in the vault, not in events).
 const SECRETS: [&str; 2] = [
-    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-    "whsec_c2VjcmV0LXR3by1mb3ItdGhlLXRlc3Q=",
+    "fp_00112233445566778899aabbccddeeff",
+    "fp_ffeeddccbbaa99887766554433221100",
 ];
 
 fn authorizer_command(_: &Authorizer, step: &AuthorizerStep, now: Now) -> AuthorizerCommand {
@@ -1168,7 +1173,7 @@ fn authorizer_command(_: &Authorizer, step: &AuthorizerStep, now: Now) -> Author
             number: authorizer_number(pick(&AUTHORIZERS, *number)),
             name: label(pick(&NAMES, *name)),
             endpoint: endpoint(ENDPOINTS[0]),
-            secret: SECRETS[0].into(),
+            secret_id: SECRETS[0].into(),
             at,
         },
         AuthorizerStep::Deactivate => AuthorizerCommand::Deactivate { at },
@@ -1178,7 +1183,7 @@ fn authorizer_command(_: &Authorizer, step: &AuthorizerStep, now: Now) -> Author
             secret,
         } => AuthorizerCommand::Reconfigure {
             endpoint: endpoint(pick(&ENDPOINTS, *e)),
-            secret: pick(&SECRETS, *secret).into(),
+            secret_id: pick(&SECRETS, *secret).into(),
             at,
         },
     }

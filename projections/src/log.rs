@@ -123,8 +123,43 @@ impl LogRow {
     }
 
     /// The EVENTS message body: a [`LoggedEvent`] in JSON, payload and metadata embedded as
-    /// stored.
+    /// stored. An old event whose stored form holds a secret (see
+    /// `latch_domain::upcast::hides_secret`) goes out as readers may see it instead: upcast,
+    /// secret dropped, marked `"redacted": true`. Its `hash` is still the stored row's, so such a
+    /// line cannot be re-hashed from what it shows; `audit verify` checks it against the row.
     pub fn to_message(&self) -> Vec<u8> {
+        if latch_domain::upcast::hides_secret(&self.event_type, &self.event_version) {
+            return self.redacted().message(true);
+        }
+        self.message(false)
+    }
+
+    /// This row as readers may see it (see [`Self::to_message`]).
+    fn redacted(&self) -> LogRow {
+        let payload = serde_json::from_str::<Value>(&self.payload_json).unwrap_or(Value::Null);
+        let shown = latch_domain::upcast::for_readers(cqrs_es::persist::SerializedEvent::new(
+            self.aggregate_id.clone(),
+            self.sequence.max(0) as usize,
+            self.aggregate_type.clone(),
+            self.event_type.clone(),
+            self.event_version.clone(),
+            payload,
+            Value::Null,
+        ));
+        let payload_json = if shown.event_version == self.event_version {
+            // Not understood by any upcaster: show no payload rather than the stored one.
+            "null".to_owned()
+        } else {
+            shown.payload.to_string()
+        };
+        LogRow {
+            event_version: shown.event_version,
+            payload_json,
+            ..self.clone()
+        }
+    }
+
+    fn message(&self, redacted: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             256 + self.payload_json.len() + self.metadata_json.len() + self.aggregate_id.len(),
         );
@@ -153,6 +188,9 @@ impl LogRow {
                 .to_rfc3339_opts(SecondsFormat::Micros, true),
         );
         string(&mut out, "hash", &hex::encode(self.hash));
+        if redacted {
+            out.extend_from_slice(b",\"redacted\":true");
+        }
         out.push(b'}');
         out
     }

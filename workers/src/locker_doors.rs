@@ -98,7 +98,7 @@ impl LockerDoors {
     /// collection and the compartment has a door.
     /// `Err` is a passing failure (Postgres away): the message is tried again later.
     pub async fn handle(&self, event: &LoggedEvent) -> Result<Outcome, String> {
-        let why = match serde_json::from_value::<CompartmentEvent>(event.payload.clone()) {
+        let why = match serde_json::from_value::<CompartmentEvent>(event.upcast().payload.clone()) {
             Ok(CompartmentEvent::ParcelDeposited { .. }) => "deposit",
             Ok(CompartmentEvent::ParcelCollected { .. }) => "collection",
             _ => return Ok(Outcome::Done),

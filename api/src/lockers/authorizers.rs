@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use latch_domain::device::Label;
 use latch_domain::locker::{AuthorizerCommand, AuthorizerNumber, Endpoint};
+use latch_domain::vault::authorizer_secret_id;
 use latch_domain::webhooks::secret_key;
 use latch_projections::lockers::queries::{self, AuthorizerRow};
 use serde::Deserialize;
@@ -22,8 +23,33 @@ pub struct RegisterAuthorizer {
     pub name: String,
     /// Service endpoint that receives grant requests.
     pub endpoint: String,
-    /// Standard Webhooks secret, `whsec_` + base64.
+    /// Standard Webhooks secret, `whsec_` + base64 of at least 32 random bytes.
     pub secret: String,
+}
+
+/// The fewest key bytes an authorizer's signing secret may have: anyone who guesses it can
+/// forge the authorizer's answers, and its fingerprint names it in the log.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Refuses a secret that is not `whsec_` + base64, or that carries fewer than
+/// [`MIN_SECRET_BYTES`] key bytes.
+pub fn check_secret(secret: &str) -> Result<(), ApiError> {
+    match secret_key(secret) {
+        None => Err(ApiError::bad_request(
+            "invalid_field",
+            "secret",
+            "must be `whsec_` + base64",
+        )),
+        Some(key) if key.len() < MIN_SECRET_BYTES => Err(ApiError::bad_request(
+            "secret_too_short",
+            "secret",
+            format!(
+                "must carry at least {MIN_SECRET_BYTES} random bytes (`whsec_` + base64 of them); this one has {}",
+                key.len()
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 #[utoipa::path(post, path = "/lockers/authorizers", tag = "lockers", request_body = RegisterAuthorizer, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
@@ -39,18 +65,24 @@ pub async fn register_authorizer(
     let number = AuthorizerNumber::parse("number", &req.number)?;
     let name = Label::parse("name", &req.name, 80)?;
     let endpoint = Endpoint::parse("endpoint", &req.endpoint)?;
-    if secret_key(&req.secret).is_none() {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            "secret",
-            "must be `whsec_` + base64",
-        ));
-    }
+    check_secret(&req.secret)?;
+    // The secret goes to the vault, encrypted; the event names it by its fingerprint. A command
+    // that is then refused leaves an unreferenced row, which nothing reads.
+    let secret_id = authorizer_secret_id(number.as_str(), &req.secret);
+    state
+        .store
+        .vault
+        .put_secret(
+            &secret_id,
+            &format!("locker_authorizer/{number}"),
+            &req.secret,
+        )
+        .await?;
     let command = AuthorizerCommand::Register {
         number: number.clone(),
         name: name.clone(),
         endpoint: endpoint.clone(),
-        secret: req.secret.clone(),
+        secret_id,
         at: state.clock.now(),
     };
     state

@@ -87,7 +87,15 @@ pub async fn handle_answer(
             code: "authorizer_not_found",
             message: format!("no authorizer {number}"),
         })?;
-    let signed = crate::webhooks::verify(&authorizer.secret, headers, body, clock.now())?;
+    let secret = store
+        .vault
+        .secret(&authorizer.secret_id)
+        .await?
+        .ok_or_else(|| {
+            tracing::error!(authorizer = %number, "the authorizer's signing secret is missing from the vault");
+            ApiError::Internal("the authorizer's signing secret is unavailable".into())
+        })?;
+    let signed = crate::webhooks::verify(&secret, headers, body, clock.now())?;
     let callback: CallbackBody =
         serde_json::from_slice(body).map_err(|e| ApiError::BadRequest {
             code: "webhook_body_invalid",

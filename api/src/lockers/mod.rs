@@ -47,6 +47,7 @@ use latch_domain::locker::{
     AuthorizerError, CompartmentError, GrantError, SiteError, UserError, UserNumber,
 };
 use latch_domain::store::CommandError;
+pub use parcels::{PickupPepper, DEVELOPMENT_PICKUP_PEPPER};
 use parcels::*;
 pub use passwords::hash_password;
 use passwords::PasswordJob;
@@ -73,6 +74,9 @@ pub struct LockerSettings {
     /// Pauses between grant-request webhook attempts (the grant-delivery role): one attempt,
     /// then one more after each pause, then the request is dead-lettered.
     pub webhook_backoff: Vec<Duration>,
+    /// Server-side key of the pickup codes' MAC (`LATCH_PICKUP_PEPPER`). Changing it voids the
+    /// codes of parcels not yet collected.
+    pub pickup_pepper: PickupPepper,
 }
 
 impl Default for LockerSettings {
@@ -86,6 +90,7 @@ impl Default for LockerSettings {
                 .into_iter()
                 .map(Duration::from_secs)
                 .collect(),
+            pickup_pepper: PickupPepper::development(),
         }
     }
 }
@@ -105,10 +110,15 @@ pub struct Lockers {
 
 impl Lockers {
     pub fn new(settings: LockerSettings, clock: SharedClock) -> Self {
+        let password_work = passwords::password_threads();
+        // Make the dummy hash now, so the first unknown user's login is not the one to pay.
+        let _ = password_work.try_send(Box::new(|| {
+            passwords::dummy_hash();
+        }));
         Self {
             login_limit: Limit::per_minute(settings.login_attempts_per_minute, clock),
             settings,
-            password_work: passwords::password_threads(),
+            password_work,
         }
     }
 }

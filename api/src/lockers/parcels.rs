@@ -10,15 +10,72 @@ use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use latch_domain::locker::{CompartmentCommand, CompartmentError, CompartmentId};
+use latch_domain::locker::{CompartmentCommand, CompartmentError, CompartmentId, PickupProof};
 use latch_domain::store::CommandError;
 use serde::Deserialize;
 use serde_json::json;
 
-/// How a pickup code is kept: SHA-256 over the compartment and the code, hex.
-fn pickup_hash(id: &CompartmentId, code: &str) -> String {
+/// The pickup pepper used when none is configured (development; warned about at start).
+pub const DEVELOPMENT_PICKUP_PEPPER: &str = "latch-dev-pickup-pepper-change-me";
+
+/// The server-side key of pickup codes' MAC (`LATCH_PICKUP_PEPPER`); never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PickupPepper(Vec<u8>);
+
+impl PickupPepper {
+    pub fn new(key: impl Into<Vec<u8>>) -> Self {
+        Self(key.into())
+    }
+    pub fn development() -> Self {
+        Self::new(DEVELOPMENT_PICKUP_PEPPER)
+    }
+    pub fn is_development(&self) -> bool {
+        self.0 == DEVELOPMENT_PICKUP_PEPPER.as_bytes()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PickupPepper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PickupPepper(..)")
+    }
+}
+
+/// Digits in a pickup code: 10^12 codes, so guessing one within the collection limits is
+/// hopeless, and still typeable from an SMS.
+pub const PICKUP_CODE_DIGITS: usize = 12;
+
+/// A fresh pickup code, uniform over every [`PICKUP_CODE_DIGITS`]-digit string.
+fn new_pickup_code() -> String {
+    let code = rand::random_range(0..10u64.pow(PICKUP_CODE_DIGITS as u32));
+    format!("{code:0width$}", width = PICKUP_CODE_DIGITS)
+}
+
+/// How a pickup code is kept: HMAC-SHA256 over the compartment and the code under the
+/// server-side pepper, hex. Without the pepper, the log gives nothing to try codes against.
+pub fn pickup_mac(pepper: &PickupPepper, id: &CompartmentId, code: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(pepper.as_bytes()).expect("HMAC takes any key length");
+    mac.update(format!("{id}:{code}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A collector's code in both forms a deposit may have kept: the MAC, and the plain SHA-256
+/// that deposits recorded as `ParcelDeposited` version 1 kept.
+fn pickup_proof(pepper: &PickupPepper, id: &CompartmentId, code: &str) -> PickupProof {
     use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(format!("{id}:{code}").as_bytes()))
+    PickupProof {
+        mac: pickup_mac(pepper, id, code),
+        legacy_sha256: hex::encode(Sha256::digest(format!("{id}:{code}").as_bytes())),
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -38,11 +95,11 @@ pub(super) async fn deposit(
     let user = me(&actor)?;
     let id = CompartmentId::parse("id", &id)?;
     let parcel = latch_domain::locker::ParcelNumber::parse("parcel", &body.value.parcel)?;
-    let code = format!("{:08}", rand::random::<u32>() % 100_000_000);
+    let code = new_pickup_code();
     let command = CompartmentCommand::Deposit {
         user,
         parcel: parcel.clone(),
-        pickup_code_hash: pickup_hash(&id, &code),
+        pickup_code_mac: pickup_mac(&state.lockers.settings.pickup_pepper, &id, &code),
         at: state.clock.now(),
     };
     let done = state
@@ -73,6 +130,27 @@ pub(super) async fn deposit(
     ))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_twelve_digits_and_macs_need_the_pepper() {
+        let code = new_pickup_code();
+        assert_eq!(code.len(), PICKUP_CODE_DIGITS);
+        assert!(code.bytes().all(|b| b.is_ascii_digit()));
+        let id = CompartmentId::parse("id", "610091A01:01").unwrap();
+        let one = PickupPepper::new("pepper-one");
+        let a = pickup_mac(&one, &id, &code);
+        assert_eq!(a, pickup_mac(&one, &id, &code));
+        assert_ne!(a, pickup_mac(&PickupPepper::new("pepper-two"), &id, &code));
+        assert!(!format!("{one:?}").contains("pepper-one"));
+        let proof = pickup_proof(&one, &id, &code);
+        assert_eq!(proof.mac, a);
+        assert_ne!(proof.legacy_sha256, a);
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Collect {
@@ -99,7 +177,11 @@ pub(super) async fn collect(
         });
     }
     let command = CompartmentCommand::Collect {
-        pickup_code_hash: pickup_hash(&id, body.value.pickup_code.trim()),
+        proof: pickup_proof(
+            &state.lockers.settings.pickup_pepper,
+            &id,
+            body.value.pickup_code.trim(),
+        ),
         at: state.clock.now(),
     };
     match state

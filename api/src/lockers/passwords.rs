@@ -43,6 +43,20 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
         .map_err(|e| ApiError::Internal(format!("argon2: {e}")))
 }
 
+/// An argon2id hash of a random password, with the same parameters as every real one: what an
+/// unknown user's login is checked against, so it costs what a known user's does. Made once, on
+/// a password thread (see [`super::Lockers::new`]).
+pub(super) fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let password: [u8; 16] = rand::random();
+        hash_password(&hex::encode(password)).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "no dummy password hash; unknown users answer faster");
+            String::new()
+        })
+    });
+    &DUMMY
+}
+
 pub(super) fn verify_password(password: &str, hash: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
     PasswordHash::new(hash).is_ok_and(|parsed| {

@@ -723,7 +723,7 @@ mod tests {
         CompartmentTest::with(())
             .given(occupied.clone())
             .when(CompartmentCommand::Collect {
-                pickup_code_mac: "h".into(),
+                proof: proof("h", "x"),
                 at: t(40),
             })
             .then_expect_events(vec![CompartmentEvent::ParcelCollected {
