@@ -30,6 +30,8 @@ pub enum StartError {
     Nats(String),
     #[error("audit: {0}")]
     AuditKey(#[from] latch_projections::audit::signing::KeyError),
+    #[error("LATCH_SECRETS_KEY: {0}")]
+    SecretsKey(#[from] latch_domain::vault::VaultKeyError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -73,9 +75,21 @@ impl Application {
             (None, 0)
         };
         let audit_key = settings.audit.key()?;
+        let secrets_key = match &settings.secrets_key {
+            Some(raw) => latch_domain::vault::VaultKey::parse(raw)?,
+            None => latch_domain::vault::VaultKey::development(),
+        };
+        if secrets_key.is_development() {
+            tracing::warn!("LATCH_SECRETS_KEY is not set: stored signing secrets are encrypted under the development key");
+        }
+        if settings.lockers.pickup_pepper.is_development() {
+            tracing::warn!("LATCH_PICKUP_PEPPER is not set: pickup codes are keyed with the development pepper");
+        } else if settings.lockers.pickup_pepper.len() < 32 {
+            tracing::warn!("LATCH_PICKUP_PEPPER is shorter than 32 bytes");
+        }
         Ok(Self {
             audit_key,
-            store: Arc::new(Store::new(pool.clone())),
+            store: Arc::new(Store::with_vault_key(pool.clone(), secrets_key)),
             pool,
             nats,
             listener,
@@ -160,6 +174,16 @@ impl Application {
                 }
             });
         }
+        // Secrets and password hashes that only old events still hold move into the vault once
+        // (each is also moved on first use, so a failure here only costs that first use).
+        let store = self.store.clone();
+        tasks.spawn(async move {
+            match store.vault.import_legacy().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(moved = n, "secrets of old events moved into the vault"),
+                Err(e) => tracing::warn!(error = %e, "secrets of old events not moved yet"),
+            }
+        });
         let deps = self.worker_deps(js.clone());
         for role in &s.roles {
             for task in latch_workers::roles::tasks(*role, &deps, &shutdown) {

@@ -43,7 +43,7 @@ type Error = Box<dyn std::error::Error>;
 
 const DIRECT_SITE: &str = "BENCHD";
 const WEBHOOK_SITE: &str = "BENCHW";
-const SECRET: &str = "whsec_YmVuY2gtYXV0aG9yaXplci1zZWNyZXQta2V5";
+const SECRET: &str = "whsec_bGF0Y2gtYmVuY2gtYXV0aG9yaXplci1zaWduaW5nLXNlY3JldA==";
 const COURIER: &str = "13900000000";
 /// Registrations in flight at once while setting up (each hashes a password with argon2).
 const SETUP_PARALLEL: usize = 8;

@@ -141,6 +141,15 @@ pub struct ServeArgs {
         default_value = "latch-dev-sticker-key-change-me"
     )]
     pub sticker_key: String,
+    /// Key that encrypts authorizers' signing secrets at rest: 64 hex characters or base64 of
+    /// 32 bytes. Default: a development key, with a warning. Keep it stable: the stored secrets
+    /// do not decrypt under another key.
+    #[arg(long, env = "LATCH_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<String>,
+    /// Server-side key of the pickup codes' MAC (any string of 32 bytes or more). Default: a
+    /// development pepper, with a warning. Changing it voids uncollected parcels' codes.
+    #[arg(long, env = "LATCH_PICKUP_PEPPER", hide_env_values = true)]
+    pub pickup_pepper: Option<String>,
     /// Kazaya's base URL; without it shopper login and payments answer 503.
     #[arg(long, env = "LATCH_KAZAYA_URL")]
     pub kazaya_url: Option<String>,
@@ -173,8 +182,11 @@ pub struct Settings {
     pub vending: VendingConfig,
     /// The member and payment platform; `None` leaves shopper login and payment unavailable.
     pub kazaya: Option<KazayaConfig>,
-    /// Parcel lockers: login limits, session length, grant timeout, webhook backoff.
+    /// Parcel lockers: login limits, session length, grant timeout, webhook backoff, pickup
+    /// pepper.
     pub lockers: latch_api::lockers::LockerSettings,
+    /// `LATCH_SECRETS_KEY` as given (parsed at start); `None`: the development key.
+    pub secrets_key: Option<String>,
 }
 
 impl Settings {
@@ -199,6 +211,7 @@ impl Settings {
             vending: VendingConfig::default(),
             kazaya: None,
             lockers: latch_api::lockers::LockerSettings::default(),
+            secrets_key: None,
         }
     }
 
@@ -238,10 +251,14 @@ impl From<ServeArgs> for Settings {
                 .map(|ms| Duration::from_millis(*ms))
                 .collect();
         }
+        if let Some(pepper) = &a.pickup_pepper {
+            lockers.pickup_pepper = latch_api::lockers::PickupPepper::new(pepper.as_str());
+        }
         Self {
             vending,
             kazaya,
             lockers,
+            secrets_key: a.secrets_key.clone(),
             roles: if a.roles.is_empty() {
                 Role::ALL.to_vec()
             } else {

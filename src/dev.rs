@@ -301,7 +301,7 @@ pub const DEV_LOCKER_PASSWORD: &str = "latch-dev-1";
 pub const DEV_LOCKER_SITE: &str = "610091A01";
 /// Signs grant requests and callbacks between Latch and the demo courier companies. Fixed, so a
 /// restart keeps agreeing with what the database already holds; it guards nothing real.
-pub const DEV_AUTHORIZER_SECRET: &str = "whsec_bGF0Y2gtZGV2LWNvdXJpZXItc2VjcmV0LWtleQ==";
+pub const DEV_AUTHORIZER_SECRET: &str = "whsec_bGF0Y2gtZGV2LWNvdXJpZXItc2lnbmluZy1zZWNyZXQ=";
 /// Company B has no sandbox in the demo: its requests go nowhere and expire.
 const DEV_COMPANY_B_ENDPOINT: &str = "http://127.0.0.1:9/grants";
 
@@ -430,10 +430,15 @@ pub async fn seed_lockers(
                 .await?
                 .map_err(|e| e.to_string())?;
         for (number, name) in missing {
+            let credential_id = store
+                .vault
+                .put_password_hash(number.as_str(), &hash)
+                .await
+                .map_err(|e| e.to_string())?;
             let command = UserCommand::Register {
                 number: number.clone(),
                 name: Label::parse("name", name, 80)?,
-                password_hash: hash.clone(),
+                credential_id,
                 at,
             };
             match store
@@ -453,13 +458,23 @@ pub async fn seed_lockers(
         ("0002", "快递公司B", DEV_COMPANY_B_ENDPOINT),
     ] {
         let endpoint = Endpoint::parse("endpoint", endpoint)?;
+        let secret_id = latch_domain::vault::authorizer_secret_id(number, DEV_AUTHORIZER_SECRET);
+        store
+            .vault
+            .put_secret(
+                &secret_id,
+                &format!("locker_authorizer/{number}"),
+                DEV_AUTHORIZER_SECRET,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
         match store.authorizers.load(number).await? {
             None => {
                 let command = AuthorizerCommand::Register {
                     number: AuthorizerNumber::parse("number", number)?,
                     name: Label::parse("name", name, 80)?,
                     endpoint,
-                    secret: DEV_AUTHORIZER_SECRET.to_owned(),
+                    secret_id,
                     at,
                 };
                 match store
@@ -474,11 +489,11 @@ pub async fn seed_lockers(
             }
             Some(existing)
                 if existing.endpoint.as_ref() != Some(&endpoint)
-                    || existing.secret != DEV_AUTHORIZER_SECRET =>
+                    || existing.secret_id != secret_id =>
             {
                 let command = AuthorizerCommand::Reconfigure {
                     endpoint,
-                    secret: DEV_AUTHORIZER_SECRET.to_owned(),
+                    secret_id,
                     at,
                 };
                 store

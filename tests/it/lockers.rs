@@ -15,8 +15,8 @@ use std::time::Duration;
 
 pub(crate) const SITE: &str = "610091A01";
 pub(crate) const PASSWORD: &str = "secret-pass-1";
-pub(crate) const SECRET_A: &str = "whsec_a3VhaWRpLWEtc2VjcmV0LWtleQ==";
-const SECRET_B: &str = "whsec_a3VhaWRpLWItc2VjcmV0LWtleQ==";
+pub(crate) const SECRET_A: &str = "whsec_a3VhaWRpLWEtc2lnbmluZy1zZWNyZXQtZm9yLWxhdGNoLXRlc3Rz";
+const SECRET_B: &str = "whsec_a3VhaWRpLWItc2lnbmluZy1zZWNyZXQtZm9yLWxhdGNoLXRlc3Rz";
 
 type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 

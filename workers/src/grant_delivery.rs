@@ -288,7 +288,17 @@ impl GrantDelivery {
             }
             Err(e) => return Outcome::Unavailable(e.to_string()),
         };
-        let Some(key) = secret_key(&company.secret) else {
+        let secret = match self.store.vault.secret(&company.secret_id).await {
+            Ok(secret) => secret.unwrap_or_default(),
+            Err(latch_domain::vault::VaultError::Sql(e)) => {
+                return Outcome::Unavailable(e.to_string())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "authorizer secret unusable");
+                String::new()
+            }
+        };
+        let Some(key) = secret_key(&secret) else {
             return Outcome::Refused(
                 "invalid_secret",
                 format!("authorizer {authorizer} has no usable signing secret"),
