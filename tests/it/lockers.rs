@@ -18,10 +18,10 @@ pub(crate) const PASSWORD: &str = "secret-pass-1";
 pub(crate) const SECRET_A: &str = "whsec_a3VhaWRpLWEtc2lnbmluZy1zZWNyZXQtZm9yLWxhdGNoLXRlc3Rz";
 const SECRET_B: &str = "whsec_a3VhaWRpLWItc2lnbmluZy1zZWNyZXQtZm9yLWxhdGNoLXRlc3Rz";
 
-type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+pub(crate) type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 
 /// Company A's service endpoint as seen from Latch: records each delivery.
-async fn endpoint() -> (String, Received) {
+pub(crate) async fn endpoint() -> (String, Received) {
     let received: Received = Arc::default();
     let r = received.clone();
     let app = axum::Router::new().route(
@@ -58,7 +58,7 @@ pub(crate) async fn user(app: &TestApp, number: &str, name: &str) {
     created(res, "register user").await;
 }
 
-async fn authorizer(app: &TestApp, number: &str, name: &str, endpoint: &str, secret: &str) {
+pub(crate) async fn authorizer(app: &TestApp, number: &str, name: &str, endpoint: &str, secret: &str) {
     let res = app
         .post(
             "/lockers/authorizers",
@@ -171,7 +171,7 @@ pub(crate) async fn holder_of(app: &TestApp, id: &str) -> Option<String> {
     holder
 }
 
-async fn error_of(res: reqwest::Response) -> (u16, String, Option<String>) {
+pub(crate) async fn error_of(res: reqwest::Response) -> (u16, String, Option<String>) {
     let status = res.status().as_u16();
     let body: Value = res.json().await.unwrap();
     (
@@ -184,7 +184,7 @@ async fn error_of(res: reqwest::Response) -> (u16, String, Option<String>) {
     )
 }
 
-fn signed(secret: &str, id: &str, timestamp: i64, body: &str) -> HeaderMap {
+pub(crate) fn signed(secret: &str, id: &str, timestamp: i64, body: &str) -> HeaderMap {
     let key = base64::engine::general_purpose::STANDARD
         .decode(secret.strip_prefix("whsec_").unwrap())
         .unwrap();
@@ -201,7 +201,7 @@ fn signed(secret: &str, id: &str, timestamp: i64, body: &str) -> HeaderMap {
     h
 }
 
-async fn callback(
+pub(crate) async fn callback(
     app: &TestApp,
     number: &str,
     headers: HeaderMap,
@@ -219,7 +219,7 @@ async fn callback(
         .unwrap()
 }
 
-fn accepted(request_id: &str, receiver: &str, number: &str) -> String {
+pub(crate) fn accepted(request_id: &str, receiver: &str, number: &str) -> String {
     json!({
         "type": "grant.accepted",
         "data": {
