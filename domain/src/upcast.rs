@@ -127,7 +127,11 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
         secret("AuthorizerRegistered", "secret", "secret_id"),
         secret("AuthorizerReconfigured", "secret", "secret_id"),
         secret("LockerUserRegistered", "password_hash", "credential_id"),
-        secret("LockerUserPasswordChanged", "password_hash", "credential_id"),
+        secret(
+            "LockerUserPasswordChanged",
+            "password_hash",
+            "credential_id",
+        ),
         Box::new(VersionUpcaster {
             event_type: "ParcelDeposited",
             from: "1",
@@ -241,7 +245,13 @@ mod tests {
         }
     }
 
-    fn stored(aggregate_type: &str, id: &str, seq: usize, event_type: &str, payload: Value) -> SerializedEvent {
+    fn stored(
+        aggregate_type: &str,
+        id: &str,
+        seq: usize,
+        event_type: &str,
+        payload: Value,
+    ) -> SerializedEvent {
         SerializedEvent::new(
             id.into(),
             seq,

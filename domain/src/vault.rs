@@ -60,7 +60,8 @@ impl VaultKey {
     pub fn from_bytes(key: [u8; 32]) -> Self {
         // A short public name for the key, so a row encrypted under another key is reported as
         // such rather than as corrupt.
-        let id = hex::encode(&Sha256::digest([b"latch-vault-key\0".as_slice(), &key].concat())[..8]);
+        let id =
+            hex::encode(&Sha256::digest([b"latch-vault-key\0".as_slice(), &key].concat())[..8]);
         Self { key, id }
     }
 
@@ -99,7 +100,9 @@ impl VaultKey {
 pub enum VaultError {
     #[error("database: {0}")]
     Sql(#[from] sqlx::Error),
-    #[error("secret {id} was encrypted under key {stored}, but the configured key is {configured}")]
+    #[error(
+        "secret {id} was encrypted under key {stored}, but the configured key is {configured}"
+    )]
     WrongKey {
         id: String,
         stored: String,

@@ -159,9 +159,9 @@ async fn audit_sees_scans_logins_and_revocations_and_no_secret() {
         // The user's argon2 hash (kept in `credentials`, see tests/it/secrets.rs for the whole
         // log) is in none of the new facts.
         let (argon,): (String,) = sqlx::query_as("SELECT password_hash FROM credentials")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
         for line in body.lines().filter(|l| {
             ["sticker_scan", "locker_login", "api_token"]
                 .iter()

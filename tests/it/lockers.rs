@@ -58,7 +58,13 @@ pub(crate) async fn user(app: &TestApp, number: &str, name: &str) {
     created(res, "register user").await;
 }
 
-pub(crate) async fn authorizer(app: &TestApp, number: &str, name: &str, endpoint: &str, secret: &str) {
+pub(crate) async fn authorizer(
+    app: &TestApp,
+    number: &str,
+    name: &str,
+    endpoint: &str,
+    secret: &str,
+) {
     let res = app
         .post(
             "/lockers/authorizers",

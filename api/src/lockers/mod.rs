@@ -47,8 +47,8 @@ use latch_domain::locker::{
     AuthorizerError, CompartmentError, GrantError, SiteError, UserError, UserNumber,
 };
 use latch_domain::store::CommandError;
-pub use parcels::{PickupPepper, DEVELOPMENT_PICKUP_PEPPER};
 use parcels::*;
+pub use parcels::{PickupPepper, DEVELOPMENT_PICKUP_PEPPER};
 pub use passwords::hash_password;
 use passwords::PasswordJob;
 use reservations::*;

@@ -63,7 +63,8 @@ fn new_pickup_code() -> String {
 /// server-side pepper, hex. Without the pepper, the log gives nothing to try codes against.
 pub fn pickup_mac(pepper: &PickupPepper, id: &CompartmentId, code: &str) -> String {
     use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(pepper.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(pepper.as_bytes()).expect("HMAC takes any key length");
     mac.update(format!("{id}:{code}").as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }

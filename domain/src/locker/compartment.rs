@@ -110,7 +110,10 @@ pub enum CompartmentCommand {
         at: DateTime<Utc>,
     },
     /// The recipient collects with the pickup code (given as its digests).
-    Collect { proof: PickupProof, at: DateTime<Utc> },
+    Collect {
+        proof: PickupProof,
+        at: DateTime<Utc>,
+    },
 }
 
 impl CompartmentCommand {
