@@ -20,5 +20,6 @@ mod qr_pages;
 mod relay;
 mod snapshots;
 mod telemetry;
+mod tls;
 mod vending;
 mod vending_pages;
