@@ -5,11 +5,11 @@
 //! shutdown future resolves, then stops taking work, lets in-flight messages finish and returns.
 
 use crate::config::{LatchEnv, Role, Settings};
-use latch_domain::outbound::TlsRoots;
 use latch_api::auth::Auth;
 use latch_api::qr::hub::Hub;
 use latch_api::qr::QrService;
 use latch_api::AppState;
+use latch_domain::outbound::TlsRoots;
 use latch_domain::store::{self, Store};
 use latch_workers::relay::RelayConfig;
 use latch_workers::sweeper::SweeperConfig;

@@ -153,8 +153,14 @@ mod tests {
         s.vending.sticker_key = b"short".to_vec();
         s.audit.audit_signing_key_file = Some("/nonexistent/latch/audit.key".into());
         let all = problems(&s).join("\n");
-        assert!(all.contains("LATCH_STICKER_KEY is 5 bytes; at least 32"), "{all}");
-        assert!(all.contains("/nonexistent/latch/audit.key does not exist"), "{all}");
+        assert!(
+            all.contains("LATCH_STICKER_KEY is 5 bytes; at least 32"),
+            "{all}"
+        );
+        assert!(
+            all.contains("/nonexistent/latch/audit.key does not exist"),
+            "{all}"
+        );
     }
 
     #[test]

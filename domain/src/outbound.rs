@@ -31,7 +31,9 @@ pub enum TlsRootsError {
     },
     #[error("extra CA file {path}: not PEM certificates: {detail}")]
     Parse { path: PathBuf, detail: String },
-    #[error("extra CA file {path}: holds no certificate (expected PEM `BEGIN CERTIFICATE` blocks)")]
+    #[error(
+        "extra CA file {path}: holds no certificate (expected PEM `BEGIN CERTIFICATE` blocks)"
+    )]
     Empty { path: PathBuf },
 }
 
@@ -133,7 +135,10 @@ mod tests {
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "no certificates here\n").unwrap();
         let e = TlsRoots::from_pem_file(&empty).unwrap_err().to_string();
-        assert!(e.contains("empty.pem") && e.contains("no certificate"), "{e}");
+        assert!(
+            e.contains("empty.pem") && e.contains("no certificate"),
+            "{e}"
+        );
         let broken = dir.join("broken.pem");
         std::fs::write(
             &broken,
@@ -148,6 +153,9 @@ mod tests {
     #[test]
     fn without_extra_roots_the_builder_builds() {
         assert!(client_builder(&TlsRoots::none()).build().is_ok());
-        assert_eq!(format!("{:?}", TlsRoots::none()), "TlsRoots { extra: 0, source: None }");
+        assert_eq!(
+            format!("{:?}", TlsRoots::none()),
+            "TlsRoots { extra: 0, source: None }"
+        );
     }
 }

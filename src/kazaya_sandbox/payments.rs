@@ -321,7 +321,10 @@ pub(super) async fn set_misreport(
     body: Bytes,
 ) -> Result<StatusCode, ApiFail> {
     let misreport: Misreport = json_body(&body)?;
-    tracing::warn!(?misreport, "kazaya sandbox: payment status will be misreported");
+    tracing::warn!(
+        ?misreport,
+        "kazaya sandbox: payment status will be misreported"
+    );
     shared.db().misreport = Some(misreport);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -304,7 +304,9 @@ async fn postgres_connects_over_tls_with_sslmode_require() {
         assert!(encrypted, "the connection is encrypted");
     } else {
         // Built with TLS: the refusal is the server's lack of TLS, not ours.
-        let e = pool.expect_err("require without server TLS fails").to_string();
+        let e = pool
+            .expect_err("require without server TLS fails")
+            .to_string();
         assert!(!e.contains("without TLS support"), "{e}");
     }
 }
@@ -344,7 +346,10 @@ async fn grant_delivery_does_not_follow_a_redirect_to_another_server() {
     world(&app, &endpoint).await;
     request_via_company_a(&app).await;
     let (reason, detail) = dead_letter(&app).await;
-    assert_eq!(reason, "webhook_undelivered", "a redirect is a failed delivery");
+    assert_eq!(
+        reason, "webhook_undelivered",
+        "a redirect is a failed delivery"
+    );
     assert!(
         detail.contains("307") && detail.contains("not followed"),
         "{detail}"
@@ -395,7 +400,10 @@ async fn sync_refuses_a_payment_kazaya_reports_for_another_order_amount_or_curre
     // Each lie says "succeeded", about a payment that is not the one we asked for.
     for (lie, field) in [
         (json!({"status": "succeeded", "amount": 1}), "amount"),
-        (json!({"status": "succeeded", "currency": "USD"}), "currency"),
+        (
+            json!({"status": "succeeded", "currency": "USD"}),
+            "currency",
+        ),
         (
             json!({"status": "succeeded", "order_id": Uuid::now_v7().to_string()}),
             "order_id",
@@ -485,7 +493,10 @@ async fn production_refuses_development_defaults_naming_every_problem() {
         "authorizer 0001's endpoint",
         "authorizer 0002's endpoint",
     ] {
-        assert!(message.contains(problem), "{problem:?} not named in: {message}");
+        assert!(
+            message.contains(problem),
+            "{problem:?} not named in: {message}"
+        );
     }
     assert!(
         message.starts_with("refusing to start in production: 9 problems: 1) "),
@@ -498,7 +509,10 @@ async fn production_refuses_development_defaults_naming_every_problem() {
         .err()
         .unwrap()
         .to_string();
-    assert!(message.contains("LATCH_STICKER_KEY is 9 bytes; at least 32"), "{message}");
+    assert!(
+        message.contains("LATCH_STICKER_KEY is 9 bytes; at least 32"),
+        "{message}"
+    );
     // Development starts on the very same defaults.
     let settings = serve_settings(&app, &["--kazaya-url=http://127.0.0.1:9"]);
     assert!(latch::Application::build(settings).await.is_ok());
