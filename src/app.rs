@@ -4,11 +4,12 @@
 //! without serving yet; [`Application::run_until_stopped`] runs the chosen roles until the given
 //! shutdown future resolves, then stops taking work, lets in-flight messages finish and returns.
 
-use crate::config::{Role, Settings};
+use crate::config::{LatchEnv, Role, Settings};
 use latch_api::auth::Auth;
 use latch_api::qr::hub::Hub;
 use latch_api::qr::QrService;
 use latch_api::AppState;
+use latch_domain::outbound::TlsRoots;
 use latch_domain::store::{self, Store};
 use latch_workers::relay::RelayConfig;
 use latch_workers::sweeper::SweeperConfig;
@@ -32,6 +33,10 @@ pub enum StartError {
     AuditKey(#[from] latch_projections::audit::signing::KeyError),
     #[error("LATCH_SECRETS_KEY: {0}")]
     SecretsKey(#[from] latch_domain::vault::VaultKeyError),
+    #[error("{0}")]
+    Tls(#[from] latch_domain::outbound::TlsRootsError),
+    #[error("{0}")]
+    Production(#[from] crate::production::Refused),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -47,10 +52,24 @@ pub struct Application {
     listener: Option<TcpListener>,
     port: u16,
     audit_key: Option<latch_projections::audit::signing::Key>,
+    /// Extra CA roots for every outbound client (`LATCH_EXTRA_CA_FILE`).
+    roots: TlsRoots,
 }
 
 impl Application {
-    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+    pub async fn build(mut settings: Settings) -> Result<Self, StartError> {
+        // Read once, here: a broken file stops the start with its name.
+        let roots = match &settings.extra_ca_file {
+            Some(path) => {
+                let roots = TlsRoots::from_pem_file(path)?;
+                tracing::info!(file = %path.display(), certificates = roots.len(), "extra CA roots trusted for outbound TLS");
+                if let Some(k) = settings.kazaya.take() {
+                    settings.kazaya = Some(k.with_roots(roots.clone()));
+                }
+                roots
+            }
+            None => TlsRoots::none(),
+        };
         // Lazy: a process that starts while Postgres is down still serves /healthz and answers
         // commands with 503 until the database is back.
         let pool = store::connect_lazy(
@@ -58,6 +77,7 @@ impl Application {
             settings.db_max_connections,
             settings.db_acquire_timeout,
         )?;
+        check_environment(&settings, &pool).await?;
         if settings.migrate {
             store::MIGRATOR.run(&pool).await?;
         }
@@ -90,6 +110,7 @@ impl Application {
         Ok(Self {
             audit_key,
             store: Arc::new(Store::with_vault_key(pool.clone(), secrets_key)),
+            roots,
             pool,
             nats,
             listener,
@@ -135,6 +156,8 @@ impl Application {
             open_timeout: chrono(s.open_timeout, 15),
             delivery: latch_workers::grant_delivery::DeliveryConfig {
                 backoff: s.lockers.webhook_backoff.clone(),
+                roots: self.roots.clone(),
+                require_https: s.env == LatchEnv::Production,
                 ..Default::default()
             },
             audit_key: self.audit_key.clone(),
@@ -254,6 +277,32 @@ impl Application {
         self.pool.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Production refuses to start on what [`crate::production`] finds, naming all of it at once;
+/// development logs the same list once.
+async fn check_environment(settings: &Settings, pool: &PgPool) -> Result<(), StartError> {
+    let mut problems = crate::production::problems(settings);
+    if settings.env == LatchEnv::Development {
+        if !problems.is_empty() {
+            tracing::warn!(
+                problems = %problems.join("; "),
+                "development mode: LATCH_ENV=production would refuse to start on these"
+            );
+        }
+        return Ok(());
+    }
+    match crate::production::authorizer_problems(pool).await {
+        Ok(more) => problems.extend(more),
+        // Not a configuration problem; delivery refuses plain-http endpoints anyway.
+        Err(e) => tracing::warn!(error = %e, "cannot check authorizers' endpoints at start"),
+    }
+    if problems.is_empty() {
+        tracing::info!("production mode: settings checked");
+        Ok(())
+    } else {
+        Err(crate::production::Refused(problems).into())
     }
 }
 

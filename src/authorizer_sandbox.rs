@@ -56,6 +56,8 @@ pub struct AuthorizerSandboxSettings {
     pub roster: Vec<Courier>,
     pub retry: RetryPolicy,
     pub clock: SharedClock,
+    /// Trust anchors beyond the webpki roots, for a Latch served over HTTPS.
+    pub roots: latch_domain::outbound::TlsRoots,
 }
 
 impl AuthorizerSandboxSettings {
@@ -68,6 +70,7 @@ impl AuthorizerSandboxSettings {
             roster: Vec::new(),
             retry: RetryPolicy::default(),
             clock: Arc::new(SystemClock),
+            roots: Default::default(),
         }
     }
 }
@@ -137,7 +140,7 @@ impl AuthorizerSandbox {
         } else {
             format!("http://{local}")
         };
-        let http = reqwest::Client::builder()
+        let http = latch_domain::outbound::client_builder(&settings.roots)
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| AuthorizerSandboxError::Settings(format!("http client: {e}")))?;
@@ -401,6 +404,9 @@ pub struct AuthorizerSandboxArgs {
     /// A courier on duty: USER_NUMBER=NAME (repeatable).
     #[arg(long = "courier", value_name = "USER_NUMBER=NAME")]
     pub couriers: Vec<String>,
+    /// PEM file of CA certificates trusted beyond the webpki roots (a Latch over HTTPS).
+    #[arg(long, env = "LATCH_EXTRA_CA_FILE")]
+    pub extra_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Turns `USER_NUMBER=NAME` flags into an on-duty roster.
@@ -425,6 +431,9 @@ pub async fn serve(
     let mut settings =
         AuthorizerSandboxSettings::new(args.addr, &args.number, &args.secret, &args.latch_url);
     settings.roster = parse_couriers(&args.couriers)?;
+    if let Some(path) = &args.extra_ca_file {
+        settings.roots = latch_domain::outbound::TlsRoots::from_pem_file(path)?;
+    }
     let sandbox = AuthorizerSandbox::build(settings).await?;
     tracing::info!(endpoint = %sandbox.endpoint(), "authorizer sandbox (test mode) is serving");
     sandbox.run_until_stopped(shutdown).await?;

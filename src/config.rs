@@ -17,6 +17,15 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 /// The parts of `latch serve` (the registry is `latch_workers::roles`).
 pub use latch_workers::roles::Role;
 
+/// `LATCH_ENV`: production refuses to start on development defaults (see `crate::production`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LatchEnv {
+    /// Today's defaults; what production would refuse is logged as one warning.
+    #[default]
+    Development,
+    Production,
+}
+
 /// Where Latch finds its services. Shared by every subcommand that talks to them.
 #[derive(Debug, Clone, Args)]
 pub struct Connections {
@@ -120,9 +129,23 @@ pub struct ServeArgs {
     /// Hours a web session from a QR login lasts.
     #[arg(long, env = "LATCH_SESSION_TTL_HOURS", default_value_t = 12)]
     pub session_ttl_hours: u64,
-    /// Mark cookies Secure (serve behind HTTPS).
-    #[arg(long, env = "LATCH_SECURE_COOKIES", default_value_t = false)]
-    pub secure_cookies: bool,
+    /// Mark cookies Secure (serve behind HTTPS); default: on in production, off in development.
+    #[arg(
+        long,
+        env = "LATCH_SECURE_COOKIES",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub secure_cookies: Option<bool>,
+    /// `development` (default) or `production`: production refuses to start on development
+    /// defaults, short keys, plain-http endpoints or cookies without Secure, naming each.
+    #[arg(long = "env", env = "LATCH_ENV", value_enum, default_value_t = LatchEnv::Development)]
+    pub latch_env: LatchEnv,
+    /// PEM file of CA certificates trusted beyond the webpki roots for outbound HTTPS
+    /// (Kazaya, authorizers' endpoints); may hold several.
+    #[arg(long, env = "LATCH_EXTRA_CA_FILE")]
+    pub extra_ca_file: Option<PathBuf>,
     /// Milliseconds between grant-request webhook attempts (comma-separated): one attempt,
     /// then one more after each pause, then the request is dead-lettered. Default
     /// 1000,2000,5000,10000,20000,30000,60000,120000.
@@ -138,7 +161,8 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "LATCH_STICKER_KEY",
-        default_value = "latch-dev-sticker-key-change-me"
+        hide_env_values = true,
+        default_value = latch_api::vending::DEV_STICKER_KEY
     )]
     pub sticker_key: String,
     /// Key that encrypts authorizers' signing secrets at rest: 64 hex characters or base64 of
@@ -155,10 +179,20 @@ pub struct ServeArgs {
     pub kazaya_url: Option<String>,
     #[arg(long, env = "LATCH_KAZAYA_CLIENT_ID", default_value = "latch")]
     pub kazaya_client_id: String,
-    #[arg(long, env = "LATCH_KAZAYA_CLIENT_SECRET", default_value = "")]
+    #[arg(
+        long,
+        env = "LATCH_KAZAYA_CLIENT_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub kazaya_client_secret: String,
     /// `whsec_` + base64, as Kazaya issued it for our callback endpoint.
-    #[arg(long, env = "LATCH_KAZAYA_WEBHOOK_SECRET", default_value = "")]
+    #[arg(
+        long,
+        env = "LATCH_KAZAYA_WEBHOOK_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub kazaya_webhook_secret: String,
 }
 
@@ -187,6 +221,10 @@ pub struct Settings {
     pub lockers: latch_api::lockers::LockerSettings,
     /// `LATCH_SECRETS_KEY` as given (parsed at start); `None`: the development key.
     pub secrets_key: Option<String>,
+    /// Development or production (what `latch serve` refuses to start on).
+    pub env: LatchEnv,
+    /// PEM file of extra CA roots for every outbound client; read at start.
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -212,6 +250,8 @@ impl Settings {
             kazaya: None,
             lockers: latch_api::lockers::LockerSettings::default(),
             secrets_key: None,
+            env: LatchEnv::Development,
+            extra_ca_file: None,
         }
     }
 
@@ -237,10 +277,14 @@ impl From<ServeArgs> for Settings {
                 a.kazaya_webhook_secret.clone(),
             )
         });
+        // Production makes cookies Secure unless told otherwise (and then refuses to start).
+        let secure_cookies = a
+            .secure_cookies
+            .unwrap_or(a.latch_env == LatchEnv::Production);
         let vending = VendingConfig {
             public_url,
             sticker_key: a.sticker_key.clone().into_bytes(),
-            secure_cookies: a.secure_cookies,
+            secure_cookies,
             session_ttl: chrono::Duration::hours(a.session_ttl_hours.clamp(1, 24 * 30) as i64),
         };
         let mut lockers = latch_api::lockers::LockerSettings::default();
@@ -280,9 +324,11 @@ impl From<ServeArgs> for Settings {
                 mint_per_minute_per_ip: a.qr_mint_per_minute,
                 app_actions_per_minute_per_user: a.qr_app_actions_per_minute,
                 session_ttl: chrono::Duration::hours(a.session_ttl_hours.clamp(1, 24 * 30) as i64),
-                secure_cookies: a.secure_cookies,
+                secure_cookies,
                 ..QrConfig::default()
             },
+            env: a.latch_env,
+            extra_ca_file: a.extra_ca_file,
             ..Self::new(a.connections.database_url, a.connections.nats_url)
         }
     }

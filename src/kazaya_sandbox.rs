@@ -33,6 +33,9 @@
 //!   with the same id and a fresh timestamp on a doubling schedule until a 2xx
 //!   ([`RetryPolicy`]).
 //! - `GET /sandbox/callbacks` (sandbox only, no real platform has it): every delivery attempt.
+//! - `PUT /sandbox/misreport` `{order_id?, amount?, currency?, status?}` (sandbox only): from
+//!   then on `GET /v1/payments/{id}` reports those values instead of the real ones (as a faulty
+//!   or hostile platform might), so a client's checks can be tested; `DELETE` ends it.
 //!
 //! Errors of the `/v1` API have the shape `{"error": {"code", "message", "field"?}}`.
 
@@ -121,6 +124,8 @@ pub struct SandboxSettings {
     pub retry: RetryPolicy,
     /// Per callback attempt.
     pub callback_timeout: Duration,
+    /// Trust anchors beyond the webpki roots, for a Latch served over HTTPS.
+    pub roots: latch_domain::outbound::TlsRoots,
 }
 
 impl SandboxSettings {
@@ -136,6 +141,7 @@ impl SandboxSettings {
             login_ttl: Duration::from_secs(600),
             retry: RetryPolicy::default(),
             callback_timeout: Duration::from_secs(10),
+            roots: Default::default(),
         }
     }
 }
@@ -215,8 +221,7 @@ impl KazayaSandbox {
             None if local.ip().is_unspecified() => format!("http://127.0.0.1:{}", local.port()),
             None => format!("http://{local}"),
         };
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
+        let http = latch_domain::outbound::client_builder(&settings.roots)
             .timeout(settings.callback_timeout)
             .build()
             .map_err(|e| SandboxError::Settings(format!("http client: {e}")))?;
@@ -286,6 +291,10 @@ fn router(shared: Arc<Shared>) -> Router {
             get(payments::pay_page).post(payments::pay_submit),
         )
         .route("/sandbox/callbacks", get(callbacks::list))
+        .route(
+            "/sandbox/misreport",
+            axum::routing::put(payments::set_misreport).delete(payments::clear_misreport),
+        )
         .fallback(|| async {
             ApiFail::new(StatusCode::NOT_FOUND, "no_such_route", "no such endpoint")
         })
@@ -340,6 +349,8 @@ struct Db {
     payments: HashMap<String, payments::PaymentRec>,
     idempotency: HashMap<(String, String), payments::StoredAnswer>,
     attempts: Vec<callbacks::Attempt>,
+    /// Set through `PUT /sandbox/misreport`: how payment status answers lie.
+    misreport: Option<payments::Misreport>,
 }
 
 /// `HTTP Basic` credentials, as sent.
@@ -481,6 +492,9 @@ pub struct SandboxArgs {
     /// Callback attempts before giving up (retries wait 0.5 s, 1 s, 2 s, ... up to 60 s).
     #[arg(long, default_value_t = 10)]
     pub max_attempts: u32,
+    /// PEM file of CA certificates trusted beyond the webpki roots (a Latch over HTTPS).
+    #[arg(long, env = "LATCH_EXTRA_CA_FILE")]
+    pub extra_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Turns `ID:SECRET:REDIRECT_URI` flags into registrations (the client's name is its id).
@@ -523,6 +537,9 @@ pub async fn serve(
     settings.public_url = args.public_url;
     settings.clients = parse_clients(&args.clients)?;
     settings.retry.max_attempts = args.max_attempts.max(1);
+    if let Some(path) = &args.extra_ca_file {
+        settings.roots = latch_domain::outbound::TlsRoots::from_pem_file(path)?;
+    }
     let generated = args.webhook_secret.is_none();
     if let Some(secret) = args.webhook_secret {
         settings.webhook_secret = secret;

@@ -5,7 +5,8 @@
 //! one [`app::Application`] and provides the command-line tools around it:
 //! [`sim`] (simulated cabinets), [`authorizer_sandbox`] (a courier company as a third-party
 //! authorizer), [`dev`] (the one-command demo), [`bench`], [`bench_qr`],
-//! [`bench_vending`], [`bench_audit`] and [`bench_lockers`] (measurements), [`audit_cli`] (replay, verify, checkpoints, rebuilds).
+//! [`bench_vending`], [`bench_audit`] and [`bench_lockers`] (measurements), [`audit_cli`] (replay, verify, checkpoints, rebuilds),
+//! [`production`] (what `LATCH_ENV=production` refuses to start on).
 
 pub mod app;
 pub mod audit_cli;
@@ -19,6 +20,7 @@ pub mod bench_vending;
 pub mod config;
 pub mod dev;
 pub mod kazaya_sandbox;
+pub mod production;
 pub mod sim;
 pub mod telemetry;
 

@@ -20,13 +20,14 @@
 //!   Kazaya retries a callback (same id) until it gets a 2xx, so the receiver must deduplicate by
 //!   [`WebhookEvent::id`] — that is the caller's job, not this module's.
 //!
-//! Transport: the workspace's reqwest is built without TLS, so this build speaks plain `http`
-//! (the sandbox). A real platform on `https` needs a TLS feature of reqwest enabled
-//! (`rustls-tls`); nothing else changes.
+//! Transport: `http` or `https` (rustls, webpki roots plus [`KazayaConfig::roots`], from
+//! `LATCH_EXTRA_CA_FILE`), through [`latch_domain::outbound::client_builder`]: certificates are
+//! always verified and redirects never followed. Production mode refuses a non-https base URL.
 
 use async_trait::async_trait;
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
+use latch_domain::outbound::{self, TlsRoots};
 pub use latch_domain::webhooks::WebhookError;
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
@@ -170,6 +171,11 @@ impl KazayaError {
     fn unavailable(e: impl fmt::Display) -> Self {
         Self::Unavailable(e.to_string())
     }
+
+    /// A transport failure with its causes (a TLS failure names the certificate problem).
+    fn transport(e: reqwest::Error) -> Self {
+        Self::Unavailable(outbound::error_chain(&e))
+    }
 }
 
 /// A configuration that cannot work (unparsable URL, ...).
@@ -190,6 +196,8 @@ pub struct KazayaConfig {
     pub webhook_secret: String,
     /// Per request, connecting included.
     pub timeout: Duration,
+    /// Trust anchors beyond the webpki roots (a private CA in front of Kazaya, a test CA).
+    pub roots: TlsRoots,
 }
 
 impl KazayaConfig {
@@ -207,7 +215,14 @@ impl KazayaConfig {
             redirect_uri: redirect_uri.into(),
             webhook_secret: webhook_secret.into(),
             timeout: Duration::from_secs(10),
+            roots: TlsRoots::none(),
         }
+    }
+
+    /// The same, trusting `roots` too.
+    pub fn with_roots(mut self, roots: TlsRoots) -> Self {
+        self.roots = roots;
+        self
     }
 }
 
@@ -220,6 +235,7 @@ impl fmt::Debug for KazayaConfig {
             .field("redirect_uri", &self.redirect_uri)
             .field("webhook_secret", &"<redacted>")
             .field("timeout", &self.timeout)
+            .field("roots", &self.roots)
             .finish()
     }
 }
@@ -302,9 +318,8 @@ impl HttpKazaya {
             .set_auth_uri(auth_url)
             .set_token_uri(token_url)
             .set_redirect_uri(redirect);
-        let http = reqwest::Client::builder()
-            // oauth2's advice: never follow redirects from the token endpoint (SSRF).
-            .redirect(reqwest::redirect::Policy::none())
+        // Never follows redirects (oauth2's advice for the token endpoint: SSRF).
+        let http = outbound::client_builder(&config.roots)
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .build()
@@ -367,7 +382,7 @@ struct ErrorFields {
 
 /// Sends a request and reads a JSON answer, sorting failures into unavailable / rejected.
 async fn call<T: DeserializeOwned>(request: reqwest::RequestBuilder) -> Result<T, KazayaError> {
-    let response = request.send().await.map_err(KazayaError::unavailable)?;
+    let response = request.send().await.map_err(KazayaError::transport)?;
     let status = response.status();
     let body = response.bytes().await.map_err(KazayaError::unavailable)?;
     if status.is_success() {
@@ -431,7 +446,9 @@ impl Kazaya for HttpKazaya {
                         .cloned()
                         .unwrap_or_else(|| "the token endpoint refused the code".into()),
                 },
-                RequestTokenError::Request(e) => KazayaError::unavailable(e),
+                RequestTokenError::Request(e) => {
+                    KazayaError::Unavailable(outbound::error_chain(&e))
+                }
                 RequestTokenError::Parse(e, _) => {
                     KazayaError::Unavailable(format!("unreadable token answer: {e}"))
                 }

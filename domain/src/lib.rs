@@ -24,6 +24,8 @@
 //!   locker users' password hashes.
 //! - [`webhooks`]: Standard Webhooks signing and verification, the one copy every sender and
 //!   receiver (Kazaya callbacks, authorizers, the sandboxes) uses.
+//! - [`outbound`]: the one HTTP client builder for calls to third parties (rustls, extra CA
+//!   roots from configuration, no redirects).
 //! - [`clock`]: time as a dependency, so deadlines and liveness can be tested without sleeping.
 //!
 //! Nothing here talks to NATS or serves HTTP; those live in `latch-workers` and `latch-api`.
@@ -33,6 +35,7 @@ pub mod clock;
 pub mod device;
 pub mod group_commit;
 pub mod locker;
+pub mod outbound;
 pub mod qr_login;
 pub mod store;
 pub mod telemetry;

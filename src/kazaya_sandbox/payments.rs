@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum Status {
     Pending,
@@ -279,7 +279,59 @@ pub(super) async fn status(
         .get(&id)
         .filter(|p| p.client_id == client.client_id)
         .ok_or_else(not_found)?;
-    Ok(Json(describe(payment)))
+    let mut answer = describe(payment);
+    if let Some(m) = &db.misreport {
+        m.apply(&mut answer);
+    }
+    Ok(Json(answer))
+}
+
+/// Sandbox only: `GET /v1/payments/{id}` misreports every payment from now on, as a faulty or
+/// hostile platform (or something between) might, so a client's checks can be tested. Each
+/// field given replaces the real one in the answer; nothing stored changes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Misreport {
+    order_id: Option<String>,
+    amount: Option<i64>,
+    currency: Option<String>,
+    status: Option<Status>,
+}
+
+impl Misreport {
+    fn apply(&self, answer: &mut Value) {
+        if let Some(v) = &self.order_id {
+            answer["order_id"] = json!(v);
+        }
+        if let Some(v) = self.amount {
+            answer["amount"] = json!(v);
+        }
+        if let Some(v) = &self.currency {
+            answer["currency"] = json!(v);
+        }
+        if let Some(v) = self.status {
+            answer["status"] = json!(v);
+        }
+    }
+}
+
+/// `PUT /sandbox/misreport` sets the [`Misreport`]; `DELETE` ends it.
+pub(super) async fn set_misreport(
+    State(shared): State<Arc<Shared>>,
+    body: Bytes,
+) -> Result<StatusCode, ApiFail> {
+    let misreport: Misreport = json_body(&body)?;
+    tracing::warn!(
+        ?misreport,
+        "kazaya sandbox: payment status will be misreported"
+    );
+    shared.db().misreport = Some(misreport);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn clear_misreport(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.db().misreport = None;
+    StatusCode::NO_CONTENT
 }
 
 /// The callback `data` for a payment, as it stands.

@@ -21,5 +21,6 @@ mod relay;
 mod secrets;
 mod snapshots;
 mod telemetry;
+mod tls;
 mod vending;
 mod vending_pages;

@@ -375,7 +375,7 @@ async fn register_through_kazaya(
 }
 
 /// A Kazaya member's bearer token, registered through the sandbox like a phone would.
-async fn member_token(world: &World, cabinet: Uuid, phone: &str) -> String {
+pub(crate) async fn member_token(world: &World, cabinet: Uuid, phone: &str) -> String {
     let cookie = register_through_kazaya(world, cabinet, phone, "测试").await;
     let me: Value = world
         .app

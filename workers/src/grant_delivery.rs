@@ -13,6 +13,12 @@
 //! schedule is used up the message goes to the dead-letter stream with the reason and the grant
 //! is left to expire at its deadline. The NATS copy goes out with every attempt too (core NATS
 //! keeps nothing for a subscriber that was away), with the same id and signature headers.
+//!
+//! The POST goes through [`latch_domain::outbound::client_builder`]: TLS verified against the
+//! webpki roots plus the configured extra roots, and redirects never followed. An endpoint that
+//! answers 3xx has not taken the request (the attempt counts as failed and is retried on the
+//! schedule); the signed request is never re-sent to wherever the 3xx points. With
+//! [`DeliveryConfig::require_https`] (production) an `http://` endpoint is refused outright.
 
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::message::PublishMessage;
@@ -48,6 +54,10 @@ pub struct DeliveryConfig {
     pub request_timeout: Duration,
     /// Deliveries under way at once, so one slow endpoint does not hold up the rest.
     pub max_in_flight: usize,
+    /// Trust anchors beyond the webpki roots (`LATCH_EXTRA_CA_FILE`).
+    pub roots: latch_domain::outbound::TlsRoots,
+    /// Refuse (dead-letter) a request whose endpoint is not `https://` (production mode).
+    pub require_https: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -59,6 +69,8 @@ impl Default for DeliveryConfig {
                 .collect(),
             request_timeout: Duration::from_secs(10),
             max_in_flight: 64,
+            roots: Default::default(),
+            require_https: false,
         }
     }
 }
@@ -125,10 +137,19 @@ impl GrantDelivery {
         clock: SharedClock,
         config: DeliveryConfig,
     ) -> Self {
-        let http = reqwest::Client::builder()
+        // No redirects: a 3xx is an undelivered attempt, never a second POST elsewhere.
+        let http = latch_domain::outbound::client_builder(&config.roots)
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.request_timeout)
             .build()
-            .unwrap_or_default();
+            .unwrap_or_else(|e| {
+                // The roots were checked when they were read; this is not expected.
+                tracing::error!(error = %e, "grant delivery http client unusable; without extra roots");
+                latch_domain::outbound::client_builder(&Default::default())
+                    .timeout(config.request_timeout)
+                    .build()
+                    .unwrap_or_default()
+            });
         Self {
             store,
             client,
@@ -339,6 +360,12 @@ impl GrantDelivery {
         let Some(endpoint) = company.endpoint else {
             return Outcome::Done("no_endpoint");
         };
+        if self.config.require_https && !endpoint.as_str().starts_with("https://") {
+            return Outcome::Refused(
+                "insecure_endpoint",
+                format!("authorizer {authorizer}'s endpoint is not https (production mode)"),
+            );
+        }
         let sent = self
             .http
             .post(endpoint.as_str())
@@ -352,8 +379,16 @@ impl GrantDelivery {
             .await;
         match sent {
             Ok(r) if r.status().is_success() => Outcome::Done("delivered"),
+            Ok(r) if r.status().is_redirection() => Outcome::Undelivered(format!(
+                "endpoint answered {} (redirects are not followed)",
+                r.status()
+            )),
             Ok(r) => Outcome::Undelivered(format!("endpoint answered {}", r.status())),
-            Err(e) => Outcome::Undelivered(format!("endpoint unreachable: {e}")),
+            // The whole chain: a TLS failure names the certificate problem.
+            Err(e) => Outcome::Undelivered(format!(
+                "endpoint unreachable: {}",
+                latch_domain::outbound::error_chain(&e)
+            )),
         }
     }
 

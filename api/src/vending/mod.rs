@@ -33,6 +33,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use uuid::Uuid;
 
+/// The sticker key development runs with; production mode refuses it.
+pub const DEV_STICKER_KEY: &str = "latch-dev-sticker-key-change-me";
+
 /// How Latch presents itself to shoppers and to Kazaya.
 #[derive(Clone)]
 pub struct VendingConfig {
@@ -59,7 +62,7 @@ impl Default for VendingConfig {
     fn default() -> Self {
         Self {
             public_url: "http://127.0.0.1:8080".into(),
-            sticker_key: b"latch-dev-sticker-key-change-me".to_vec(),
+            sticker_key: DEV_STICKER_KEY.as_bytes().to_vec(),
             secure_cookies: false,
             session_ttl: chrono::Duration::hours(12),
         }

@@ -867,7 +867,8 @@ fn payment_request(
 /// it (the callback, when it comes, then changes nothing).
 #[utoipa::path(post, path = "/m/api/orders/{session_id}/sync", tag = "vending",
     params(("session_id" = Uuid, Path)),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody),
+               (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn sync(
     State(state): State<AppState>,
     shopper: Shopper,
@@ -885,8 +886,55 @@ pub async fn sync(
         .create_payment(&payment_id.to_string(), &request)
         .await?;
     let status = kazaya.payment_status(&created.payment_id).await?;
+    // Trust what Kazaya reports only for the payment we asked for, as the callback does: a
+    // status of another order, amount or currency marks nothing paid.
+    check_reported_payment(&created.payment_id, payment_id, amount, &status)?;
     let changed = record_outcome(&state, sid, payment_id, &status, None).await?;
     Ok(Json(serde_json::json!({ "changed": changed })))
+}
+
+/// Refuses (409 `payment_mismatch`, logged) a payment status that is not the attempt we
+/// requested: another payment id, another order id (our attempt id), amount or currency.
+fn check_reported_payment(
+    asked_for: &str,
+    payment_id: Uuid,
+    amount: latch_domain::vending::Money,
+    reported: &crate::kazaya::Payment,
+) -> Result<(), ApiError> {
+    let mut wrong = Vec::new();
+    if reported.payment_id != asked_for {
+        wrong.push("payment_id");
+    }
+    if reported.order_id != payment_id.to_string() {
+        wrong.push("order_id");
+    }
+    if reported.amount != amount.minor() {
+        wrong.push("amount");
+    }
+    if reported.currency != amount.currency().as_str() {
+        wrong.push("currency");
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    tracing::error!(
+        %payment_id,
+        kazaya_payment = %reported.payment_id,
+        expected_amount = amount.minor(),
+        reported_amount = reported.amount,
+        expected_currency = amount.currency().as_str(),
+        reported_currency = %reported.currency,
+        reported_order = %reported.order_id,
+        mismatched = %wrong.join(","),
+        "Kazaya reported a payment that is not the one requested; nothing recorded"
+    );
+    Err(ApiError::Conflict {
+        code: "payment_mismatch",
+        message: format!(
+            "Kazaya's payment differs from the one requested in {}; nothing was recorded",
+            wrong.join(", ")
+        ),
+    })
 }
 
 async fn record_outcome(
