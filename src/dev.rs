@@ -162,11 +162,18 @@ pub async fn run(
         TokenRole::Operator,
         "dev-operator",
         "system:dev",
+        Some(Duration::from_secs(latch_api::tokens::DEFAULT_TOKEN_TTL_SECS)),
     )
     .await?
     .token;
-    let user = provision(app.pool(), TokenRole::User, "dev-user", "system:dev")
-        .await?
+    let user = provision(
+        app.pool(),
+        TokenRole::User,
+        "dev-user",
+        "system:dev",
+        Some(Duration::from_secs(latch_api::tokens::DEFAULT_TOKEN_TTL_SECS)),
+    )
+    .await?
         .token;
     let port = app.port();
 

@@ -20,6 +20,11 @@ pub enum ApiError {
     },
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// A token that was good once and is no longer: `token_revoked` (logout, `latch token
+    /// revoke`, its user disabled) or `token_expired`. Stable codes, so a client knows to log in
+    /// again rather than retry.
+    #[error("{message}")]
+    TokenRefused { code: &'static str, message: String },
     #[error("{0}")]
     Forbidden(String),
     #[error("{message}")]
@@ -79,6 +84,7 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, code, field.as_deref())
             }
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            Self::TokenRefused { code, .. } => (StatusCode::UNAUTHORIZED, code, None),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code, None),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code, None),
