@@ -152,6 +152,9 @@ pub struct ServeArgs {
     /// Hours a web session from a QR login lasts.
     #[arg(long, env = "LATCH_SESSION_TTL_HOURS", default_value_t = 12)]
     pub session_ttl_hours: u64,
+    /// "Open" presses one shopper (Kazaya member) may make per minute.
+    #[arg(long, env = "LATCH_SHOPPER_OPENS_PER_MINUTE", default_value_t = latch_api::vending::DEFAULT_OPENS_PER_MINUTE)]
+    pub shopper_opens_per_minute: u32,
     /// Mark cookies Secure (serve behind HTTPS).
     #[arg(long, env = "LATCH_SECURE_COOKIES", default_value_t = false)]
     pub secure_cookies: bool,
@@ -261,6 +264,7 @@ impl From<ServeArgs> for Settings {
             sticker_key: a.sticker_key.clone().into_bytes(),
             secure_cookies: a.secure_cookies,
             session_ttl: chrono::Duration::hours(a.session_ttl_hours.clamp(1, 24 * 30) as i64),
+            opens_per_minute: a.shopper_opens_per_minute.max(1),
         };
         let mut lockers = latch_api::lockers::LockerSettings::default();
         if !a.grant_webhook_backoff_ms.is_empty() {

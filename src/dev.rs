@@ -162,7 +162,9 @@ pub async fn run(
         TokenRole::Operator,
         "dev-operator",
         "system:dev",
-        Some(Duration::from_secs(latch_api::tokens::DEFAULT_TOKEN_TTL_SECS)),
+        Some(Duration::from_secs(
+            latch_api::tokens::DEFAULT_TOKEN_TTL_SECS,
+        )),
     )
     .await?
     .token;
@@ -171,10 +173,12 @@ pub async fn run(
         TokenRole::User,
         "dev-user",
         "system:dev",
-        Some(Duration::from_secs(latch_api::tokens::DEFAULT_TOKEN_TTL_SECS)),
+        Some(Duration::from_secs(
+            latch_api::tokens::DEFAULT_TOKEN_TTL_SECS,
+        )),
     )
     .await?
-        .token;
+    .token;
     let port = app.port();
 
     let shutdown = CancellationToken::new();

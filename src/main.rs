@@ -253,7 +253,10 @@ async fn token(args: latch::config::TokenArgs) -> Result<(), Box<dyn std::error:
         Some(Duration::from_secs(args.ttl)),
     )
     .await?;
-    let expires = issued.expires_at.map(|e| e.to_rfc3339()).unwrap_or_default();
+    let expires = issued
+        .expires_at
+        .map(|e| e.to_rfc3339())
+        .unwrap_or_default();
     eprintln!("token id {} expires {expires}", issued.token_id);
     println!("{}", issued.token);
     Ok(())

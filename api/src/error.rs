@@ -27,6 +27,9 @@ pub enum ApiError {
     TokenRefused { code: &'static str, message: String },
     #[error("{0}")]
     Forbidden(String),
+    /// 403 with its own stable code (`sticker_required`, `forged_cabinet_link`, ...).
+    #[error("{message}")]
+    Denied { code: &'static str, message: String },
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
     #[error("{message}")]
@@ -86,6 +89,7 @@ impl ApiError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             Self::TokenRefused { code, .. } => (StatusCode::UNAUTHORIZED, code, None),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
+            Self::Denied { code, .. } => (StatusCode::FORBIDDEN, code, None),
             Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code, None),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code, None),
             Self::Unprocessable { code, field, .. } => {

@@ -41,6 +41,15 @@ impl Drop for World {
     }
 }
 
+/// The signature on `cabinet`'s sticker (the tests' apps sign with the development key), which
+/// an open must carry.
+pub fn sticker_sig(cabinet: Uuid) -> String {
+    latch_api::vending::sticker::signature(
+        &latch_api::vending::VendingConfig::default().sticker_key,
+        &latch_domain::device::DeviceId::from(cabinet),
+    )
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -152,7 +161,11 @@ impl World {
 
     pub async fn open(&self, cabinet: Uuid, token: &str) -> reqwest::Response {
         self.app
-            .post(&format!("/m/api/cabinets/{cabinet}/open"), token, None)
+            .post(
+                &format!("/m/api/cabinets/{cabinet}/open?k={}", sticker_sig(cabinet)),
+                token,
+                None,
+            )
             .await
     }
 
@@ -370,7 +383,10 @@ async fn register_through_kazaya(
         .await
         .unwrap();
     assert_eq!(landed.status(), 303, "{:?}", landed.text().await);
-    assert_eq!(location(&landed), format!("/m/cabinet/{cabinet}"));
+    assert_eq!(
+        location(&landed),
+        format!("/m/cabinet/{cabinet}?k={}", sticker_sig(cabinet))
+    );
     set_cookies(&landed)["latch_session"].clone()
 }
 
@@ -440,8 +456,10 @@ async fn a_new_member_registers_opens_takes_three_items_pays_and_gets_a_receipt(
         .app
         .http
         .post(format!(
-            "{}/m/api/cabinets/{}/open",
-            world.app.address, cabinet.id
+            "{}/m/api/cabinets/{}/open?k={}",
+            world.app.address,
+            cabinet.id,
+            sticker_sig(cabinet.id)
         ))
         .header("cookie", format!("latch_session={session_cookie}"))
         .send()
@@ -460,8 +478,10 @@ async fn a_new_member_registers_opens_takes_three_items_pays_and_gets_a_receipt(
         .app
         .http
         .post(format!(
-            "{}/m/api/cabinets/{}/open",
-            world.app.address, cabinet.id
+            "{}/m/api/cabinets/{}/open?k={}",
+            world.app.address,
+            cabinet.id,
+            sticker_sig(cabinet.id)
         ))
         .header("cookie", format!("latch_session={session_cookie}"))
         .header("x-latch-client", "test")

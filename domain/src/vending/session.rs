@@ -741,7 +741,11 @@ impl ShoppingSession {
                     self.refund_known(refund_id, amount)?;
                     return Ok(vec![]);
                 }
-                match self.pending_refunds.iter().find(|r| r.refund_id == refund_id) {
+                match self
+                    .pending_refunds
+                    .iter()
+                    .find(|r| r.refund_id == refund_id)
+                {
                     Some(p) if p.amount != amount => return Err(Err::RefundIdReused),
                     // Its amount was reserved when it was requested.
                     Some(_) => {}
@@ -760,7 +764,11 @@ impl ShoppingSession {
                 at,
             } => {
                 // Only a refund still waiting can fail; anything else is a repeat.
-                if !self.pending_refunds.iter().any(|r| r.refund_id == refund_id) {
+                if !self
+                    .pending_refunds
+                    .iter()
+                    .any(|r| r.refund_id == refund_id)
+                {
                     return Ok(vec![]);
                 }
                 Ok(vec![E::RefundFailed {
@@ -804,7 +812,9 @@ impl ShoppingSession {
     }
 
     fn check_refundable(&self, amount: Money) -> Result<(), ShoppingError> {
-        let left = self.refundable().ok_or(ShoppingError::RefundExceedsPayment)?;
+        let left = self
+            .refundable()
+            .ok_or(ShoppingError::RefundExceedsPayment)?;
         if amount.minor() > left.minor() {
             return Err(ShoppingError::RefundExceedsPayment);
         }
