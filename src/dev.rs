@@ -165,6 +165,7 @@ pub async fn run(
         Some(Duration::from_secs(
             latch_api::tokens::DEFAULT_TOKEN_TTL_SECS,
         )),
+        chrono::Utc::now(),
     )
     .await?
     .token;
@@ -176,6 +177,7 @@ pub async fn run(
         Some(Duration::from_secs(
             latch_api::tokens::DEFAULT_TOKEN_TTL_SECS,
         )),
+        chrono::Utc::now(),
     )
     .await?
     .token;

@@ -251,6 +251,7 @@ async fn token(args: latch::config::TokenArgs) -> Result<(), Box<dyn std::error:
         &subject,
         "operator:latch-token",
         Some(Duration::from_secs(args.ttl)),
+        chrono::Utc::now(),
     )
     .await?;
     let expires = issued

@@ -129,18 +129,18 @@ pub const DEFAULT_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
 
 /// Issues a token to someone with access to the installation (`latch token`, `latch dev`):
 /// `TokenIssued` via `provisioned`, then the credential. It expires after `ttl` (`None`: never,
-/// for fixtures only; people always get an expiry). Runs outside the API process, so it builds
-/// its own command entry point on `pool`.
+/// for fixtures only; people always get an expiry) counted from `now`. Runs outside the API
+/// process, so it builds its own command entry point on `pool`.
 pub async fn provision(
     pool: &PgPool,
     role: Role,
     subject_raw: &str,
     actor: &str,
     ttl: Option<std::time::Duration>,
+    now: chrono::DateTime<Utc>,
 ) -> Result<Issued, ApiError> {
     let tokens = AggregateStore::<ApiToken>::new(pool.clone(), DEFAULT_CONFLICT_RETRIES);
     let new = NewToken::generate();
-    let now = Utc::now();
     let expires_at = ttl
         .map(|t| {
             chrono::Duration::from_std(t)

@@ -22,8 +22,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(15);
-const CLIENT_ID: &str = "latch-it";
-const CLIENT_SECRET: &str = "vending-test-secret";
+pub const CLIENT_ID: &str = "latch-it";
+pub const CLIENT_SECRET: &str = "vending-test-secret";
 
 /// The app, wired to its own Kazaya sandbox.
 pub struct World {
@@ -288,7 +288,7 @@ impl Cabinet {
     }
 }
 
-fn location(res: &reqwest::Response) -> String {
+pub fn location(res: &reqwest::Response) -> String {
     res.headers()["location"].to_str().unwrap().to_owned()
 }
 
@@ -391,7 +391,7 @@ async fn register_through_kazaya(
 }
 
 /// A Kazaya member's bearer token, registered through the sandbox like a phone would.
-async fn member_token(world: &World, cabinet: Uuid, phone: &str) -> String {
+pub async fn member_token(world: &World, cabinet: Uuid, phone: &str) -> String {
     let cookie = register_through_kazaya(world, cabinet, phone, "测试").await;
     let me: Value = world
         .app
