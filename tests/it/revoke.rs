@@ -395,6 +395,7 @@ async fn ten_concurrent_full_refunds_refund_once() {
     assert_eq!(kazaya["refunded_amount"], 900, "{kazaya}");
     assert_eq!(kazaya["refunds"].as_array().unwrap().len(), 1, "{kazaya}");
     let order = refunded_order(&world, session, 900).await;
+    assert_eq!(order["status"], "refunded", "{order}");
 }
 
 #[tokio::test]
