@@ -1103,6 +1103,30 @@ mod tests {
         e
     }
 
+    fn refund_requested(mut e: Vec<ShoppingEvent>, n: u128, amount: i64) -> Vec<ShoppingEvent> {
+        e.push(ShoppingEvent::RefundRequested {
+            refund_id: refund_id(n),
+            payment_id: pay(1),
+            amount: cny(amount),
+            at: t(99),
+        });
+        e
+    }
+    fn refund_failed(n: u128) -> ShoppingEvent {
+        ShoppingEvent::RefundFailed {
+            refund_id: refund_id(n),
+            reason: Label::parse("reason", "refused", 200).unwrap(),
+            at: t(101),
+        }
+    }
+    fn request_refund(n: u128, amount: i64) -> ShoppingCommand {
+        ShoppingCommand::RequestRefund {
+            refund_id: refund_id(n),
+            amount: cny(amount),
+            at: t(99),
+        }
+    }
+
     fn close(w: Weighing) -> ShoppingCommand {
         ShoppingCommand::Close {
             weighing_after: w,
@@ -1547,6 +1571,63 @@ mod tests {
     }
 
     #[test]
+    fn a_requested_refund_reserves_its_amount_until_done_or_failed() {
+        SessionTest::with(())
+            .given(paid())
+            .when(request_refund(1, 900))
+            .then_expect_events(refund_requested(vec![], 1, 900));
+        // Reserved: a second request, even of one cent, exceeds what is left.
+        let reserved = refund_requested(paid(), 1, 900);
+        assert_eq!(state(reserved.clone()).refundable(), Some(cny(0)));
+        SessionTest::with(())
+            .given(reserved.clone())
+            .when(request_refund(2, 1))
+            .then_expect_error(ShoppingError::RefundExceedsPayment);
+        // The same request again (a retry) records nothing; another amount under its id is
+        // refused.
+        SessionTest::with(())
+            .given(reserved.clone())
+            .when(request_refund(1, 900))
+            .then_expect_events(vec![]);
+        SessionTest::with(())
+            .given(reserved.clone())
+            .when(request_refund(1, 800))
+            .then_expect_error(ShoppingError::RefundIdReused);
+        // Done: the reservation becomes the refund.
+        SessionTest::with(())
+            .given(reserved.clone())
+            .when(refund(1, 900))
+            .then_expect_events(refunded(vec![], 1, 900));
+        let done = refunded(reserved.clone(), 1, 900);
+        assert_eq!(state(done.clone()).refundable(), Some(cny(0)));
+        assert!(state(done.clone()).pending_refunds.is_empty());
+        SessionTest::with(())
+            .given(done)
+            .when(ShoppingCommand::FailRefund {
+                refund_id: refund_id(1),
+                reason: Label::parse("reason", "late", 200).unwrap(),
+                at: t(102),
+            })
+            .then_expect_events(vec![]);
+        // Failed: the amount is free again.
+        SessionTest::with(())
+            .given(reserved.clone())
+            .when(ShoppingCommand::FailRefund {
+                refund_id: refund_id(1),
+                reason: Label::parse("reason", "refused", 200).unwrap(),
+                at: t(101),
+            })
+            .then_expect_events(vec![refund_failed(1)]);
+        let mut failed = reserved;
+        failed.push(refund_failed(1));
+        assert_eq!(state(failed.clone()).refundable(), Some(cny(900)));
+        SessionTest::with(())
+            .given(failed)
+            .when(request_refund(2, 900))
+            .then_expect_events(refund_requested(vec![], 2, 900));
+    }
+
+    #[test]
     fn refund_refusals() {
         SessionTest::with(())
             .given(refunded(paid(), 1, 350))
@@ -1633,7 +1714,9 @@ mod tests {
             at: t(1),
         });
         all.push(failed(vec![], 3).remove(0));
+        all = refund_requested(all, 1, 10);
         all = refunded(all, 1, 10);
+        all.push(refund_failed(2));
         let mut names: Vec<String> = all.iter().map(|e| e.event_type()).collect();
         names.sort();
         names.dedup();
