@@ -234,7 +234,11 @@ impl Application {
                 None => None,
             };
             let state = AppState {
-                vending: Arc::new(latch_api::vending::Vending::new(s.vending.clone(), kazaya)),
+                vending: Arc::new(latch_api::vending::Vending::new(
+                    s.vending.clone(),
+                    kazaya,
+                    s.clock.clone(),
+                )),
                 lockers: Arc::new(latch_api::lockers::Lockers::new(
                     s.lockers.clone(),
                     s.clock.clone(),

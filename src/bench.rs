@@ -225,6 +225,9 @@ pub(crate) fn spawn_serve(
         .env("NATS_URL", nats_url)
         .env("LATCH_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("LATCH_MIGRATE", "false")
+        // Each bench shopper opens again as soon as their last visit is settled: measure the
+        // pipeline, not the per-member limit on presses.
+        .env("LATCH_SHOPPER_OPENS_PER_MINUTE", "1000000")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())

@@ -405,7 +405,12 @@ struct OpeningBody {
 async fn press_open(env: &Env, token: &str, cab: &mut Cabinet) -> Result<Opened, String> {
     // Commands of earlier, failed attempts are no longer of interest.
     while cab.commands.try_recv().is_ok() {}
-    let url = format!("{}/m/api/cabinets/{}/open", env.base, cab.id);
+    // The phone carries the sticker's signature (the served app signs with the default key).
+    let k = latch_api::vending::sticker::signature(
+        &latch_api::vending::VendingConfig::default().sticker_key,
+        &latch_domain::device::DeviceId::from(cab.id),
+    );
+    let url = format!("{}/m/api/cabinets/{}/open?k={k}", env.base, cab.id);
     let pressed = Instant::now();
     let r = env
         .http

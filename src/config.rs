@@ -37,6 +37,38 @@ pub struct Connections {
     pub nats_url: String,
 }
 
+/// `latch token`: issue a bearer token (shown once), or `latch token revoke <id>`.
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub cmd: Option<TokenCmd>,
+    #[command(flatten)]
+    pub connections: Connections,
+    /// operator, user, auditor or device.
+    #[arg(long, required = true)]
+    pub role: Option<String>,
+    /// Who the token belongs to.
+    #[arg(long, required = true)]
+    pub subject: Option<String>,
+    /// Seconds until the token expires (then it is refused: 401 `token_expired`).
+    #[arg(long, env = "LATCH_TOKEN_TTL_SECS", default_value_t = latch_api::tokens::DEFAULT_TOKEN_TTL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=10 * 365 * 24 * 3600))]
+    pub ttl: u64,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TokenCmd {
+    /// Revoke a token by its id (as `latch token` printed it, or as the log names it): every
+    /// API process refuses it from the next request on (401 `token_revoked`).
+    Revoke {
+        #[command(flatten)]
+        connections: Connections,
+        /// The token's id (a UUID).
+        id: uuid::Uuid,
+    },
+}
+
 /// The key that signs checkpoints of the log's chain head (audit).
 #[derive(Debug, Clone, Args)]
 pub struct AuditKeyArgs {
@@ -129,6 +161,9 @@ pub struct ServeArgs {
     /// Hours a web session from a QR login lasts.
     #[arg(long, env = "LATCH_SESSION_TTL_HOURS", default_value_t = 12)]
     pub session_ttl_hours: u64,
+    /// "Open" presses one shopper (Kazaya member) may make per minute.
+    #[arg(long, env = "LATCH_SHOPPER_OPENS_PER_MINUTE", default_value_t = latch_api::vending::DEFAULT_OPENS_PER_MINUTE)]
+    pub shopper_opens_per_minute: u32,
     /// Mark cookies Secure (serve behind HTTPS); default: on in production, off in development.
     #[arg(
         long,
@@ -286,6 +321,7 @@ impl From<ServeArgs> for Settings {
             sticker_key: a.sticker_key.clone().into_bytes(),
             secure_cookies,
             session_ttl: chrono::Duration::hours(a.session_ttl_hours.clamp(1, 24 * 30) as i64),
+            opens_per_minute: a.shopper_opens_per_minute.max(1),
         };
         let mut lockers = latch_api::lockers::LockerSettings::default();
         if !a.grant_webhook_backoff_ms.is_empty() {

@@ -162,12 +162,25 @@ pub async fn run(
         TokenRole::Operator,
         "dev-operator",
         "system:dev",
+        Some(Duration::from_secs(
+            latch_api::tokens::DEFAULT_TOKEN_TTL_SECS,
+        )),
+        chrono::Utc::now(),
     )
     .await?
     .token;
-    let user = provision(app.pool(), TokenRole::User, "dev-user", "system:dev")
-        .await?
-        .token;
+    let user = provision(
+        app.pool(),
+        TokenRole::User,
+        "dev-user",
+        "system:dev",
+        Some(Duration::from_secs(
+            latch_api::tokens::DEFAULT_TOKEN_TTL_SECS,
+        )),
+        chrono::Utc::now(),
+    )
+    .await?
+    .token;
     let port = app.port();
 
     let shutdown = CancellationToken::new();

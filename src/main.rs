@@ -69,17 +69,8 @@ enum Cmd {
         #[arg(long, default_value_t = 4)]
         devices: usize,
     },
-    /// Issue an API bearer token (shown once).
-    Token {
-        #[command(flatten)]
-        connections: Connections,
-        /// operator, user, auditor or device.
-        #[arg(long)]
-        role: String,
-        /// Who the token belongs to.
-        #[arg(long)]
-        subject: String,
-    },
+    /// Issue an API bearer token (shown once, with its id and expiry), or revoke one.
+    Token(latch::config::TokenArgs),
     /// Print a nats-server authorization block confining each device to its own subjects.
     NatsConfig {
         #[arg(long, env = "LATCH_NATS_SERVICE_USER", default_value = "latch")]
@@ -195,21 +186,7 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
             };
             dev::run(options, |banner| print_banner(&banner)).await?;
         }
-        Cmd::Token {
-            connections,
-            role,
-            subject,
-        } => {
-            let role = latch_api::auth::Role::parse(&role)
-                .ok_or("--role must be operator, user, auditor or device")?;
-            let pool =
-                latch_domain::store::connect(&connections.database_url, 2, Duration::from_secs(5))
-                    .await?;
-            // Recorded as `TokenIssued` (via provisioned); the token is shown once, here.
-            let issued =
-                latch_api::tokens::provision(&pool, role, &subject, "operator:latch-token").await?;
-            println!("{}", issued.token);
-        }
+        Cmd::Token(args) => token(args).await?,
         Cmd::NatsConfig {
             service_user,
             service_password,
@@ -246,6 +223,43 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
             println!("{report}");
         }
     }
+    Ok(())
+}
+
+/// `latch token`: issues a token (printed on stdout, its id and expiry on stderr), or revokes
+/// one by id.
+async fn token(args: latch::config::TokenArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use latch::config::TokenCmd;
+    let connect = |url: String| async move {
+        latch_domain::store::connect(&url, 2, Duration::from_secs(5)).await
+    };
+    if let Some(TokenCmd::Revoke { connections, id }) = args.cmd {
+        let pool = connect(connections.database_url).await?;
+        // `TokenRevoked` (reason revoked), then the credential: refused from the next request.
+        latch_api::tokens::revoke_by_id(&pool, id, "operator:latch-token").await?;
+        eprintln!("token {id} revoked");
+        return Ok(());
+    }
+    let role = args.role.as_deref().and_then(latch_api::auth::Role::parse);
+    let role = role.ok_or("--role must be operator, user, auditor or device")?;
+    let subject = args.subject.ok_or("--subject is required")?;
+    let pool = connect(args.connections.database_url).await?;
+    // Recorded as `TokenIssued` (via provisioned); the token is shown once, here.
+    let issued = latch_api::tokens::provision(
+        &pool,
+        role,
+        &subject,
+        "operator:latch-token",
+        Some(Duration::from_secs(args.ttl)),
+        chrono::Utc::now(),
+    )
+    .await?;
+    let expires = issued
+        .expires_at
+        .map(|e| e.to_rfc3339())
+        .unwrap_or_default();
+    eprintln!("token id {} expires {expires}", issued.token_id);
+    println!("{}", issued.token);
     Ok(())
 }
 

@@ -6,6 +6,16 @@
     $('loading').hidden = true;
     $(id).hidden = false;
   };
+  // Logging out revokes the session server-side (a copy of the cookie stops working too).
+  $('logout').addEventListener('click', async () => {
+    await fetch('/logout', {
+      method: 'POST',
+      credentials: 'same-origin',
+      headers: { 'X-Latch-Client': 'web' },
+    }).catch(() => null);
+    $('signed-in').hidden = true;
+    $('signed-out').hidden = false;
+  });
   try {
     const res = await fetch('/me', { credentials: 'same-origin', cache: 'no-store' });
     const body = await res.json().catch(() => null);

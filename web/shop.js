@@ -75,7 +75,9 @@ async function cabinetPage(id) {
   $("open").addEventListener("click", async () => {
     $("open").disabled = true;
     showError("");
-    const r = await api("POST", "/m/api/cabinets/" + id + "/open");
+    // The sticker's signature, handed on by the scan: opening needs it.
+    const k = new URLSearchParams(location.search).get("k") || "";
+    const r = await api("POST", "/m/api/cabinets/" + id + "/open?k=" + encodeURIComponent(k));
     if (r.status === 202) {
       location.href = "/m/orders/" + r.body.session_id + "?cabinet=" + id + "&request=" + r.body.request_id;
       return;

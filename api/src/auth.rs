@@ -1,8 +1,11 @@
 //! Bearer-token sessions. Every endpoint names the role it needs; nobody acts on what is not
 //! theirs.
 //!
-//! Tokens are 256 random bits shown once at issue; only their SHA-256 is stored. Lookups are
-//! cached for [`CACHE_TTL`], which is therefore also the longest a revoked token keeps working.
+//! Tokens are 256 random bits shown once at issue; only their SHA-256 is stored. Every request
+//! looks its token up in Postgres (one primary-key read), never in a per-process cache: a
+//! revocation from any process (a logout, `latch token revoke`, a disabled locker user) takes
+//! effect on the very next request everywhere. A revoked or expired token is refused with its
+//! own code (`token_revoked`, `token_expired`), an unknown one with `unauthorized`.
 
 use crate::error::ApiError;
 use crate::qr::limits::Limit;
@@ -14,15 +17,11 @@ use latch_domain::clock::SharedClock;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 use uuid::Uuid;
-
-pub const CACHE_TTL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -82,12 +81,9 @@ impl Actor {
 /// The cookie a redeemed QR login leaves in the browser: a token like any other, which ends.
 pub const SESSION_COOKIE: &str = "latch_session";
 
-type Cached = (Actor, Option<DateTime<Utc>>, Instant);
-
 pub struct Auth {
     pool: PgPool,
     clock: SharedClock,
-    cache: Mutex<HashMap<[u8; 32], Cached>>,
     /// How many refusals of logins for numbers nobody holds are recorded per client IP: anyone
     /// can try any number, and each recorded attempt is an event kept forever.
     anonymous_refusals: Limit<IpAddr>,
@@ -108,7 +104,6 @@ impl Auth {
             ),
             refusals_seen: AtomicU64::new(0),
             clock,
-            cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -124,37 +119,33 @@ impl Auth {
 
     pub async fn authenticate(&self, token: &str) -> Result<Actor, ApiError> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let now = self.clock.now();
-        let live = |expires: &Option<DateTime<Utc>>| expires.is_none_or(|e| now < e);
-        if let Some((actor, expires, at)) = self.cache.lock().expect("auth cache").get(&hash) {
-            if at.elapsed() < CACHE_TTL && live(expires) {
-                return Ok(actor.clone());
-            }
-        }
-        let row: Option<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT role, subject, expires_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+        type Row = (String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT role, subject, expires_at, revoked_at FROM api_tokens WHERE token_hash = $1",
         )
         .bind(&hash[..])
         .fetch_optional(&self.pool)
         .await?;
-        let (role, subject, expires) = row.ok_or(ApiError::Unauthorized)?;
-        if !live(&expires) {
-            return Err(ApiError::Unauthorized);
+        let (role, subject, expires, revoked) = row.ok_or(ApiError::Unauthorized)?;
+        if revoked.is_some() {
+            return Err(ApiError::TokenRefused {
+                code: "token_revoked",
+                message: "this token has been revoked; log in again".into(),
+            });
         }
-        let actor = Actor {
+        if expires.is_some_and(|e| self.clock.now() >= e) {
+            return Err(ApiError::TokenRefused {
+                code: "token_expired",
+                message: "this token has expired; log in again".into(),
+            });
+        }
+        Ok(Actor {
             role: Role::parse(&role).ok_or(ApiError::Unauthorized)?,
             subject,
-        };
-        let mut cache = self.cache.lock().expect("auth cache");
-        if cache.len() > 100_000 {
-            cache.clear();
-        }
-        cache.insert(hash, (actor.clone(), expires, Instant::now()));
-        Ok(actor)
+        })
     }
 
-    /// Revokes a token (a logout). Other API processes may still accept it from their lookup
-    /// cache for up to [`CACHE_TTL`]; this one stops at once.
+    /// Revokes a token (a logout). Every process refuses it from the next request on.
     pub async fn revoke(&self, token: &str) -> Result<(), sqlx::Error> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         sqlx::query(
@@ -163,9 +154,34 @@ impl Auth {
         .bind(&hash[..])
         .execute(&self.pool)
         .await?;
-        self.cache.lock().expect("auth cache").remove(&hash);
         Ok(())
     }
+}
+
+/// Revokes every live token of `role` held by `subject` (a disabled locker user's sessions);
+/// answers how many. Takes effect on the next request in every process.
+pub async fn revoke_all_of(pool: &PgPool, role: Role, subject: &str) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now() \
+         WHERE subject = $1 AND role = $2 AND revoked_at IS NULL",
+    )
+    .bind(subject)
+    .bind(role.as_str())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Revokes the credential named `token_id` (`latch token revoke`); answers whether a live one
+/// was found.
+pub async fn revoke_by_id(pool: &PgPool, token_id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now() WHERE token_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(token_id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() > 0)
 }
 
 /// A token just minted: the secret shown once to its holder, the hash it is stored under, and

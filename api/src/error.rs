@@ -20,8 +20,16 @@ pub enum ApiError {
     },
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// A token that was good once and is no longer: `token_revoked` (logout, `latch token
+    /// revoke`, its user disabled) or `token_expired`. Stable codes, so a client knows to log in
+    /// again rather than retry.
+    #[error("{message}")]
+    TokenRefused { code: &'static str, message: String },
     #[error("{0}")]
     Forbidden(String),
+    /// 403 with its own stable code (`sticker_required`, `forged_cabinet_link`, ...).
+    #[error("{message}")]
+    Denied { code: &'static str, message: String },
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
     #[error("{message}")]
@@ -79,7 +87,9 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, code, field.as_deref())
             }
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            Self::TokenRefused { code, .. } => (StatusCode::UNAUTHORIZED, code, None),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
+            Self::Denied { code, .. } => (StatusCode::FORBIDDEN, code, None),
             Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code, None),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code, None),
             Self::Unprocessable { code, field, .. } => {

@@ -93,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .merge(vending::router())
         .merge(lockers::router())
         .merge(locker_pages::router())
+        .merge(tokens::router())
         .fallback(|| async {
             error::ApiError::NotFound {
                 code: "no_such_route",

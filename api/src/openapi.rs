@@ -57,6 +57,7 @@ use utoipa::{Modify, OpenApi};
         crate::lockers::callback::authorizer_callback,
         crate::locker_pages::page_login,
         crate::locker_pages::page_logout,
+        crate::tokens::logout,
         crate::locker_pages::whoami,
         crate::audit::events,
         crate::audit::aggregate,

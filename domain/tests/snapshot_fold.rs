@@ -663,10 +663,12 @@ enum ShopStep {
     Fail {
         pending: bool,
     },
-    /// An amount from a pool, or (part 0) all that is left.
+    /// An amount from a pool, or (part 0) all that is left. `how`: recorded at once, requested
+    /// (reserved), or a waiting request completed or failed.
     Refund {
         part: u8,
         again: bool,
+        how: u8,
     },
 }
 
@@ -685,8 +687,8 @@ fn shop_step() -> impl Strategy<Value = ShopStep> {
             .prop_map(|(exact, repeat)| S::Pay { exact, repeat }),
         4 => prop::bool::weighted(0.9).prop_map(|pending| S::Succeed { pending }),
         2 => prop::bool::weighted(0.9).prop_map(|pending| S::Fail { pending }),
-        6 => (any::<u8>(), prop::bool::weighted(0.2))
-            .prop_map(|(part, again)| S::Refund { part, again }),
+        6 => (any::<u8>(), prop::bool::weighted(0.2), any::<u8>())
+            .prop_map(|(part, again, how)| S::Refund { part, again, how }),
     ]
 }
 
@@ -781,16 +783,36 @@ fn shop_command(session: &ShoppingSession, step: &ShopStep, now: Now) -> Shoppin
             reason: label("card declined"),
             at,
         },
-        S::Refund { part, again } => {
+        S::Refund { part, again, how } => {
             let earlier = session.refunds.first().filter(|_| *again);
-            C::Refund {
-                refund_id: earlier.map_or(now.id(5), |r| r.refund_id),
-                amount: match (earlier, part % 5) {
-                    (Some(r), _) => r.amount,
-                    (None, 0) => session.refundable().unwrap_or(cny(1)),
-                    (None, p) => cny(pick(&[1, 100, 350, 100_000], p - 1)),
+            let refund_id = earlier.map_or(now.id(5), |r| r.refund_id);
+            let amount = match (earlier, part % 5) {
+                (Some(r), _) => r.amount,
+                (None, 0) => session.refundable().unwrap_or(cny(1)),
+                (None, p) => cny(pick(&[1, 100, 350, 100_000], p - 1)),
+            };
+            let waiting = session.pending_refunds.first();
+            match (how % 4, waiting) {
+                (1, _) => C::RequestRefund {
+                    refund_id,
+                    amount,
+                    at,
                 },
-                at,
+                (2, Some(w)) => C::Refund {
+                    refund_id: w.refund_id,
+                    amount: w.amount,
+                    at,
+                },
+                (3, Some(w)) => C::FailRefund {
+                    refund_id: w.refund_id,
+                    reason: label("refused"),
+                    at,
+                },
+                _ => C::Refund {
+                    refund_id,
+                    amount,
+                    at,
+                },
             }
         }
     }

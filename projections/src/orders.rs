@@ -181,6 +181,8 @@ pub fn evolve(
                     row.status = "placed".into();
                     row.payment_error = Some(reason.as_str().to_owned());
                 }
+                // A reservation: the order's figures change when the refund is done.
+                E::RefundRequested { .. } | E::RefundFailed { .. } => {}
                 E::Refunded { amount, .. } => {
                     row.refunded_minor += amount.minor();
                     if Some(row.refunded_minor) >= row.paid_minor {

@@ -18,6 +18,7 @@ mod outages;
 mod qr_api;
 mod qr_pages;
 mod relay;
+mod revoke;
 mod secrets;
 mod snapshots;
 mod telemetry;

@@ -235,6 +235,25 @@ async fn phone_confirms_and_the_pc_lands_logged_in() {
     .await;
     wait_for_text(&pc, "#me", "test-user", WAIT).await;
 
+    // "Log out" revokes the session on the server; a reload finds none.
+    click(&pc, "#logout").await;
+    let signed_out = "return !document.getElementById('signed-out').hidden;";
+    wait_for_js(&pc, "the console to show signed out", WAIT, signed_out).await;
+    pc.refresh().await.expect("reloading the console");
+    wait_for_js(
+        &pc,
+        "the reloaded console to be signed out",
+        WAIT,
+        signed_out,
+    )
+    .await;
+    let (revoked,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM events WHERE event_type = 'TokenRevoked'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(revoked, 1, "the logout is a fact");
+
     phone.close().await.expect("closing the phone's session");
     pc.close().await.expect("closing the PC's session");
 }

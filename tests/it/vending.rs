@@ -22,8 +22,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(15);
-const CLIENT_ID: &str = "latch-it";
-const CLIENT_SECRET: &str = "vending-test-secret";
+pub const CLIENT_ID: &str = "latch-it";
+pub const CLIENT_SECRET: &str = "vending-test-secret";
 
 /// The app, wired to its own Kazaya sandbox.
 pub struct World {
@@ -39,6 +39,15 @@ impl Drop for World {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// The signature on `cabinet`'s sticker (the tests' apps sign with the development key), which
+/// an open must carry.
+pub fn sticker_sig(cabinet: Uuid) -> String {
+    latch_api::vending::sticker::signature(
+        &latch_api::vending::VendingConfig::default().sticker_key,
+        &latch_domain::device::DeviceId::from(cabinet),
+    )
 }
 
 fn free_port() -> u16 {
@@ -152,7 +161,11 @@ impl World {
 
     pub async fn open(&self, cabinet: Uuid, token: &str) -> reqwest::Response {
         self.app
-            .post(&format!("/m/api/cabinets/{cabinet}/open"), token, None)
+            .post(
+                &format!("/m/api/cabinets/{cabinet}/open?k={}", sticker_sig(cabinet)),
+                token,
+                None,
+            )
             .await
     }
 
@@ -275,7 +288,7 @@ impl Cabinet {
     }
 }
 
-fn location(res: &reqwest::Response) -> String {
+pub fn location(res: &reqwest::Response) -> String {
     res.headers()["location"].to_str().unwrap().to_owned()
 }
 
@@ -370,12 +383,15 @@ async fn register_through_kazaya(
         .await
         .unwrap();
     assert_eq!(landed.status(), 303, "{:?}", landed.text().await);
-    assert_eq!(location(&landed), format!("/m/cabinet/{cabinet}"));
+    assert_eq!(
+        location(&landed),
+        format!("/m/cabinet/{cabinet}?k={}", sticker_sig(cabinet))
+    );
     set_cookies(&landed)["latch_session"].clone()
 }
 
 /// A Kazaya member's bearer token, registered through the sandbox like a phone would.
-pub(crate) async fn member_token(world: &World, cabinet: Uuid, phone: &str) -> String {
+pub async fn member_token(world: &World, cabinet: Uuid, phone: &str) -> String {
     let cookie = register_through_kazaya(world, cabinet, phone, "测试").await;
     let me: Value = world
         .app
@@ -440,8 +456,10 @@ async fn a_new_member_registers_opens_takes_three_items_pays_and_gets_a_receipt(
         .app
         .http
         .post(format!(
-            "{}/m/api/cabinets/{}/open",
-            world.app.address, cabinet.id
+            "{}/m/api/cabinets/{}/open?k={}",
+            world.app.address,
+            cabinet.id,
+            sticker_sig(cabinet.id)
         ))
         .header("cookie", format!("latch_session={session_cookie}"))
         .send()
@@ -460,8 +478,10 @@ async fn a_new_member_registers_opens_takes_three_items_pays_and_gets_a_receipt(
         .app
         .http
         .post(format!(
-            "{}/m/api/cabinets/{}/open",
-            world.app.address, cabinet.id
+            "{}/m/api/cabinets/{}/open?k={}",
+            world.app.address,
+            cabinet.id,
+            sticker_sig(cabinet.id)
         ))
         .header("cookie", format!("latch_session={session_cookie}"))
         .header("x-latch-client", "test")

@@ -3,7 +3,7 @@
 
 use super::passwords::{dummy_hash, hash_password, verify_password};
 use super::{unprocessable, SUBJECT_PREFIX};
-use crate::auth::{Actor, Role};
+use crate::auth::{revoke_all_of, Actor, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, RequestMeta};
 use crate::login_events::{self, LoginToken};
@@ -91,6 +91,14 @@ async fn user_status(
     } else {
         UserCommand::Enable { at }
     };
+    // `UserDisabled` revokes every session the user holds: their next request is 401
+    // `token_revoked`. The rows are revoked both before the event (a crash after it cannot leave
+    // a disabled user's token working) and after it (sweeping a token a login racing this one
+    // stored meanwhile; the login re-checks the user after storing, see `check_login`).
+    let subject = format!("{SUBJECT_PREFIX}{number}");
+    if disable {
+        revoke_all_of(&state.pool, Role::User, &subject).await?;
+    }
     state
         .store
         .locker_users
@@ -101,6 +109,10 @@ async fn user_status(
             &meta.context(&actor, b""),
         )
         .await?;
+    if disable {
+        let n = revoke_all_of(&state.pool, Role::User, &subject).await?;
+        tracing::info!(user = %number, late = n, "locker user disabled; sessions revoked");
+    }
     Ok(Json(json!({
         "user_number": number.as_str(),
         "status": if disable { "disabled" } else { "active" },
@@ -216,6 +228,18 @@ pub(crate) async fn check_login(
     let session = state.lockers.settings.session;
     let LoginToken { token, expires_at } =
         login_events::succeeded(state, &number, &subject, session).await?;
+    // A disable that committed while this login ran must not leave it a working token: either
+    // it committed before this re-read (refused here, token revoked) or after the token was
+    // stored (its own sweep revokes it).
+    let now_user = state.store.locker_users.load(number.as_str()).await?;
+    if !now_user.is_some_and(|u| u.is_active()) {
+        state.auth.revoke(&token).await?;
+        return Err(unprocessable(
+            "user_disabled",
+            "user_number",
+            "this user is disabled",
+        ));
+    }
     Ok(LoggedIn {
         token,
         user_number: number.to_string(),

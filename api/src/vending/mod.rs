@@ -9,6 +9,7 @@
 //! Every write is a command on an aggregate (`planogram`, `device`, `shopping_session`,
 //! `member`); every list is a read model built by projections.
 
+pub mod opens;
 pub mod scans;
 pub mod shop;
 pub mod sticker;
@@ -22,8 +23,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use latch_domain::device::Label;
 use latch_domain::device::{DeviceId, ParseError};
-use latch_domain::store::CommandError;
+use latch_domain::store::{CommandContext, CommandError};
 use latch_domain::vending::{
     Money, OperatorId, PaymentState, Planogram, PlanogramCommand, RawSlot, ReviewLine, ShelfNo,
     ShoppingCommand, ShoppingError, ShoppingSession, Sku,
@@ -47,6 +49,8 @@ pub struct VendingConfig {
     pub secure_cookies: bool,
     /// How long a shopper stays logged in on the phone.
     pub session_ttl: chrono::Duration,
+    /// "Open" presses one member may make per minute (`LATCH_SHOPPER_OPENS_PER_MINUTE`).
+    pub opens_per_minute: u32,
 }
 
 impl std::fmt::Debug for VendingConfig {
@@ -58,6 +62,9 @@ impl std::fmt::Debug for VendingConfig {
     }
 }
 
+/// "Open" presses per member per minute unless configured.
+pub const DEFAULT_OPENS_PER_MINUTE: u32 = 10;
+
 impl Default for VendingConfig {
     fn default() -> Self {
         Self {
@@ -65,6 +72,7 @@ impl Default for VendingConfig {
             sticker_key: DEV_STICKER_KEY.as_bytes().to_vec(),
             secure_cookies: false,
             session_ttl: chrono::Duration::hours(12),
+            opens_per_minute: DEFAULT_OPENS_PER_MINUTE,
         }
     }
 }
@@ -76,6 +84,8 @@ pub struct Vending {
     pub kazaya: Option<Arc<dyn Kazaya>>,
     /// Sticker scans: the per-IP recording limit and the swapped-sticker index.
     pub scans: scans::Scans,
+    /// "Open" presses per member ([`VendingConfig::opens_per_minute`]).
+    pub opens: opens::OpenLimit,
 }
 
 impl Vending {
@@ -437,6 +447,19 @@ pub async fn resolve_review(
     Ok(Json(serde_json::to_value(&done.events).unwrap_or_default()))
 }
 
+/// Kazaya's refusal as the `RefundFailed` event keeps it (bounded, printable).
+fn refusal_label(e: &KazayaError) -> Label {
+    let text: String = e
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    Label::parse("reason", &text, 200)
+        .or_else(|_| Label::parse("reason", "refused by Kazaya", 200))
+        .expect("a non-empty label")
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundRequest {
@@ -492,17 +515,16 @@ pub async fn refund(
         body.value.amount_minor,
         paid.currency().as_str(),
     )?;
-    let left = session.refundable().unwrap_or(*paid);
-    if !amount.is_positive() || amount.minor() > left.minor() {
+    // More than was ever paid is a bad request; more than is left (other refunds done or
+    // under way) is a conflict with them, decided by the command below.
+    if !amount.is_positive() || amount.minor() > paid.minor() {
         return Err(ApiError::bad_request(
             "invalid_field",
             "amount_minor",
-            format!(
-                "amount_minor: 1 to {} (what is left of the payment)",
-                left.minor()
-            ),
+            format!("amount_minor: 1 to {} (the payment)", paid.minor()),
         ));
     }
+    let provider_ref = provider_ref.clone();
     // The request's own id keys the refund at Kazaya, so a retried request cannot refund twice.
     let ctx = meta.context(&actor, &body.raw);
     let refund_id = ctx.idempotency.as_ref().map_or(Uuid::now_v7(), |k| {
@@ -513,14 +535,11 @@ pub async fn refund(
         uuid::Builder::from_custom_bytes(bytes).into_uuid()
     });
     let kazaya = state.vending.kazaya()?;
-    kazaya
-        .refund(
-            &refund_id.to_string(),
-            provider_ref.as_str(),
-            amount.minor(),
-        )
-        .await?;
-    let command = ShoppingCommand::Refund {
+    // First the reservation (`RefundRequested`), then Kazaya: of concurrent refunds only those
+    // that fit in what is left are ever asked of Kazaya; the others are 409
+    // `refund_exceeds_payment` with nothing written.
+    let stream = sid.to_string();
+    let request = ShoppingCommand::RequestRefund {
         refund_id,
         amount,
         at: state.clock.now(),
@@ -528,8 +547,44 @@ pub async fn refund(
     state
         .store
         .shopping_sessions
-        .execute(&sid.to_string(), command.name(), command, &ctx)
+        .execute(&stream, request.name(), request, &ctx)
         .await?;
+    let outcome = kazaya
+        .refund(
+            &refund_id.to_string(),
+            provider_ref.as_str(),
+            amount.minor(),
+        )
+        .await;
+    // Kazaya's answer settles the reservation, keyed by the refund id (a retry records
+    // nothing twice). Unavailable: the reservation stays; retrying with the same
+    // Idempotency-Key asks Kazaya again under the same refund id.
+    let system = CommandContext::new(actor.to_string());
+    let (settle, answer) = match outcome {
+        Ok(_) => (
+            ShoppingCommand::Refund {
+                refund_id,
+                amount,
+                at: state.clock.now(),
+            },
+            Ok(()),
+        ),
+        Err(e @ KazayaError::Rejected { .. }) => (
+            ShoppingCommand::FailRefund {
+                refund_id,
+                reason: refusal_label(&e),
+                at: state.clock.now(),
+            },
+            Err(ApiError::from(e)),
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    state
+        .store
+        .shopping_sessions
+        .execute(&stream, settle.name(), settle, &system)
+        .await?;
+    answer?;
     Ok((
         StatusCode::CREATED,
         Json(RefundDone {

@@ -253,7 +253,7 @@ pub async fn sticker_landing(
     let Some(device) = device.filter(|_| genuine) else {
         return forged();
     };
-    let home = format!("/m/cabinet/{device}");
+    let home = cabinet_page(config, &device);
     if shopper.is_some() {
         return Redirect::to(&home).into_response();
     }
@@ -279,6 +279,15 @@ pub async fn sticker_landing(
         .build();
     let url = kazaya.authorize_url(&oauth_state, Some(&pkce.challenge));
     (jar.add(cookie), Redirect::to(url.as_str())).into_response()
+}
+
+/// The cabinet's page, carrying the sticker's signature on to "open" (which needs it): only
+/// reached from a genuine scan, directly or through the login the scan started.
+fn cabinet_page(config: &super::VendingConfig, device: &DeviceId) -> String {
+    format!(
+        "/m/cabinet/{device}?k={}",
+        super::sticker::signature(&config.sticker_key, device)
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -414,7 +423,7 @@ pub async fn auth_callback(
     let spent = Cookie::build((OAUTH_COOKIE, "")).path("/m/auth").build();
     (
         jar.add(session).remove(spent),
-        Redirect::to(&format!("/m/cabinet/{device}")),
+        Redirect::to(&cabinet_page(config, &device)),
     )
         .into_response()
 }
@@ -606,18 +615,34 @@ pub struct Opening {
     pub deadline: chrono::DateTime<chrono::Utc>,
 }
 
+#[derive(Debug, Deserialize)]
+pub struct OpenQuery {
+    /// The signature from the cabinet's sticker (`k` of its link).
+    k: Option<String>,
+}
+
 /// "Open": asks the cabinet to unlock for this shopper. Exactly one of several shoppers
 /// pressing at once gets the cabinet; the others are told it is busy.
+///
+/// Only someone standing at the cabinet may open it: the request carries the sticker's
+/// signature (`?k=`, which the sticker landing hands on to the page), so knowing a cabinet's
+/// id is not enough (403 `sticker_required` / `forged_cabinet_link`). A member opens one
+/// cabinet at a time (409 `shopper_session_active` while their last opening still holds its
+/// cabinet) and at most `LATCH_SHOPPER_OPENS_PER_MINUTE` times a minute (429 `too_many_opens`).
+/// Every refusal is decided before anything is written.
 #[utoipa::path(post, path = "/m/api/cabinets/{device_id}/open", tag = "vending",
-    params(("device_id" = Uuid, Path)),
-    responses((status = 202, body = Opening), (status = 404, body = ErrorBody),
-               (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    params(("device_id" = Uuid, Path), ("k" = String, Query, description = "the sticker's signature")),
+    responses((status = 202, body = Opening), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+               (status = 409, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn open(
     State(state): State<AppState>,
     shopper: Shopper,
     Path(device_id): Path<String>,
+    Query(q): Query<OpenQuery>,
 ) -> Result<(StatusCode, Json<Opening>), ApiError> {
     let device = parse_device(&device_id)?;
+    state.vending.opens.check(shopper.user.as_str())?;
+    super::opens::check_sticker(&state.vending.config, &device, q.k.as_deref())?;
     let unpaid = orders::queries::unpaid_of(&state.pool, shopper.user.as_str()).await?;
     if let Some(first) = unpaid.first() {
         return Err(ApiError::Conflict {
@@ -644,6 +669,9 @@ pub async fn open(
         });
     }
     let session_id = Uuid::now_v7();
+    // One opening at a time per member: claimed here, settled once the device has answered.
+    let claim =
+        super::opens::Claim::take(&state, shopper.user.as_str(), &device, session_id).await?;
     let now = state.clock.now();
     let command = DeviceCommand::RequestOpen {
         request_id: Uuid::now_v7(),
@@ -659,18 +687,19 @@ pub async fn open(
         .store
         .devices
         .execute(&device.to_string(), command.name(), command, &ctx)
-        .await
-        .map_err(|e| match e {
-            CommandError::Rejected(DeviceError::NotRegistered) => ApiError::NotFound {
-                code: "cabinet_not_found",
-                message: format!("no vending cabinet {device}"),
-            },
-            CommandError::Rejected(DeviceError::OpenPending) => ApiError::Conflict {
-                code: "cabinet_busy",
-                message: "someone else is opening this cabinet".into(),
-            },
-            other => other.into(),
-        })?;
+        .await;
+    claim.settle().await?;
+    let done = done.map_err(|e| match e {
+        CommandError::Rejected(DeviceError::NotRegistered) => ApiError::NotFound {
+            code: "cabinet_not_found",
+            message: format!("no vending cabinet {device}"),
+        },
+        CommandError::Rejected(DeviceError::OpenPending) => ApiError::Conflict {
+            code: "cabinet_busy",
+            message: "someone else is opening this cabinet".into(),
+        },
+        other => other.into(),
+    })?;
     match done.events.first() {
         Some(latch_domain::device::DeviceEvent::DoorOpenRequested {
             request_id,
@@ -1052,8 +1081,13 @@ pub async fn webhook(
 }
 
 impl Vending {
-    pub fn new(config: super::VendingConfig, kazaya: Option<Arc<dyn Kazaya>>) -> Self {
+    pub fn new(
+        config: super::VendingConfig,
+        kazaya: Option<Arc<dyn Kazaya>>,
+        clock: latch_domain::clock::SharedClock,
+    ) -> Self {
         Self {
+            opens: super::opens::OpenLimit::new(config.opens_per_minute, clock),
             config,
             kazaya,
             scans: super::scans::Scans::default(),

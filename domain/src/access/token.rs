@@ -80,6 +80,8 @@ pub enum TokenVia {
 pub enum RevokeReason {
     /// Its holder logged out.
     Logout,
+    /// Someone with access to the installation revoked it (`latch token revoke`).
+    Revoked,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -85,9 +85,25 @@ pub enum ShoppingCommand {
         reason: Label,
         at: DateTime<Utc>,
     },
+    /// Reserves `amount` of the payment for a refund about to be asked of Kazaya. Recorded
+    /// BEFORE the call, so concurrent refunds cannot together exceed what was paid: the
+    /// stream's optimistic concurrency orders them and each sees the others' reservations.
+    RequestRefund {
+        refund_id: Uuid,
+        amount: Money,
+        at: DateTime<Utc>,
+    },
+    /// Kazaya refunded: a requested refund is done (or, for a refund never requested, one is
+    /// recorded within what is left).
     Refund {
         refund_id: Uuid,
         amount: Money,
+        at: DateTime<Utc>,
+    },
+    /// Kazaya refused a requested refund: its reservation is released.
+    FailRefund {
+        refund_id: Uuid,
+        reason: Label,
         at: DateTime<Utc>,
     },
 }
@@ -104,7 +120,9 @@ impl ShoppingCommand {
             Self::RequestPayment { .. } => "RequestPayment",
             Self::RecordPaymentSucceeded { .. } => "RecordPaymentSucceeded",
             Self::RecordPaymentFailed { .. } => "RecordPaymentFailed",
+            Self::RequestRefund { .. } => "RequestRefund",
             Self::Refund { .. } => "RefundPayment",
+            Self::FailRefund { .. } => "FailRefund",
         }
     }
 }
@@ -164,17 +182,30 @@ pub enum ShoppingEvent {
         reason: Label,
         at: DateTime<Utc>,
     },
+    /// A refund asked of Kazaya: its amount is reserved until it is `Refunded` or
+    /// `RefundFailed`.
+    RefundRequested {
+        refund_id: Uuid,
+        payment_id: Uuid,
+        amount: Money,
+        at: DateTime<Utc>,
+    },
     Refunded {
         refund_id: Uuid,
         payment_id: Uuid,
         amount: Money,
         at: DateTime<Utc>,
     },
+    RefundFailed {
+        refund_id: Uuid,
+        reason: Label,
+        at: DateTime<Utc>,
+    },
 }
 
 impl ShoppingEvent {
     pub const VERSION: &'static str = "1";
-    pub const TYPES: [&'static str; 11] = [
+    pub const TYPES: [&'static str; 13] = [
         "SessionStarted",
         "WeighingRecorded",
         "OrderPlaced",
@@ -185,7 +216,9 @@ impl ShoppingEvent {
         "PaymentRequested",
         "PaymentSucceeded",
         "PaymentFailed",
+        "RefundRequested",
         "Refunded",
+        "RefundFailed",
     ];
 
     pub fn at(&self) -> DateTime<Utc> {
@@ -200,7 +233,9 @@ impl ShoppingEvent {
             | Self::PaymentRequested { at, .. }
             | Self::PaymentSucceeded { at, .. }
             | Self::PaymentFailed { at, .. }
-            | Self::Refunded { at, .. } => *at,
+            | Self::RefundRequested { at, .. }
+            | Self::Refunded { at, .. }
+            | Self::RefundFailed { at, .. } => *at,
         }
     }
 }
@@ -218,7 +253,9 @@ impl DomainEvent for ShoppingEvent {
             Self::PaymentRequested { .. } => "PaymentRequested",
             Self::PaymentSucceeded { .. } => "PaymentSucceeded",
             Self::PaymentFailed { .. } => "PaymentFailed",
+            Self::RefundRequested { .. } => "RefundRequested",
             Self::Refunded { .. } => "Refunded",
+            Self::RefundFailed { .. } => "RefundFailed",
         };
         name.to_owned()
     }
@@ -370,6 +407,9 @@ pub struct ShoppingSession {
     /// Payment ids that failed: never reused, and a repeated failure report is a no-op.
     pub failed_payments: Vec<Uuid>,
     pub refunds: Vec<Refund>,
+    /// Refunds requested of Kazaya and not yet done or failed: their amounts are reserved.
+    #[serde(default)]
+    pub pending_refunds: Vec<Refund>,
 }
 
 impl crate::store::StateShape for ShoppingSession {}
@@ -457,9 +497,18 @@ impl Aggregate for ShoppingSession {
                 self.payment = PaymentState::None;
                 self.failed_payments.push(payment_id);
             }
+            E::RefundRequested {
+                refund_id, amount, ..
+            } => self.pending_refunds.push(Refund { refund_id, amount }),
             E::Refunded {
                 refund_id, amount, ..
-            } => self.refunds.push(Refund { refund_id, amount }),
+            } => {
+                self.pending_refunds.retain(|r| r.refund_id != refund_id);
+                self.refunds.push(Refund { refund_id, amount });
+            }
+            E::RefundFailed { refund_id, .. } => {
+                self.pending_refunds.retain(|r| r.refund_id != refund_id);
+            }
         }
     }
 }
@@ -664,45 +713,112 @@ impl ShoppingSession {
                     _ => Err(Err::UnknownPayment),
                 }
             }
+            C::RequestRefund {
+                refund_id,
+                amount,
+                at,
+            } => {
+                let payment_id = self.check_refund(amount)?;
+                if self.refund_known(refund_id, amount)? {
+                    return Ok(vec![]);
+                }
+                self.check_refundable(amount)?;
+                Ok(vec![E::RefundRequested {
+                    refund_id,
+                    payment_id,
+                    amount,
+                    at,
+                }])
+            }
             C::Refund {
                 refund_id,
                 amount,
                 at,
             } => {
-                let PaymentState::Succeeded {
-                    payment_id,
-                    amount: paid,
-                    ..
-                } = &self.payment
-                else {
-                    return Err(Err::OrderNotPaid);
-                };
-                if amount.currency() != paid.currency() || !amount.is_positive() {
-                    return Err(Err::InvalidRefund);
+                let payment_id = self.check_refund(amount)?;
+                if self.refunds.iter().any(|r| r.refund_id == refund_id) {
+                    // Done already: the same refund again changes nothing.
+                    self.refund_known(refund_id, amount)?;
+                    return Ok(vec![]);
                 }
-                if let Some(earlier) = self.refunds.iter().find(|r| r.refund_id == refund_id) {
-                    return if earlier.amount == amount {
-                        Ok(vec![])
-                    } else {
-                        Err(Err::RefundIdReused)
-                    };
-                }
-                let refundable = self
-                    .refunds
+                match self
+                    .pending_refunds
                     .iter()
-                    .try_fold(*paid, |left, r| left.checked_sub(&r.amount))
-                    .map_err(|_| Err::RefundExceedsPayment)?;
-                if amount.minor() > refundable.minor() {
-                    return Err(Err::RefundExceedsPayment);
+                    .find(|r| r.refund_id == refund_id)
+                {
+                    Some(p) if p.amount != amount => return Err(Err::RefundIdReused),
+                    // Its amount was reserved when it was requested.
+                    Some(_) => {}
+                    None => self.check_refundable(amount)?,
                 }
                 Ok(vec![E::Refunded {
                     refund_id,
-                    payment_id: *payment_id,
+                    payment_id,
                     amount,
                     at,
                 }])
             }
+            C::FailRefund {
+                refund_id,
+                reason,
+                at,
+            } => {
+                // Only a refund still waiting can fail; anything else is a repeat.
+                if !self
+                    .pending_refunds
+                    .iter()
+                    .any(|r| r.refund_id == refund_id)
+                {
+                    return Ok(vec![]);
+                }
+                Ok(vec![E::RefundFailed {
+                    refund_id,
+                    reason,
+                    at,
+                }])
+            }
         }
+    }
+
+    /// A refund's amount must be positive, in the currency of a successful payment: its id.
+    fn check_refund(&self, amount: Money) -> Result<Uuid, ShoppingError> {
+        let PaymentState::Succeeded {
+            payment_id,
+            amount: paid,
+            ..
+        } = &self.payment
+        else {
+            return Err(ShoppingError::OrderNotPaid);
+        };
+        if amount.currency() != paid.currency() || !amount.is_positive() {
+            return Err(ShoppingError::InvalidRefund);
+        }
+        Ok(*payment_id)
+    }
+
+    /// Whether `refund_id` is already requested or done with this amount (`Err` when with
+    /// another amount: an id is never reused).
+    fn refund_known(&self, refund_id: Uuid, amount: Money) -> Result<bool, ShoppingError> {
+        match self
+            .refunds
+            .iter()
+            .chain(&self.pending_refunds)
+            .find(|r| r.refund_id == refund_id)
+        {
+            Some(r) if r.amount == amount => Ok(true),
+            Some(_) => Err(ShoppingError::RefundIdReused),
+            None => Ok(false),
+        }
+    }
+
+    fn check_refundable(&self, amount: Money) -> Result<(), ShoppingError> {
+        let left = self
+            .refundable()
+            .ok_or(ShoppingError::RefundExceedsPayment)?;
+        if amount.minor() > left.minor() {
+            return Err(ShoppingError::RefundExceedsPayment);
+        }
+        Ok(())
     }
 
     /// The total the shopper has to pay, if the order is decided and not free (paid or not).
@@ -734,13 +850,15 @@ impl ShoppingSession {
         }
     }
 
-    /// What is left to refund of a successful payment (`None` before one).
+    /// What is left to refund of a successful payment (`None` before one): the payment less
+    /// the refunds done and those requested and still waiting.
     pub fn refundable(&self) -> Option<Money> {
         let PaymentState::Succeeded { amount, .. } = &self.payment else {
             return None;
         };
         self.refunds
             .iter()
+            .chain(&self.pending_refunds)
             .try_fold(*amount, |left, r| left.checked_sub(&r.amount))
             .ok()
     }
@@ -983,6 +1101,30 @@ mod tests {
             at: t(100),
         });
         e
+    }
+
+    fn refund_requested(mut e: Vec<ShoppingEvent>, n: u128, amount: i64) -> Vec<ShoppingEvent> {
+        e.push(ShoppingEvent::RefundRequested {
+            refund_id: refund_id(n),
+            payment_id: pay(1),
+            amount: cny(amount),
+            at: t(99),
+        });
+        e
+    }
+    fn refund_failed(n: u128) -> ShoppingEvent {
+        ShoppingEvent::RefundFailed {
+            refund_id: refund_id(n),
+            reason: Label::parse("reason", "refused", 200).unwrap(),
+            at: t(101),
+        }
+    }
+    fn request_refund(n: u128, amount: i64) -> ShoppingCommand {
+        ShoppingCommand::RequestRefund {
+            refund_id: refund_id(n),
+            amount: cny(amount),
+            at: t(99),
+        }
     }
 
     fn close(w: Weighing) -> ShoppingCommand {
@@ -1429,6 +1571,63 @@ mod tests {
     }
 
     #[test]
+    fn a_requested_refund_reserves_its_amount_until_done_or_failed() {
+        SessionTest::with(())
+            .given(paid())
+            .when(request_refund(1, 900))
+            .then_expect_events(refund_requested(vec![], 1, 900));
+        // Reserved: a second request, even of one cent, exceeds what is left.
+        let reserved = refund_requested(paid(), 1, 900);
+        assert_eq!(state(reserved.clone()).refundable(), Some(cny(0)));
+        SessionTest::with(())
+            .given(reserved.clone())
+            .when(request_refund(2, 1))
+            .then_expect_error(ShoppingError::RefundExceedsPayment);
+        // The same request again (a retry) records nothing; another amount under its id is
+        // refused.
+        SessionTest::with(())
+            .given(reserved.clone())
+            .when(request_refund(1, 900))
+            .then_expect_events(vec![]);
+        SessionTest::with(())
+            .given(reserved.clone())
+            .when(request_refund(1, 800))
+            .then_expect_error(ShoppingError::RefundIdReused);
+        // Done: the reservation becomes the refund.
+        SessionTest::with(())
+            .given(reserved.clone())
+            .when(refund(1, 900))
+            .then_expect_events(refunded(vec![], 1, 900));
+        let done = refunded(reserved.clone(), 1, 900);
+        assert_eq!(state(done.clone()).refundable(), Some(cny(0)));
+        assert!(state(done.clone()).pending_refunds.is_empty());
+        SessionTest::with(())
+            .given(done)
+            .when(ShoppingCommand::FailRefund {
+                refund_id: refund_id(1),
+                reason: Label::parse("reason", "late", 200).unwrap(),
+                at: t(102),
+            })
+            .then_expect_events(vec![]);
+        // Failed: the amount is free again.
+        SessionTest::with(())
+            .given(reserved.clone())
+            .when(ShoppingCommand::FailRefund {
+                refund_id: refund_id(1),
+                reason: Label::parse("reason", "refused", 200).unwrap(),
+                at: t(101),
+            })
+            .then_expect_events(vec![refund_failed(1)]);
+        let mut failed = reserved;
+        failed.push(refund_failed(1));
+        assert_eq!(state(failed.clone()).refundable(), Some(cny(900)));
+        SessionTest::with(())
+            .given(failed)
+            .when(request_refund(2, 900))
+            .then_expect_events(refund_requested(vec![], 2, 900));
+    }
+
+    #[test]
     fn refund_refusals() {
         SessionTest::with(())
             .given(refunded(paid(), 1, 350))
@@ -1515,7 +1714,9 @@ mod tests {
             at: t(1),
         });
         all.push(failed(vec![], 3).remove(0));
+        all = refund_requested(all, 1, 10);
         all = refunded(all, 1, 10);
+        all.push(refund_failed(2));
         let mut names: Vec<String> = all.iter().map(|e| e.event_type()).collect();
         names.sort();
         names.dedup();
