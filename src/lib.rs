@@ -19,6 +19,7 @@ pub mod bench_vending;
 pub mod config;
 pub mod dev;
 pub mod kazaya_sandbox;
+pub mod serve;
 pub mod sim;
 pub mod telemetry;
 

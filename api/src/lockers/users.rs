@@ -143,6 +143,14 @@ pub async fn login(
     check_login(&state, &body.value, client.ip).await.map(Json)
 }
 
+/// An argon2id hash of nothing anyone knows, made once, with the same parameters as real ones.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        hash_password(&format!("{:032x}", rand::random::<u128>())).unwrap_or_default()
+    })
+}
+
 /// Checks a user number and password and issues a session token: what `POST /lockers/login`
 /// answers, and what the phone pages' login turns into a cookie.
 pub(crate) async fn check_login(
@@ -151,13 +159,7 @@ pub(crate) async fn check_login(
     ip: std::net::IpAddr,
 ) -> Result<LoggedIn, ApiError> {
     let number = UserNumber::parse("user_number", &login.user_number)?;
-    if let Err(wait) = state.lockers.login_limit.check(&number.to_string()) {
-        return Err(ApiError::TooManyRequests {
-            code: "too_many_login_attempts",
-            message: "too many login attempts for this user number; wait and try again".into(),
-            retry_after_secs: wait.as_secs().max(1),
-        });
-    }
+    state.lockers.limits.login(ip, &number)?;
     let refused = || {
         unprocessable(
             "invalid_credentials",
@@ -171,13 +173,27 @@ pub(crate) async fn check_login(
         .load(number.as_str())
         .await?
         .unwrap_or_default();
-    let hash = user.password_hash.clone();
+    let known = user.number.is_some();
+    // An unknown number is checked against a dummy hash: it takes as long as a wrong
+    // password, so timing does not tell which numbers exist.
+    let hash = if known {
+        user.password_hash.clone()
+    } else {
+        String::new()
+    };
     let password = login.password.clone();
-    let ok = user.number.is_some()
-        && state
-            .lockers
-            .password_work(move || verify_password(&password, &hash))
-            .await?;
+    let verified = state
+        .lockers
+        .password_work(move || {
+            if hash.is_empty() {
+                verify_password(&password, dummy_hash());
+                false
+            } else {
+                verify_password(&password, &hash)
+            }
+        })
+        .await?;
+    let ok = known && verified;
     if !ok {
         let why = match user.number {
             Some(_) => LoginRefusal::InvalidCredentials,
