@@ -225,6 +225,14 @@ pub(crate) fn spawn_serve(
         .env("NATS_URL", nats_url)
         .env("LATCH_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("LATCH_MIGRATE", "false")
+        // Benches measure throughput from one address, not abuse: the per-user and per-IP
+        // limits (issue 13) would measure themselves.
+        .env("LATCH_GRANTS_PER_MINUTE_PER_USER", "100000000")
+        .env("LATCH_GRANTS_PER_MINUTE_PER_COMPARTMENT", "100000000")
+        .env("LATCH_RESERVATIONS_PER_MINUTE_PER_USER", "100000000")
+        .env("LATCH_LOGIN_ATTEMPTS_PER_MINUTE_PER_IP", "100000000")
+        .env("LATCH_LOGIN_ATTEMPTS_PER_MINUTE_GLOBAL", "100000000")
+        .env("LATCH_HTTP_MAX_CONNECTIONS", "100000")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
