@@ -96,10 +96,18 @@ pub struct LimitArgs {
     #[arg(long, env = "LATCH_QR_SOCKETS_PER_LOGIN", default_value_t = 4)]
     pub qr_sockets_per_login: usize,
     /// Locker login attempts per client IP (IPv6: per /64) per minute.
-    #[arg(long, env = "LATCH_LOGIN_ATTEMPTS_PER_MINUTE_PER_IP", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "LATCH_LOGIN_ATTEMPTS_PER_MINUTE_PER_IP",
+        default_value_t = 30
+    )]
     pub login_attempts_per_minute_per_ip: u32,
     /// Locker login attempts per minute for the whole process.
-    #[arg(long, env = "LATCH_LOGIN_ATTEMPTS_PER_MINUTE_GLOBAL", default_value_t = 600)]
+    #[arg(
+        long,
+        env = "LATCH_LOGIN_ATTEMPTS_PER_MINUTE_GLOBAL",
+        default_value_t = 600
+    )]
     pub login_attempts_per_minute_global: u32,
     /// Longest a reservation may run from now, in seconds.
     #[arg(long, env = "LATCH_RESERVATION_MAX_SECS", default_value_t = 7 * 24 * 3600)]
@@ -108,19 +116,35 @@ pub struct LimitArgs {
     #[arg(long, env = "LATCH_RESERVATIONS_PER_USER", default_value_t = 10)]
     pub reservations_per_user: usize,
     /// Reservation requests per locker user per minute.
-    #[arg(long, env = "LATCH_RESERVATIONS_PER_MINUTE_PER_USER", default_value_t = 20)]
+    #[arg(
+        long,
+        env = "LATCH_RESERVATIONS_PER_MINUTE_PER_USER",
+        default_value_t = 20
+    )]
     pub reservations_per_minute_per_user: u32,
     /// Grant requests per locker user per minute.
     #[arg(long, env = "LATCH_GRANTS_PER_MINUTE_PER_USER", default_value_t = 20)]
     pub grants_per_minute_per_user: u32,
     /// Grant requests per compartment per minute.
-    #[arg(long, env = "LATCH_GRANTS_PER_MINUTE_PER_COMPARTMENT", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "LATCH_GRANTS_PER_MINUTE_PER_COMPARTMENT",
+        default_value_t = 10
+    )]
     pub grants_per_minute_per_compartment: u32,
     /// Pickup-code attempts per caller per minute.
-    #[arg(long, env = "LATCH_PICKUP_ATTEMPTS_PER_MINUTE_PER_USER", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "LATCH_PICKUP_ATTEMPTS_PER_MINUTE_PER_USER",
+        default_value_t = 10
+    )]
     pub pickup_attempts_per_minute_per_user: u32,
     /// Pickup-code attempts per minute for the whole process by callers who were wrong lately.
-    #[arg(long, env = "LATCH_PICKUP_ATTEMPTS_PER_MINUTE_GLOBAL", default_value_t = 300)]
+    #[arg(
+        long,
+        env = "LATCH_PICKUP_ATTEMPTS_PER_MINUTE_GLOBAL",
+        default_value_t = 300
+    )]
     pub pickup_attempts_per_minute_global: u32,
 }
 

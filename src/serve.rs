@@ -15,11 +15,11 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use latch_api::edge::ConnectionSlot;
+use latch_workers::CancellationToken;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use latch_workers::CancellationToken;
 use tower::ServiceExt;
 
 /// Transport limits (`LATCH_HTTP_*`).
@@ -88,11 +88,13 @@ pub async fn serve(
         full_logged = false;
         let _ = stream.set_nodelay(true);
         let slot = ConnectionSlot(Arc::new(permit));
-        let service = app.clone().map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req.extensions_mut().insert(slot.clone());
-            req
-        });
+        let service =
+            app.clone()
+                .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    req.extensions_mut().insert(slot.clone());
+                    req
+                });
         let service = TowerToHyperService::new(service);
         let conn = http
             .serve_connection(TokioIo::new(stream), service)

@@ -96,9 +96,7 @@ impl TrustedProxies {
 /// IPv4-mapped IPv6 addresses as the IPv4 address they are.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -137,14 +135,18 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 /// The resolved client IP of a request; the socket peer if [`guard`] did not run; loopback
 /// when there is no socket at all (a router driven in-process).
 pub fn client_ip_of(parts: &Parts) -> ClientIp {
-    parts.extensions.get::<ClientIp>().copied().unwrap_or_else(|| {
-        ClientIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or(IpAddr::from([127, 0, 0, 1]), |c| canonical(c.0.ip())),
-        )
-    })
+    parts
+        .extensions
+        .get::<ClientIp>()
+        .copied()
+        .unwrap_or_else(|| {
+            ClientIp(
+                parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map_or(IpAddr::from([127, 0, 0, 1]), |c| canonical(c.0.ip())),
+            )
+        })
 }
 
 /// The body limit in force, for extractors to name in their refusal.

@@ -116,13 +116,15 @@ impl LockerLimits {
                 w,
             )
         })?;
-        self.login_per_number.check(&number.to_string()).map_err(|w| {
-            too_many(
-                "too_many_login_attempts",
-                "too many login attempts for this user number; wait and try again",
-                w,
-            )
-        })
+        self.login_per_number
+            .check(&number.to_string())
+            .map_err(|w| {
+                too_many(
+                    "too_many_login_attempts",
+                    "too many login attempts for this user number; wait and try again",
+                    w,
+                )
+            })
     }
 
     /// A reservation request by `user`.
@@ -140,7 +142,12 @@ impl LockerLimits {
     /// model, unless that makes more than `cap`. The place counts at once (so concurrent
     /// requests of one user cannot all pass the check), and, once [`Slot::reserved`] names the
     /// compartment, for a while after, until the read model surely shows it.
-    pub fn hold_slot(&self, user: &UserNumber, projected: &[String], cap: usize) -> Option<Slot<'_>> {
+    pub fn hold_slot(
+        &self,
+        user: &UserNumber,
+        projected: &[String],
+        cap: usize,
+    ) -> Option<Slot<'_>> {
         let now = self.clock.now();
         let mut recent = self.recent.lock().expect("recent lock");
         let list = recent.entry(user.to_string()).or_default();
@@ -250,7 +257,10 @@ impl LockerLimits {
             ("grant_per_compartment", self.grant_per_compartment.len()),
             ("pickup_per_caller", self.pickup_per_caller.len()),
             ("pickup_wrong", self.pickup_wrong.len()),
-            ("recent_reservations", self.recent.lock().expect("recent lock").len()),
+            (
+                "recent_reservations",
+                self.recent.lock().expect("recent lock").len(),
+            ),
         ]
     }
 }

@@ -139,7 +139,7 @@ pub async fn reserve(
                         "holder": user.as_str(),
                         "expires_at": expires_at,
                     })),
-                ))
+                ));
             }
             Err(CommandError::Rejected(CompartmentError::NotFree)) => continue,
             Err(CommandError::Rejected(CompartmentError::BadWindow)) => {

@@ -18,6 +18,7 @@
 use latch_domain::clock::SharedClock;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ pub struct Limit<K: Hash + Eq + Clone> {
     max_keys: usize,
     clock: SharedClock,
     cells: Mutex<HashMap<K, u64>>,
+    /// Whether "table full" was logged since the last tidy (a flood would log it per request).
+    full_logged: AtomicBool,
 }
 
 impl<K: Hash + Eq + Clone> Limit<K> {
@@ -45,6 +48,7 @@ impl<K: Hash + Eq + Clone> Limit<K> {
             max_keys: DEFAULT_MAX_KEYS,
             clock,
             cells: Mutex::new(HashMap::new()),
+            full_logged: AtomicBool::new(false),
         }
     }
 
@@ -73,7 +77,12 @@ impl<K: Hash + Eq + Clone> Limit<K> {
                     cells.retain(|_, tat| *tat > now);
                 }
                 if cells.len() >= self.max_keys {
-                    tracing::warn!(keys = cells.len(), "rate-limit table full; refusing new keys");
+                    if !self.full_logged.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            keys = cells.len(),
+                            "rate-limit table full; refusing new keys"
+                        );
+                    }
                     return Err(Duration::from_nanos(self.interval));
                 }
                 now
@@ -101,6 +110,7 @@ impl<K: Hash + Eq + Clone> Limit<K> {
         let now = self.now();
         let mut cells = self.cells.lock().expect("limit lock");
         cells.retain(|_, tat| *tat > now);
+        self.full_logged.store(false, Ordering::Relaxed);
         if cells.capacity() > 4 * cells.len().max(1024) {
             cells.shrink_to_fit();
         }
