@@ -22,6 +22,9 @@ use std::time::Duration;
 /// shows it (the projection lags the commit by milliseconds; this covers a slow one).
 const RECENT: chrono::Duration = chrono::Duration::seconds(30);
 
+/// One user's reservations made here lately: (compartment or pending place, when).
+type Recent = Vec<(String, DateTime<Utc>)>;
+
 pub struct LockerLimits {
     login_per_number: Limit<String>,
     login_per_ip: Limit<IpAddr>,
@@ -35,7 +38,7 @@ pub struct LockerLimits {
     pickup_wrong: Limit<String>,
     pickup_global: Limit<()>,
     /// Reservations made by this process lately, per user: (compartment, when).
-    recent: Mutex<HashMap<String, Vec<(String, DateTime<Utc>)>>>,
+    recent: Mutex<HashMap<String, Recent>>,
     clock: SharedClock,
 }
 
