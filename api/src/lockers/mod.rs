@@ -99,7 +99,7 @@ impl Default for LockerSettings {
     fn default() -> Self {
         Self {
             login_attempts_per_minute: 5,
-            login_attempts_per_minute_per_ip: 30,
+            login_attempts_per_minute_per_ip: 60,
             login_attempts_per_minute_global: 600,
             reservation_max: chrono::Duration::days(7),
             reservations_per_user: 10,
