@@ -99,7 +99,7 @@ pub struct LimitArgs {
     #[arg(
         long,
         env = "LATCH_LOGIN_ATTEMPTS_PER_MINUTE_PER_IP",
-        default_value_t = 30
+        default_value_t = 60
     )]
     pub login_attempts_per_minute_per_ip: u32,
     /// Locker login attempts per minute for the whole process.
