@@ -196,7 +196,7 @@ async fn more_push_channels_than_allowed_for_one_qr_login_are_refused() {
         tokio_tungstenite::connect_async(request)
     };
     let (mut first, _) = connect().await.unwrap();
-    let (_second, _) = connect().await.unwrap();
+    let (mut second, _) = connect().await.unwrap();
     match connect().await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 429);
@@ -210,6 +210,24 @@ async fn more_push_channels_than_allowed_for_one_qr_login_are_refused() {
         connect().await.ok().map(|_| ())
     })
     .await;
+    // A message over the limit ends the channel.
+    use futures::{SinkExt, StreamExt};
+    let big = tokio_tungstenite::tungstenite::Message::text("x".repeat(64 * 1024));
+    let _ = second.send(big).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match second.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(m)) if m.is_close() => return,
+                Some(Ok(_)) => {} // the state pushed on connect
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "an oversized message did not end the channel"
+    );
 }
 
 /// Like `spawn_app_with`, keeping the lockers' state to read its rate-limit tables.
