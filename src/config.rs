@@ -87,8 +87,8 @@ pub struct LimitArgs {
     #[arg(long, env = "LATCH_HTTP_BODY_LIMIT_BYTES", default_value_t = latch_api::edge::DEFAULT_BODY_LIMIT)]
     pub http_body_limit_bytes: usize,
     /// Proxies whose X-Forwarded-For is believed (comma-separated CIDR ranges or addresses).
-    #[arg(long, env = "LATCH_TRUSTED_PROXIES", value_delimiter = ',', value_parser = latch_api::edge::parse_net)]
-    pub trusted_proxies: Vec<latch_api::edge::IpNet>,
+    #[arg(long, env = "LATCH_TRUSTED_PROXIES", value_parser = latch_api::edge::TrustedProxies::parse)]
+    pub trusted_proxies: Option<latch_api::edge::TrustedProxies>,
     /// QR codes minted per minute by the whole process.
     #[arg(long, env = "LATCH_QR_MINT_PER_MINUTE_GLOBAL", default_value_t = 6000)]
     pub qr_mint_per_minute_global: u32,
@@ -154,7 +154,7 @@ impl LimitArgs {
         s.http.header_read_timeout = Duration::from_millis(self.http_header_timeout_ms.max(1));
         s.edge.request_timeout = Duration::from_millis(self.http_request_timeout_ms.max(1));
         s.edge.body_limit = self.http_body_limit_bytes;
-        s.edge.trusted_proxies = latch_api::edge::TrustedProxies::new(self.trusted_proxies.clone());
+        s.edge.trusted_proxies = self.trusted_proxies.clone().unwrap_or_default();
         s.qr.mint_per_minute_global = self.qr_mint_per_minute_global;
         s.qr.sockets_per_login = self.qr_sockets_per_login.max(1);
         let l = &mut s.lockers;

@@ -57,6 +57,15 @@ impl TrustedProxies {
         Self(nets)
     }
 
+    /// A comma-separated list of [`parse_net`] entries; empty means none.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        list.split(',')
+            .filter(|e| !e.trim().is_empty())
+            .map(parse_net)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
+
     fn trusts(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.0.iter().any(|net| net.contains(&ip))
@@ -235,6 +244,9 @@ mod tests {
             ip("2001:db8::1")
         );
         assert!(parse_net("not-a-net").is_err());
+        assert!(TrustedProxies::parse("").unwrap().0.is_empty());
+        assert_eq!(TrustedProxies::parse("10.0.0.0/8, ::1").unwrap().0.len(), 2);
+        assert!(TrustedProxies::parse("10.0.0.0/8,bogus").is_err());
     }
 
     #[test]
