@@ -54,6 +54,7 @@ pub struct Application {
     audit_key: Option<latch_projections::audit::signing::Key>,
     /// Extra CA roots for every outbound client (`LATCH_EXTRA_CA_FILE`).
     roots: TlsRoots,
+    lockers: Arc<latch_api::lockers::Lockers>,
 }
 
 impl Application {
@@ -108,6 +109,10 @@ impl Application {
             tracing::warn!("LATCH_PICKUP_PEPPER is shorter than 32 bytes");
         }
         Ok(Self {
+            lockers: Arc::new(latch_api::lockers::Lockers::new(
+                settings.lockers.clone(),
+                settings.clock.clone(),
+            )),
             audit_key,
             store: Arc::new(Store::with_vault_key(pool.clone(), secrets_key)),
             roots,
@@ -130,6 +135,11 @@ impl Application {
 
     pub fn store(&self) -> Arc<Store> {
         self.store.clone()
+    }
+
+    /// The lockers API's state (its rate-limit tables, for diagnostics and tests).
+    pub fn lockers(&self) -> Arc<latch_api::lockers::Lockers> {
+        self.lockers.clone()
     }
 
     /// What the workers of every role are given.
@@ -218,10 +228,14 @@ impl Application {
             tasks.spawn(hub.clone().run(self.nats.clone(), shutdown.clone()));
             let qr = Arc::new(QrService::new(hub, s.qr.clone(), s.clock.clone()));
             let tidy = qr.clone();
+            let lockers = self.lockers.clone();
             tasks.spawn(latch_workers::roles::every(
                 Duration::from_secs(60),
                 shutdown.clone(),
-                move || tidy.tidy(),
+                move || {
+                    tidy.tidy();
+                    lockers.limits.tidy();
+                },
             ));
             let kazaya: Option<Arc<dyn latch_api::kazaya::Kazaya>> = match &s.kazaya {
                 Some(config) => match latch_api::kazaya::HttpKazaya::new(config.clone()) {
@@ -239,10 +253,8 @@ impl Application {
                     kazaya,
                     s.clock.clone(),
                 )),
-                lockers: Arc::new(latch_api::lockers::Lockers::new(
-                    s.lockers.clone(),
-                    s.clock.clone(),
-                )),
+                lockers: self.lockers.clone(),
+                edge: Arc::new(s.edge.clone()),
                 qr,
                 shutdown: shutdown.clone(),
                 store: self.store.clone(),
@@ -254,15 +266,12 @@ impl Application {
                     .unwrap_or(chrono::Duration::seconds(15)),
             };
             let app = latch_api::router(state);
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-                let serve = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "http server failed");
-                }
-            });
+            tasks.spawn(crate::serve::serve(
+                listener,
+                app,
+                s.http.clone(),
+                shutdown.clone(),
+            ));
         }
         tracing::info!(roles = ?s.roles, port = self.port, "latch is running");
 

@@ -228,6 +228,14 @@ pub(crate) fn spawn_serve(
         // Each bench shopper opens again as soon as their last visit is settled: measure the
         // pipeline, not the per-member limit on presses.
         .env("LATCH_SHOPPER_OPENS_PER_MINUTE", "1000000")
+        // Benches measure throughput from one address, not abuse: the per-user and per-IP
+        // limits (issue 13) would measure themselves.
+        .env("LATCH_GRANTS_PER_MINUTE_PER_USER", "100000000")
+        .env("LATCH_GRANTS_PER_MINUTE_PER_COMPARTMENT", "100000000")
+        .env("LATCH_RESERVATIONS_PER_MINUTE_PER_USER", "100000000")
+        .env("LATCH_LOGIN_ATTEMPTS_PER_MINUTE_PER_IP", "100000000")
+        .env("LATCH_LOGIN_ATTEMPTS_PER_MINUTE_GLOBAL", "100000000")
+        .env("LATCH_HTTP_MAX_CONNECTIONS", "100000")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())

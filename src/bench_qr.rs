@@ -469,6 +469,8 @@ async fn push_phase(
         .env("LATCH_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("LATCH_ROLES", "api")
         .env("LATCH_QR_MINT_PER_MINUTE", "1000000")
+        .env("LATCH_QR_MINT_PER_MINUTE_GLOBAL", "1000000")
+        .env("LATCH_HTTP_MAX_CONNECTIONS", "1000000")
         .env("LATCH_QR_TTL_SECS", "3600")
         .env("LATCH_MIGRATE", "false")
         .env("RUST_LOG", "warn")

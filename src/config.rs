@@ -111,6 +111,106 @@ impl AuditKeyArgs {
     }
 }
 
+/// Limits on what clients may ask and how (issue 13). Defaults suit one instance on the
+/// internet; tests lower them.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// HTTP connections open at once (WebSockets included); more wait in the listen queue.
+    #[arg(long, env = "LATCH_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub http_max_connections: usize,
+    /// Milliseconds a client has to send a whole request head before the connection is closed.
+    #[arg(long, env = "LATCH_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+    /// Milliseconds a request may take to be answered (503 request_timeout after).
+    #[arg(long, env = "LATCH_HTTP_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub http_request_timeout_ms: u64,
+    /// Largest request body in bytes (413 body_too_large beyond, before it is buffered).
+    #[arg(long, env = "LATCH_HTTP_BODY_LIMIT_BYTES", default_value_t = latch_api::edge::DEFAULT_BODY_LIMIT)]
+    pub http_body_limit_bytes: usize,
+    /// Proxies whose X-Forwarded-For is believed (comma-separated CIDR ranges or addresses).
+    #[arg(long, env = "LATCH_TRUSTED_PROXIES", value_parser = latch_api::edge::TrustedProxies::parse)]
+    pub trusted_proxies: Option<latch_api::edge::TrustedProxies>,
+    /// QR codes minted per minute by the whole process.
+    #[arg(long, env = "LATCH_QR_MINT_PER_MINUTE_GLOBAL", default_value_t = 6000)]
+    pub qr_mint_per_minute_global: u32,
+    /// Push channels (/qr/ws) one QR login may have open at once.
+    #[arg(long, env = "LATCH_QR_SOCKETS_PER_LOGIN", default_value_t = 4)]
+    pub qr_sockets_per_login: usize,
+    /// Locker login attempts per client IP (IPv6: per /64) per minute.
+    #[arg(
+        long,
+        env = "LATCH_LOGIN_ATTEMPTS_PER_MINUTE_PER_IP",
+        default_value_t = 60
+    )]
+    pub login_attempts_per_minute_per_ip: u32,
+    /// Locker login attempts per minute for the whole process.
+    #[arg(
+        long,
+        env = "LATCH_LOGIN_ATTEMPTS_PER_MINUTE_GLOBAL",
+        default_value_t = 600
+    )]
+    pub login_attempts_per_minute_global: u32,
+    /// Longest a reservation may run from now, in seconds.
+    #[arg(long, env = "LATCH_RESERVATION_MAX_SECS", default_value_t = 7 * 24 * 3600)]
+    pub reservation_max_secs: u64,
+    /// Compartments one locker user may hold at once.
+    #[arg(long, env = "LATCH_RESERVATIONS_PER_USER", default_value_t = 10)]
+    pub reservations_per_user: usize,
+    /// Reservation requests per locker user per minute.
+    #[arg(
+        long,
+        env = "LATCH_RESERVATIONS_PER_MINUTE_PER_USER",
+        default_value_t = 20
+    )]
+    pub reservations_per_minute_per_user: u32,
+    /// Grant requests per locker user per minute.
+    #[arg(long, env = "LATCH_GRANTS_PER_MINUTE_PER_USER", default_value_t = 20)]
+    pub grants_per_minute_per_user: u32,
+    /// Grant requests per compartment per minute.
+    #[arg(
+        long,
+        env = "LATCH_GRANTS_PER_MINUTE_PER_COMPARTMENT",
+        default_value_t = 10
+    )]
+    pub grants_per_minute_per_compartment: u32,
+    /// Pickup-code attempts per caller per minute.
+    #[arg(
+        long,
+        env = "LATCH_PICKUP_ATTEMPTS_PER_MINUTE_PER_USER",
+        default_value_t = 10
+    )]
+    pub pickup_attempts_per_minute_per_user: u32,
+    /// Pickup-code attempts per minute for the whole process by callers who were wrong lately.
+    #[arg(
+        long,
+        env = "LATCH_PICKUP_ATTEMPTS_PER_MINUTE_GLOBAL",
+        default_value_t = 300
+    )]
+    pub pickup_attempts_per_minute_global: u32,
+}
+
+impl LimitArgs {
+    fn apply(&self, s: &mut Settings) {
+        s.http.max_connections = self.http_max_connections;
+        s.http.header_read_timeout = Duration::from_millis(self.http_header_timeout_ms.max(1));
+        s.edge.request_timeout = Duration::from_millis(self.http_request_timeout_ms.max(1));
+        s.edge.body_limit = self.http_body_limit_bytes;
+        s.edge.trusted_proxies = self.trusted_proxies.clone().unwrap_or_default();
+        s.qr.mint_per_minute_global = self.qr_mint_per_minute_global;
+        s.qr.sockets_per_login = self.qr_sockets_per_login.max(1);
+        let l = &mut s.lockers;
+        l.login_attempts_per_minute_per_ip = self.login_attempts_per_minute_per_ip;
+        l.login_attempts_per_minute_global = self.login_attempts_per_minute_global;
+        l.reservation_max = chrono::Duration::seconds(self.reservation_max_secs.max(60) as i64);
+        l.reservations_per_user = self.reservations_per_user.max(1);
+        l.reservations_per_minute_per_user = self.reservations_per_minute_per_user;
+        l.grants_per_minute_per_user = self.grants_per_minute_per_user;
+        l.grants_per_minute_per_compartment = self.grants_per_minute_per_compartment;
+        l.pickup_attempts_per_minute_per_user = self.pickup_attempts_per_minute_per_user;
+        l.pickup_attempts_per_minute_global = self.pickup_attempts_per_minute_global;
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -188,6 +288,8 @@ pub struct ServeArgs {
     pub grant_webhook_backoff_ms: Vec<u64>,
     #[command(flatten)]
     pub audit: AuditKeyArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Latch's address as phones and Kazaya reach it (sticker links, OAuth redirect, payment
     /// callbacks); default: http:// + the HTTP address.
     #[arg(long, env = "LATCH_PUBLIC_URL")]
@@ -260,6 +362,10 @@ pub struct Settings {
     pub env: LatchEnv,
     /// PEM file of extra CA roots for every outbound client; read at start.
     pub extra_ca_file: Option<PathBuf>,
+    /// HTTP transport limits: connections, header-read timeout.
+    pub http: crate::serve::HttpLimits,
+    /// Request-level limits: body size, request timeout, trusted proxies.
+    pub edge: latch_api::edge::EdgeConfig,
 }
 
 impl Settings {
@@ -287,6 +393,8 @@ impl Settings {
             secrets_key: None,
             env: LatchEnv::Development,
             extra_ca_file: None,
+            http: crate::serve::HttpLimits::default(),
+            edge: latch_api::edge::EdgeConfig::default(),
         }
     }
 
@@ -334,7 +442,8 @@ impl From<ServeArgs> for Settings {
         if let Some(pepper) = &a.pickup_pepper {
             lockers.pickup_pepper = latch_api::lockers::PickupPepper::new(pepper.as_str());
         }
-        Self {
+        let limits = a.limits.clone();
+        let mut settings = Self {
             vending,
             kazaya,
             lockers,
@@ -366,6 +475,8 @@ impl From<ServeArgs> for Settings {
             env: a.latch_env,
             extra_ca_file: a.extra_ca_file,
             ..Self::new(a.connections.database_url, a.connections.nats_url)
-        }
+        };
+        limits.apply(&mut settings);
+        settings
     }
 }

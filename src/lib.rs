@@ -21,6 +21,7 @@ pub mod config;
 pub mod dev;
 pub mod kazaya_sandbox;
 pub mod production;
+pub mod serve;
 pub mod sim;
 pub mod telemetry;
 

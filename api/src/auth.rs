@@ -114,7 +114,9 @@ impl Auth {
         if self.refusals_seen.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
             self.anonymous_refusals.tidy();
         }
-        self.anonymous_refusals.check(&ip).is_ok()
+        self.anonymous_refusals
+            .check(&crate::edge::limit_key(ip))
+            .is_ok()
     }
 
     pub async fn authenticate(&self, token: &str) -> Result<Actor, ApiError> {

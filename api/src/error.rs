@@ -50,6 +50,12 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// The body is over the limit; refused before it is read further.
+    #[error("the body may be at most {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// The request took longer than the configured request timeout.
+    #[error("the request took longer than {millis} ms and was stopped; try again")]
+    Timeout { millis: u64 },
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -98,6 +104,8 @@ impl ApiError {
             Self::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code, None),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", None),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None),
+            Self::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "request_timeout", None),
         }
     }
 }
@@ -139,7 +147,7 @@ impl ApiError {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }
-        if matches!(self, Self::Unavailable(_)) {
+        if matches!(self, Self::Unavailable(_) | Self::Timeout { .. }) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

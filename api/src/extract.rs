@@ -36,19 +36,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 field: None,
             });
         }
-        let raw = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::BadRequest {
-                code: "body_unreadable",
-                message: e.body_text(),
-                field: None,
-            })?;
+        let RawBody(raw) = RawBody::from_request(req, state).await?;
         if raw.len() > MAX_BODY {
-            return Err(ApiError::BadRequest {
-                code: "body_too_large",
-                message: format!("the body may be at most {MAX_BODY} bytes"),
-                field: None,
-            });
+            return Err(ApiError::PayloadTooLarge { limit: MAX_BODY });
         }
         let de = &mut serde_json::Deserializer::from_slice(&raw);
         let value = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -77,6 +67,36 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             }
         })?;
         Ok(Self { value, raw })
+    }
+}
+
+/// A body as bytes, read only up to the router's body limit (`DefaultBodyLimit`): a longer one
+/// is refused with 413 as soon as it passes the limit. Webhooks take their body this way, so
+/// verifying a signature never means reading an unbounded body first.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req
+            .extensions()
+            .get::<crate::edge::BodyLimit>()
+            .map_or(crate::edge::DEFAULT_BODY_LIMIT, |l| l.0);
+        Bytes::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge { limit }
+                } else {
+                    ApiError::BadRequest {
+                        code: "body_unreadable",
+                        message: e.body_text(),
+                        field: None,
+                    }
+                }
+            })
     }
 }
 

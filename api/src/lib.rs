@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod auth;
 pub mod devices;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub vending: Arc<vending::Vending>,
     /// Parcel lockers: login limits, webhook delivery, grant timeouts.
     pub lockers: Arc<lockers::Lockers>,
+    /// Client IP behind proxies, body limit, request timeout.
+    pub edge: Arc<edge::EdgeConfig>,
 }
 
 impl FromRef<AppState> for Arc<auth::Auth> {
@@ -83,6 +86,7 @@ pub fn router(state: AppState) -> Router {
             .unwrap_or("");
         tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
     });
+    let edge = state.edge.clone();
     Router::new()
         .merge(health::router())
         .merge(devices::router())
@@ -101,6 +105,9 @@ pub fn router(state: AppState) -> Router {
             }
         })
         .with_state(state)
+        // Extractors stop reading a body at the limit (a chunked one has no length to check).
+        .layer(axum::extract::DefaultBodyLimit::max(edge.body_limit))
+        .layer(axum::middleware::from_fn_with_state(edge, edge::guard))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(trace)
         .layer(SetRequestIdLayer::x_request_id(UuidV7Ids))

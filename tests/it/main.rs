@@ -10,6 +10,7 @@ mod devices_api;
 mod event_store;
 mod facts;
 mod kazaya;
+mod limits;
 mod locker_pages;
 mod locker_process;
 mod lockers;

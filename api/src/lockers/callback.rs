@@ -16,7 +16,6 @@ use super::grants::active_receiver;
 use super::unprocessable;
 use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
@@ -61,7 +60,7 @@ pub async fn authorizer_callback(
     State(state): State<AppState>,
     Path(number): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     handle_answer(&state.store, &state.clock, &number, &headers, &body)
         .await

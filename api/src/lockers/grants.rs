@@ -96,6 +96,7 @@ pub async fn grant_direct(
         CompartmentNumber::parse("compartment", &body.value.compartment)?,
     );
     let receiver = UserNumber::parse("receiver", &body.value.receiver)?;
+    state.lockers.limits.grant(&holder, &id)?;
     if receiver == holder {
         return Err(unprocessable(
             "grant_to_self",
@@ -166,6 +167,7 @@ pub async fn grant_via_authorizer(
         CompartmentNumber::parse("compartment", &body.value.compartment)?,
     );
     let number = AuthorizerNumber::parse("authorizer", &body.value.authorizer)?;
+    state.lockers.limits.grant(&holder, &id)?;
     active_authorizer(&state.store, &number, "authorizer").await?;
     let compartment = held(&state.store, &id, &holder).await?;
     let now = state.clock.now();

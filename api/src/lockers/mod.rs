@@ -25,6 +25,7 @@
 pub mod authorizers;
 pub mod callback;
 pub mod grants;
+pub mod limits;
 pub mod parcels;
 pub mod passwords;
 pub mod reservations;
@@ -34,7 +35,6 @@ pub mod users;
 
 use crate::auth::{Actor, Role};
 use crate::error::{from_command_error, ApiError};
-use crate::qr::limits::Limit;
 use crate::AppState;
 use authorizers::*;
 use axum::routing::{get, post};
@@ -65,6 +65,26 @@ pub const SUBJECT_PREFIX: &str = "locker:";
 pub struct LockerSettings {
     /// Login attempts per user number per minute (successes count too).
     pub login_attempts_per_minute: u32,
+    /// Login attempts per client IP (IPv6: per /64) per minute.
+    pub login_attempts_per_minute_per_ip: u32,
+    /// Login attempts per minute for the whole process (each costs an argon2 hash).
+    pub login_attempts_per_minute_global: u32,
+    /// Longest a reservation may run from now (`expires_at` beyond it is refused).
+    pub reservation_max: chrono::Duration,
+    /// Compartments one user may hold at once.
+    pub reservations_per_user: usize,
+    /// Reservation requests per user per minute.
+    pub reservations_per_minute_per_user: u32,
+    /// Grant requests (direct or through an authorizer) per user per minute.
+    pub grants_per_minute_per_user: u32,
+    /// Grant requests per compartment per minute.
+    pub grants_per_minute_per_compartment: u32,
+    /// Pickup attempts per caller per minute.
+    pub pickup_attempts_per_minute_per_user: u32,
+    /// Pickup attempts per minute, for the whole process, by callers who were wrong lately.
+    pub pickup_attempts_per_minute_global: u32,
+    /// Keys each rate-limit table keeps at most.
+    pub limiter_max_keys: usize,
     /// How long a login token lasts.
     pub session: chrono::Duration,
     /// How long an authorizer has to answer a grant request.
@@ -83,6 +103,16 @@ impl Default for LockerSettings {
     fn default() -> Self {
         Self {
             login_attempts_per_minute: 5,
+            login_attempts_per_minute_per_ip: 60,
+            login_attempts_per_minute_global: 600,
+            reservation_max: chrono::Duration::days(7),
+            reservations_per_user: 10,
+            reservations_per_minute_per_user: 20,
+            grants_per_minute_per_user: 20,
+            grants_per_minute_per_compartment: 10,
+            pickup_attempts_per_minute_per_user: 10,
+            pickup_attempts_per_minute_global: 300,
+            limiter_max_keys: crate::qr::limits::DEFAULT_MAX_KEYS,
             session: chrono::Duration::hours(12),
             grant_timeout: chrono::Duration::minutes(5),
             reservation: chrono::Duration::hours(2),
@@ -98,7 +128,8 @@ impl Default for LockerSettings {
 /// Per-process state of the lockers API.
 pub struct Lockers {
     pub settings: LockerSettings,
-    login_limit: Limit<String>,
+    /// Rate limits and caps (see [`limits`]).
+    pub limits: limits::LockerLimits,
     /// Argon2 takes ~19 MiB and a core's worth of time per hash. On tokio's blocking threads a
     /// burst of logins ran one hash per thread, and the allocator kept an arena of that size per
     /// thread afterwards (2 GiB after 129 registrations; still 770 MiB with the hashes merely
@@ -116,7 +147,7 @@ impl Lockers {
             passwords::dummy_hash();
         }));
         Self {
-            login_limit: Limit::per_minute(settings.login_attempts_per_minute, clock),
+            limits: limits::LockerLimits::new(&settings, clock),
             settings,
             password_work,
         }

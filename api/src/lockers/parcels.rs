@@ -170,13 +170,9 @@ pub(super) async fn collect(
         me(&actor)?;
     }
     let id = CompartmentId::parse("id", &id)?;
-    if let Err(wait) = state.lockers.login_limit.check(&format!("collect:{id}")) {
-        return Err(ApiError::TooManyRequests {
-            code: "too_many_pickup_attempts",
-            message: "too many pickup attempts for this compartment; wait and try again".into(),
-            retry_after_secs: wait.as_secs().max(1),
-        });
-    }
+    // Per caller (and globally for callers who were wrong lately), never per compartment: a
+    // stranger's guesses must not lock the recipient out.
+    state.lockers.limits.pickup(&actor)?;
     let command = CompartmentCommand::Collect {
         proof: pickup_proof(
             &state.lockers.settings.pickup_pepper,
@@ -199,11 +195,14 @@ pub(super) async fn collect(
         Ok(_) => Ok(Json(
             json!({ "compartment_id": id.to_string(), "status": "free" }),
         )),
-        Err(CommandError::Rejected(CompartmentError::WrongPickupCode)) => Err(unprocessable(
-            "wrong_pickup_code",
-            "pickup_code",
-            "the pickup code is wrong",
-        )),
+        Err(CommandError::Rejected(CompartmentError::WrongPickupCode)) => {
+            state.lockers.limits.pickup_was_wrong(&actor);
+            Err(unprocessable(
+                "wrong_pickup_code",
+                "pickup_code",
+                "the pickup code is wrong",
+            ))
+        }
         Err(e) => Err(e.into()),
     }
 }

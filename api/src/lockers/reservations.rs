@@ -43,6 +43,19 @@ pub async fn reserve(
     let now = state.clock.now();
     let expires_at = parse_time("expires_at", &body.value.expires_at)?
         .unwrap_or_else(|| window_start.unwrap_or(now) + state.lockers.settings.reservation);
+    let limits = &state.lockers.limits;
+    let max = state.lockers.settings.reservation_max;
+    if expires_at > now + max {
+        return Err(unprocessable(
+            "reservation_too_long",
+            "expires_at",
+            format!(
+                "a reservation may run at most {} s from now",
+                max.num_seconds()
+            ),
+        ));
+    }
+    limits.reserve(&user)?;
     if !state.store.exists("locker_site", site.as_str()).await? {
         return Err(ApiError::NotFound {
             code: "site_not_found",
@@ -90,6 +103,19 @@ pub async fn reserve(
             }
         }
     }
+    // A first attempt (a retry above answered already): one user may hold a bounded number of compartments, so no one can hold a whole site.
+    let held: Vec<String> = model::held_by(&state.pool, user.as_str())
+        .await?
+        .into_iter()
+        .map(|row| row.compartment_id)
+        .collect();
+    let cap = state.lockers.settings.reservations_per_user;
+    let slot = limits
+        .hold_slot(&user, &held, cap)
+        .ok_or_else(|| ApiError::Conflict {
+            code: "too_many_reservations",
+            message: format!("a user may hold at most {cap} compartments at once"),
+        })?;
     for id in candidates {
         let command = CompartmentCommand::Reserve {
             user: user.clone(),
@@ -104,6 +130,7 @@ pub async fn reserve(
             .await
         {
             Ok(_) => {
+                slot.reserved(&id);
                 return Ok((
                     StatusCode::CREATED,
                     Json(json!({
@@ -112,7 +139,7 @@ pub async fn reserve(
                         "holder": user.as_str(),
                         "expires_at": expires_at,
                     })),
-                ))
+                ));
             }
             Err(CommandError::Rejected(CompartmentError::NotFree)) => continue,
             Err(CommandError::Rejected(CompartmentError::BadWindow)) => {

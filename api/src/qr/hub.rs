@@ -20,6 +20,7 @@ use latch_domain::qr_login::{LoginId, QrLogin, QrLoginEvent};
 use latch_projections::LoggedEvent;
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, OnceCell};
@@ -47,6 +48,17 @@ struct Entry {
     pending: Mutex<Vec<(i64, QrLoginEvent)>>,
     /// When this login's page last polled (the seed asks pages to poll every 2-3 s at most).
     last_poll: Mutex<Option<DateTime<Utc>>>,
+    /// Push channels open on this login (see [`Hub::claim_socket`]).
+    sockets: AtomicUsize,
+}
+
+/// One push channel's place on its login; given back when dropped.
+pub struct SocketClaim(Arc<Entry>);
+
+impl Drop for SocketClaim {
+    fn drop(&mut self) {
+        self.0.sockets.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub struct Hub {
@@ -110,6 +122,19 @@ impl Hub {
             return Ok(None);
         }
         Ok(Some(rx))
+    }
+
+    /// A place for one more push channel on login `id`, unless it already has `max` open.
+    /// Counted apart from the watch receivers, which polls take and drop too.
+    pub fn claim_socket(&self, id: LoginId, max: usize) -> Option<SocketClaim> {
+        let entry = self.entry(id);
+        entry
+            .sockets
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SocketClaim(entry))
     }
 
     /// Whether a poll for `id` at `now` comes too soon after the last one; records it if not.

@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, RequestMeta};
 use crate::AppState;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -45,13 +45,15 @@ use latch_domain::store::{CommandContext, CommandError};
 use limits::Limit;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The cookie holding the minting browser's secret.
 pub const SECRET_COOKIE: &str = "latch_qr";
 const MAX_USER_AGENT: usize = 256;
+/// Largest message (and frame) a page may send on the push channel.
+pub const WS_MAX_MESSAGE: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct QrConfig {
@@ -60,7 +62,11 @@ pub struct QrConfig {
     /// The shortest interval a page may poll at (the seed: every 2-3 s).
     pub poll_interval: chrono::Duration,
     pub mint_per_minute_per_ip: u32,
+    /// Codes the whole process mints per minute, whoever asks (each is an event kept forever).
+    pub mint_per_minute_global: u32,
     pub app_actions_per_minute_per_user: u32,
+    /// Push channels one login may have open at once (a page and a reconnect or two).
+    pub sockets_per_login: usize,
     pub session_ttl: chrono::Duration,
     /// Where a browser lands once logged in.
     pub landing_url: String,
@@ -74,7 +80,9 @@ impl Default for QrConfig {
             code_ttl: chrono::Duration::seconds(120),
             poll_interval: chrono::Duration::seconds(2),
             mint_per_minute_per_ip: 30,
+            mint_per_minute_global: 6000,
             app_actions_per_minute_per_user: 30,
+            sockets_per_login: 4,
             session_ttl: chrono::Duration::hours(12),
             landing_url: "/console".into(),
             secure_cookies: false,
@@ -86,6 +94,7 @@ pub struct QrService {
     pub hub: Arc<Hub>,
     pub config: QrConfig,
     mint_limit: Limit<IpAddr>,
+    mint_global: Limit<()>,
     app_limit: Limit<String>,
 }
 
@@ -94,6 +103,7 @@ impl QrService {
         Self {
             hub,
             mint_limit: Limit::per_minute(config.mint_per_minute_per_ip, clock.clone()),
+            mint_global: Limit::per_minute(config.mint_per_minute_global, clock.clone()),
             app_limit: Limit::per_minute(config.app_actions_per_minute_per_user, clock),
             config,
         }
@@ -102,6 +112,7 @@ impl QrService {
     /// Drops rate-limit state nobody needs any more.
     pub fn tidy(&self) {
         self.mint_limit.tidy();
+        self.mint_global.tidy();
         self.app_limit.tidy();
     }
 }
@@ -211,7 +222,8 @@ fn forbidden_code(message: &str) -> &'static str {
     }
 }
 
-/// Who is asking, as far as the network tells: the peer address and the User-Agent.
+/// Who is asking, as far as the network tells: the client address ([`crate::edge::ClientIp`])
+/// and the User-Agent.
 pub struct Client {
     pub ip: IpAddr,
     pub user_agent: String,
@@ -221,11 +233,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Client {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        // Behind a trusted proxy, the address it forwarded for (see `crate::edge`).
+        let ip = crate::edge::client_ip_of(parts).0;
         let user_agent: String = parts
             .headers
             .get(header::USER_AGENT)
@@ -273,8 +282,13 @@ async fn mint(state: &AppState, client: &Client, meta: &RequestMeta) -> Result<M
     state
         .qr
         .mint_limit
-        .check(&client.ip)
+        .check(&crate::edge::limit_key(client.ip))
         .map_err(|wait| too_many("QR codes from this address", wait))?;
+    state
+        .qr
+        .mint_global
+        .check(&())
+        .map_err(|wait| too_many("QR codes are being made right now", wait))?;
     let login_id = LoginId::generate();
     let token = QrToken::mint(login_id);
     let secret = BrowserSecret::mint(login_id);
@@ -480,6 +494,7 @@ pub async fn push(
     State(state): State<AppState>,
     jar: CookieJar,
     headers: HeaderMap,
+    slot: Option<axum::Extension<crate::edge::ConnectionSlot>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, QrFail> {
     // Browsers send cookies on cross-site WebSocket handshakes; only our own pages may listen.
@@ -495,12 +510,34 @@ pub async fn push(
     }
     let secret = browser_secret(&jar)?;
     let rx = page_login(&state, &secret).await?;
+    // One login, a bounded number of channels: the cookie is all it takes to open one, and each
+    // holds a socket and a task for up to the login's lifetime.
+    let claim = state
+        .qr
+        .hub
+        .claim_socket(secret.login_id(), state.qr.config.sockets_per_login)
+        .ok_or_else(|| ApiError::TooManyRequests {
+            code: "too_many_sockets",
+            message: format!(
+                "this login already has {} push channels open; close one first",
+                state.qr.config.sockets_per_login
+            ),
+            retry_after_secs: 1,
+        })?;
     // Frames are ~100 bytes each way; the default 128 KiB read buffer per channel would cost
-    // over a gigabyte for 10,000 open pages (measured by `latch bench qr`).
+    // over a gigabyte for 10,000 open pages (measured by `latch bench qr`). The page sends
+    // nothing but closes and pings, so messages and frames are capped small.
     Ok(ws
         .read_buffer_size(4096)
         .write_buffer_size(4096)
-        .on_upgrade(move |socket| follow(socket, state, secret, rx)))
+        .max_message_size(WS_MAX_MESSAGE)
+        .max_frame_size(WS_MAX_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            // Both held until the channel ends: its place under the connection cap and its
+            // place among the login's channels.
+            let _held = (slot, claim);
+            follow(socket, state, secret, rx).await
+        }))
 }
 
 async fn follow(

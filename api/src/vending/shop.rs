@@ -18,7 +18,6 @@ use crate::auth::{bearer_or_cookie, Actor, Auth, CookieCaller, NewToken, Role, S
 use crate::error::{from_command_error, ApiError, ErrorBody};
 use crate::kazaya::{Kazaya, KazayaError, Pkce, WebhookKind};
 use crate::AppState;
-use axum::body::Bytes;
 use axum::extract::{FromRef, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -1005,7 +1004,7 @@ async fn record_outcome(
 pub async fn webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> Result<StatusCode, ApiError> {
     let kazaya = state.vending.kazaya()?;
     let event = kazaya.verify_webhook(&headers, &body, state.clock.now())?;
