@@ -781,6 +781,10 @@ impl Projection for LockersProjection {
         NAME
     }
 
+    fn wants(&self, aggregate_type: &str) -> bool {
+        is_mine(aggregate_type)
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,
