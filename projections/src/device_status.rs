@@ -203,6 +203,10 @@ impl Projection for DeviceStatusProjection {
         NAME
     }
 
+    fn wants(&self, aggregate_type: &str) -> bool {
+        aggregate_type == Model::aggregate_type(self)
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,

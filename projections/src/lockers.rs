@@ -7,6 +7,7 @@
 
 use crate::log::LoggedEvent;
 use crate::projector::{Projection, ProjectionError};
+use batch::{HolderRun, Inbox};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use latch_domain::locker::{
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+mod batch;
 pub mod queries;
 
 pub const NAME: &str = "lockers";
@@ -784,16 +786,59 @@ impl Projection for LockersProjection {
         NAME
     }
 
+    fn wants(&self, aggregate_type: &str) -> bool {
+        is_mine(aggregate_type)
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,
         events: &[LoggedEvent],
     ) -> Result<(), ProjectionError> {
+        // Inbox rows only ever insert, keyed by position, and a run of holder changes on
+        // distinct compartments touches distinct rows: each goes in as one statement per kind
+        // and batch instead of six round trips for every grant.
+        let mut inbox = Inbox::default();
+        let mut run = HolderRun::default();
         for event in events.iter().filter(|e| is_mine(&e.aggregate_type)) {
+            let mut rest = Vec::new();
             for change in evolve(event)? {
+                match change {
+                    Change::Notify {
+                        recipient,
+                        kind,
+                        grant_id,
+                        compartment,
+                        message,
+                        at,
+                    } => inbox.push(
+                        recipient,
+                        event.position,
+                        kind,
+                        grant_id,
+                        compartment,
+                        message,
+                        at,
+                    ),
+                    change => rest.push(change),
+                }
+            }
+            if run.takes(&rest) {
+                run.push(event.position, rest);
+                continue;
+            }
+            // Whatever comes next must see the run written first.
+            run.write(&mut *conn).await?;
+            if run.takes(&rest) {
+                run.push(event.position, rest);
+                continue;
+            }
+            for change in rest {
                 write(&mut *conn, &change, event.position).await?;
             }
         }
+        run.write(&mut *conn).await?;
+        inbox.write(conn).await?;
         Ok(())
     }
 }

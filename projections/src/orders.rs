@@ -213,6 +213,10 @@ impl Projection for OrdersProjection {
         NAME
     }
 
+    fn wants(&self, aggregate_type: &str) -> bool {
+        aggregate_type == Model::aggregate_type(self)
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,

@@ -33,6 +33,10 @@ pub trait Projection: Send + Sync {
     /// The checkpoint's name; also the durable consumer's name.
     fn name(&self) -> &str;
 
+    /// Whether events of `aggregate_type` can change this read model. A live projector passes a
+    /// run of events it does not want without a transaction of its own (see [`Passed`]).
+    fn wants(&self, aggregate_type: &str) -> bool;
+
     /// Applies consecutive events (ordered, no gaps, all past the checkpoint) to the read model
     /// inside the caller's transaction. Events this projection does not care about must be
     /// accepted and ignored. Taking a whole run lets a projection load and write each row once
@@ -136,11 +140,53 @@ async fn locked_checkpoint(conn: &mut PgConnection, name: &str) -> Result<i64, s
     Ok(position)
 }
 
-/// Applies `events` (in any order, duplicates allowed) and returns the new checkpoint.
+/// Positions a live projector has seen and found it does not want: `(base, through]`, an
+/// unbroken run read in order from the stream. Carrying them into the next [`apply_batch`] lets
+/// the checkpoint jump over them in the same transaction as the next wanted change, instead of
+/// a transaction for every batch of other aggregates' events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Passed {
+    base: i64,
+    through: i64,
+}
+
+impl Passed {
+    /// Nothing passed yet; the checkpoint is believed to be `checkpoint`.
+    pub fn at(checkpoint: i64) -> Self {
+        Self {
+            base: checkpoint,
+            through: checkpoint,
+        }
+    }
+
+    /// How many positions are passed but not yet written to the checkpoint.
+    pub fn pending(&self) -> i64 {
+        self.through - self.base
+    }
+
+    /// Takes `events` into the run if they continue it without a gap and none is wanted.
+    /// Returns false (and takes nothing) otherwise: the caller must apply them.
+    pub fn absorb<P: Projection>(&mut self, projection: &P, events: &[LoggedEvent]) -> bool {
+        let mut through = self.through;
+        for event in events {
+            if event.position != through + 1 || projection.wants(&event.aggregate_type) {
+                return false;
+            }
+            through = event.position;
+        }
+        self.through = through;
+        true
+    }
+}
+
+/// Applies `events` (in any order, duplicates allowed) and returns the new checkpoint. A
+/// checkpoint inside `passed`'s run first moves to its end: those positions hold nothing for
+/// this projection.
 pub async fn apply_batch<P: Projection>(
     pool: &PgPool,
     projection: &P,
     events: &[LoggedEvent],
+    passed: Passed,
 ) -> Result<i64, ProjectionError> {
     let mut ordered: Vec<&LoggedEvent> = events.iter().collect();
     ordered.sort_by_key(|e| e.position);
@@ -154,8 +200,14 @@ pub async fn apply_batch<P: Projection>(
         .execute(&mut *tx)
         .await?;
     // The row lock also keeps two replicas of one projector from applying the same batch.
-    let mut position = locked_checkpoint(&mut tx, projection.name()).await?;
-    let start = position;
+    let start = locked_checkpoint(&mut tx, projection.name()).await?;
+    // Only a checkpoint inside the run may jump: one behind `base` has a gap before the run
+    // that the log must fill, one past `through` has already moved on.
+    let mut position = if (passed.base..passed.through).contains(&start) {
+        passed.through
+    } else {
+        start
+    };
     // The consecutive run past the checkpoint, with any gap filled from the log.
     let mut run: Vec<LoggedEvent> = Vec::with_capacity(ordered.len());
     for event in ordered {
@@ -213,6 +265,66 @@ pub async fn catch_up<P: Projection>(
         if events.is_empty() {
             return Ok(position);
         }
-        position = apply_batch(pool, projection, &events).await?;
+        position = apply_batch(pool, projection, &events, Passed::default()).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct OnlyDevices;
+
+    impl Projection for OnlyDevices {
+        fn name(&self) -> &str {
+            "only_devices"
+        }
+        fn wants(&self, aggregate_type: &str) -> bool {
+            aggregate_type == "device"
+        }
+        async fn apply(
+            &self,
+            _: &mut PgConnection,
+            _: &[LoggedEvent],
+        ) -> Result<(), ProjectionError> {
+            Ok(())
+        }
+    }
+
+    fn event(position: i64, aggregate_type: &str) -> LoggedEvent {
+        LoggedEvent {
+            position,
+            event_id: Uuid::nil(),
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: "a".into(),
+            sequence: 1,
+            event_type: "X".into(),
+            event_version: "1".into(),
+            payload: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+            recorded_at: chrono::Utc::now(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_an_unbroken_run_of_unwanted_events_is_passed() {
+        let mut passed = Passed::at(10);
+        assert!(passed.absorb(&OnlyDevices, &[event(11, "order"), event(12, "site")]));
+        assert_eq!(passed.pending(), 2);
+        // A wanted event stops the run, and nothing of its batch is taken.
+        assert!(!passed.absorb(&OnlyDevices, &[event(13, "order"), event(14, "device")]));
+        assert_eq!(passed.pending(), 2);
+        // So does a gap: what lies between was never seen.
+        assert!(!passed.absorb(&OnlyDevices, &[event(15, "order")]));
+        assert_eq!(
+            passed,
+            Passed {
+                base: 10,
+                through: 12
+            }
+        );
+        // Nothing passed is nothing to jump.
+        assert!(Passed::default().absorb(&OnlyDevices, &[]));
     }
 }

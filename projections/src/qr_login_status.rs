@@ -141,6 +141,10 @@ impl Projection for QrLoginStatusProjection {
         NAME
     }
 
+    fn wants(&self, aggregate_type: &str) -> bool {
+        aggregate_type == Model::aggregate_type(self)
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,

@@ -318,10 +318,9 @@ impl Compartment {
                 via,
                 at,
             } => {
-                if self.status != Status::Reserved {
-                    return Err(CompartmentError::NotReserved);
-                }
-                if self.holder.as_ref() != Some(&from) {
+                // Only a holder of a live reservation may hand it on; to anyone else a free or
+                // occupied compartment is simply not theirs.
+                if !self.held_by(&from) {
                     return Err(CompartmentError::NotHolder);
                 }
                 if from == to {
@@ -643,7 +642,7 @@ mod tests {
         CompartmentTest::with(())
             .given(vec![installed()])
             .when(grant(li(), receiver(), 20))
-            .then_expect_error(CompartmentError::NotReserved);
+            .then_expect_error(CompartmentError::NotHolder);
         CompartmentTest::with(())
             .given(reserved_by_li())
             .when(grant(li(), receiver(), 100))
@@ -741,7 +740,7 @@ mod tests {
         CompartmentTest::with(())
             .given(occupied)
             .when(grant(li(), receiver(), 41))
-            .then_expect_error(CompartmentError::NotReserved);
+            .then_expect_error(CompartmentError::NotHolder);
     }
 
     fn proof(mac: &str, legacy: &str) -> PickupProof {
