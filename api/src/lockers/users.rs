@@ -162,14 +162,6 @@ pub async fn login(
     check_login(&state, &body.value, client.ip).await.map(Json)
 }
 
-/// An argon2id hash of nothing anyone knows, made once, with the same parameters as real ones.
-fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| {
-        hash_password(&format!("{:032x}", rand::random::<u128>())).unwrap_or_default()
-    })
-}
-
 /// Checks a user number and password and issues a session token: what `POST /lockers/login`
 /// answers, and what the phone pages' login turns into a cookie.
 pub(crate) async fn check_login(
