@@ -151,12 +151,14 @@ mod tests {
             "LATCH_KAZAYA_URL",
             "LATCH_KAZAYA_WEBHOOK_SECRET is empty",
             "LATCH_KAZAYA_CLIENT_SECRET is empty",
+            "LATCH_SECRETS_KEY is not set",
+            "LATCH_PICKUP_PEPPER is the development default",
         ] {
             assert!(all.contains(needle), "{needle} missing from:\n{all}");
         }
-        assert_eq!(p.len(), 6, "{all}");
+        assert_eq!(p.len(), 8, "{all}");
         let shown = Refused(p).to_string();
-        assert!(shown.starts_with("refusing to start in production: 6 problems: 1) "));
+        assert!(shown.starts_with("refusing to start in production: 8 problems: 1) "));
     }
 
     #[test]
@@ -182,6 +184,8 @@ mod tests {
         s.vending.public_url = "https://latch.example".into();
         s.vending.secure_cookies = true;
         s.qr.secure_cookies = true;
+        s.secrets_key = Some("3f".repeat(32));
+        s.lockers.pickup_pepper = latch_api::lockers::PickupPepper::new(vec![9; 32]);
         s.kazaya = Some(KazayaConfig::new(
             "https://kazaya.example/",
             "latch",
