@@ -10,6 +10,50 @@
   const REFRESH_WINDOW_MS = 30000;
   const REFRESH_LIMIT = 5;
 
+  // Every prompt in the page's language: the server sets <html lang> from Accept-Language,
+  // Chinese (the seed's wording) or English.
+  const WORDS = {
+    en: {
+      title: 'Log in to Latch',
+      intro: 'Open the Latch app on your phone and scan this code.',
+      alt: 'QR code for logging in',
+      loading: 'Loading a login code…',
+      newCode: 'New code',
+      waiting: 'Scan the code with the Latch app',
+      scanned: 'Scanned — confirm on your phone',
+      confirmed: 'Confirmed — logging you in…',
+      declined: 'Login was declined on the phone',
+      expired: 'The code expired — getting a new one…',
+      gettingNew: 'Getting a new code…',
+      tooMany: 'The login codes keep running out at once. Try again in a moment.',
+      unreachable: 'Could not reach the server for a login code.',
+      noCode: 'Could not get a login code.',
+      noPicture: 'The login code picture could not be shown.',
+      noUrl: 'The login was confirmed, but the server sent no usable login address.',
+      retrying: 'Connection problem — retrying…',
+    },
+    zh: {
+      title: '登录 Latch',
+      intro: '请打开手机上的 Latch 应用,扫描下方二维码。',
+      alt: '登录二维码',
+      loading: '正在获取登录二维码…',
+      newCode: '重新获取',
+      waiting: '请使用 Latch 应用扫描二维码',
+      scanned: '二维码已被扫描,请在手机上确认',
+      confirmed: '已确认,正在登录…',
+      declined: '已在手机上取消登录',
+      expired: '二维码已失效,正在重新获取…',
+      gettingNew: '正在获取新的二维码…',
+      tooMany: '二维码连续失效,请稍后再试。',
+      unreachable: '无法连接服务器获取二维码。',
+      noCode: '无法获取登录二维码。',
+      noPicture: '二维码图片无法显示。',
+      noUrl: '登录已确认,但服务器没有返回可用的登录地址。',
+      retrying: '网络连接异常,正在重试…',
+    },
+  };
+  const T = document.documentElement.lang.startsWith('zh') ? WORDS.zh : WORDS.en;
+
   const $ = (id) => document.getElementById(id);
   const img = $('qr');
   const box = $('qr-box');
@@ -29,6 +73,12 @@
   let finished = false; // confirmed, cancelled or failed: nothing more to listen for
   let objectUrl = null;
   let refreshes = [];
+
+  document.title = T.title;
+  $('intro').textContent = T.intro;
+  img.alt = T.alt;
+  newCodeButton.textContent = T.newCode;
+  status.textContent = T.loading;
 
   function setStatus(state, text) {
     status.dataset.state = state;
@@ -87,20 +137,20 @@
     refreshes = refreshes.filter((t) => now - t < REFRESH_WINDOW_MS);
     refreshes.push(now);
     if (refreshes.length > REFRESH_LIMIT) {
-      fail('The login codes keep running out at once. Try again in a moment.');
+      fail(T.tooMany);
       return;
     }
     let res;
     try {
       res = await fetch('/qr/loginpic?qrSize=256', { credentials: 'same-origin', cache: 'no-store' });
     } catch (_) {
-      if (my === gen) fail('Could not reach the server for a login code.');
+      if (my === gen) fail(T.unreachable);
       return;
     }
     if (my !== gen) return;
     if (!res.ok) {
       const body = await res.json().catch(() => null);
-      if (my === gen) fail(errorMessage(body, res.status, 'Could not get a login code.'));
+      if (my === gen) fail(errorMessage(body, res.status, T.noCode));
       return;
     }
     const blob = await res.blob();
@@ -110,7 +160,7 @@
       await showImage(url);
     } catch (_) {
       URL.revokeObjectURL(url);
-      if (my === gen) fail('The login code picture could not be shown.');
+      if (my === gen) fail(T.noPicture);
       return;
     }
     if (my !== gen) {
@@ -120,7 +170,7 @@
     objectUrl = url;
     uncoverQr();
     hint.textContent = '';
-    setStatus('waiting', 'Scan the code with the Latch app');
+    setStatus('waiting', T.waiting);
     connectWs(my);
   }
 
@@ -152,22 +202,22 @@
     switch (body.statusflag) {
       case 0:
         uncoverQr();
-        setStatus('waiting', 'Scan the code with the Latch app');
+        setStatus('waiting', T.waiting);
         break;
       case 1:
-        setStatus('scanned', 'Scanned — confirm on your phone');
-        coverQr('Scanned — confirm on your phone', false);
+        setStatus('scanned', T.scanned);
+        coverQr(T.scanned, false);
         break;
       case 2: {
         const url = sameOriginUrl(body.url);
         if (url === null) {
-          fail('The login was confirmed, but the server sent no usable login address.');
+          fail(T.noUrl);
           return;
         }
         finished = true;
         stopListening();
-        setStatus('confirmed', 'Confirmed — logging you in…');
-        coverQr('Confirmed — logging you in…', false);
+        setStatus('confirmed', T.confirmed);
+        coverQr(T.confirmed, false);
         location.assign(url);
         break;
       }
@@ -175,8 +225,8 @@
         if (body.state === 'cancelled') {
           finished = true;
           stopListening();
-          setStatus('cancelled', 'Login was declined on the phone');
-          coverQr('Login was declined on the phone', true);
+          setStatus('cancelled', T.declined);
+          coverQr(T.declined, true);
         } else {
           expired();
         }
@@ -190,8 +240,8 @@
   }
 
   function expired() {
-    setStatus('expired', 'The code expired — getting a new one…');
-    coverQr('Getting a new code…', false);
+    setStatus('expired', T.expired);
+    coverQr(T.gettingNew, false);
     newCode();
   }
 
@@ -269,11 +319,11 @@
         hint.textContent = '';
         handle(body, my);
       } else {
-        hint.textContent = 'Connection problem — retrying…';
+        hint.textContent = T.retrying;
       }
     } catch (_) {
       if (!polling || my !== gen || finished) return;
-      hint.textContent = 'Connection problem — retrying…';
+      hint.textContent = T.retrying;
     }
     if (polling && my === gen && !finished) pollTimer = setTimeout(() => poll(my), delay);
   }

@@ -18,6 +18,7 @@ use utoipa::{Modify, OpenApi};
         crate::devices::open,
         crate::qr::loginpic,
         crate::qr::code,
+        crate::qr::token,
         crate::qr::poll,
         crate::qr::push,
         crate::qr::lock,

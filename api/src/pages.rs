@@ -35,7 +35,7 @@ pub fn router() -> Router<AppState> {
 /// The routes, for any state (they use none).
 fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/login", get(|| async { page(LOGIN_HTML) }))
+        .route("/login", get(login_page))
         .route("/app/qr", get(|| async { page(APP_HTML) }))
         .route("/console", get(|| async { page(CONSOLE_HTML) }))
         .route("/web/login.js", get(|| async { script(LOGIN_JS) }))
@@ -47,7 +47,51 @@ fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         )
 }
 
-fn page(html: &'static str) -> impl IntoResponse {
+/// The login page in the language the browser prefers: the seed's Chinese, or English. The
+/// page's `lang` carries the choice; `login.js` words every prompt by it.
+async fn login_page(headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let accept = headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let html = match language(accept) {
+        Language::Chinese => LOGIN_HTML.replacen("<html lang=\"en\">", "<html lang=\"zh-CN\">", 1),
+        Language::English => LOGIN_HTML.to_owned(),
+    };
+    ([(header::VARY, "Accept-Language")], page(html))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Language {
+    Chinese,
+    English,
+}
+
+/// The better of Chinese and English by `Accept-Language` weights (RFC 9110 section 12.5.4);
+/// ties go to the one listed first, and a browser that names neither gets the seed's Chinese.
+fn language(accept: &str) -> Language {
+    let mut best: Option<(f32, Language)> = None;
+    for item in accept.split(',') {
+        let mut parts = item.split(';');
+        let tag = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let primary = tag.split('-').next().unwrap_or("");
+        let lang = match primary {
+            "zh" => Language::Chinese,
+            "en" => Language::English,
+            _ => continue,
+        };
+        if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
+            best = Some((q, lang));
+        }
+    }
+    best.map_or(Language::Chinese, |(_, l)| l)
+}
+
+fn page(html: impl IntoResponse) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -78,6 +122,18 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_preferred_of_chinese_and_english_wins() {
+        use super::{language, Language::*};
+        assert_eq!(language("zh-CN,zh;q=0.9,en;q=0.8"), Chinese);
+        assert_eq!(language("en-US,en;q=0.9"), English);
+        assert_eq!(language("en;q=0.5, zh-TW;q=0.8"), Chinese);
+        assert_eq!(language("fr-FR, en;q=0.3"), English);
+        assert_eq!(language("de"), Chinese);
+        assert_eq!(language(""), Chinese);
+        assert_eq!(language("zh;q=0, en;q=0.1"), English);
+    }
+
     use super::*;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};

@@ -130,6 +130,11 @@ impl ChromeDriver {
 
     /// A new headless Chromium session with a profile of its own (at most 30 s).
     pub async fn new_session(&self) -> Client {
+        self.new_session_speaking("en-US,en").await
+    }
+
+    /// A new session whose browser asks for pages in `accept_languages` (`Accept-Language`).
+    pub async fn new_session_speaking(&self, accept_languages: &str) -> Client {
         let profile = tempfile::Builder::new()
             .prefix("latch-chromium-")
             .tempdir()
@@ -152,6 +157,7 @@ impl ChromeDriver {
                     "--window-size=1200,900",
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
+                "prefs": {"intl.accept_languages": accept_languages},
             },
         });
         let Value::Object(capabilities) = capabilities else {

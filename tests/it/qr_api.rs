@@ -609,3 +609,51 @@ async fn loginpic_scans_back_to_a_code_that_works() {
     assert_eq!(status, StatusCode::OK, "{body}");
     poll_until(&app, &mut pc, 1).await;
 }
+
+#[tokio::test]
+async fn the_seeds_trailing_slash_and_one_call_form_answer_like_the_others() {
+    use base64::Engine as _;
+    let app = qr_app().await;
+    // Seed 002's example: `/qr/loginpic/?qrSize=...`, slash and all.
+    let mut pc = Browser::default();
+    let response = pc.get(&app, "/qr/loginpic/?qrSize=128&logo=1").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "image/png");
+    assert!(response.headers().get(SET_COOKIE).is_some());
+    let response = pc.get(&app, "/qr/loginpic/?qrSize=9999").await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    // Seed 003's one call: the token and its picture (base64) together.
+    let mut pc = Browser::default();
+    let before = count(&app.pool, "SELECT count(*) FROM events").await;
+    let response = pc.get(&app, "/qr/token?qrSize=abc").await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "qrSize", "{body}");
+    assert_eq!(
+        count(&app.pool, "SELECT count(*) FROM events").await,
+        before
+    );
+
+    let response = pc.get(&app, "/qr/token?qrSize=256").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let token = body["token"].as_str().expect("a token").to_owned();
+    assert!(body["ttlSeconds"].as_i64().unwrap() > 0, "{body}");
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(body["image"].as_str().expect("an image"))
+        .expect("base64");
+    let image = image::load_from_memory(&png).unwrap().to_luma8();
+    assert_eq!(image.dimensions(), (256, 256));
+    let mut prepared = rqrr::PreparedImage::prepare(image);
+    let grids = prepared.detect_grids();
+    assert_eq!(grids.len(), 1);
+    let (_, scanned) = grids[0].decode().unwrap();
+    assert_eq!(
+        scanned, token,
+        "the picture is of the token given beside it"
+    );
+    let (status, body) = app_post(&app, "/qr/lock", &app.user, json!({"code": token})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    poll_until(&app, &mut pc, 1).await;
+}

@@ -412,3 +412,43 @@ async fn without_a_websocket_the_page_polls_and_still_logs_in() {
     phone.close().await.expect("closing the phone's session");
     pc.close().await.expect("closing the PC's session");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_page_speaks_the_seeds_chinese_to_a_chinese_browser() {
+    let app = spawn_app().await;
+    let driver = ChromeDriver::start().await;
+    let pc = driver.new_session_speaking("zh-CN,zh").await;
+    let phone = driver.new_session().await;
+    let status = "return document.getElementById('status').textContent.trim();";
+
+    let first = pc_shows_code(&app, &pc).await;
+    assert_eq!(
+        pc.execute("return document.documentElement.lang;", vec![])
+            .await
+            .expect("reading lang"),
+        json!("zh-CN")
+    );
+    assert_eq!(
+        pc.execute(status, vec![]).await.expect("reading #status"),
+        json!("请使用 Latch 应用扫描二维码")
+    );
+    phone_scans(&app, &phone, &code_in(&first)).await;
+    wait_for_attr(&pc, "#status", "data-state", "scanned", WAIT).await;
+    assert_eq!(
+        pc.execute(status, vec![]).await.expect("reading #status"),
+        json!("二维码已被扫描,请在手机上确认")
+    );
+
+    // The same page, asked for in English, answers in English.
+    let english = reqwest::Client::new()
+        .get(format!("{}/login", app.address))
+        .header("Accept-Language", "en-GB,en;q=0.9,zh;q=0.5")
+        .send()
+        .await
+        .expect("GET /login");
+    assert_eq!(english.headers()["vary"], "Accept-Language");
+    assert!(english.text().await.unwrap().contains("<html lang=\"en\">"));
+
+    phone.close().await.expect("closing the phone's session");
+    pc.close().await.expect("closing the PC's session");
+}

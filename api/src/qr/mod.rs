@@ -120,7 +120,10 @@ impl QrService {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/qr/loginpic", get(loginpic))
+        // The seed's own example writes `/qr/loginpic/?qrSize=...`.
+        .route("/qr/loginpic/", get(loginpic))
         .route("/qr/code", get(code))
+        .route("/qr/token", get(token))
         .route("/qr/login", get(poll))
         .route("/qr/ws", get(push))
         .route("/qr/lock", post(lock))
@@ -393,6 +396,60 @@ pub async fn code(
     let jar = jar.add(secret_cookie(&state, &minted.secret));
     let answer = CodeAnswer {
         code: minted.token.as_str().to_owned(),
+        expires_at: minted.expires_at,
+        ttl_seconds: state.qr.config.code_ttl.num_seconds(),
+    };
+    Ok((
+        jar,
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(answer),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenAnswer {
+    /// The code's content: what the phone scans and sends back as `code`.
+    pub token: String,
+    /// The QR picture, a PNG in base64 (`data:image/png;base64,` + this shows it).
+    pub image: String,
+    pub expires_at: DateTime<Utc>,
+    pub ttl_seconds: i64,
+}
+
+/// `GET /qr/token`: seed 003's one call, the code's token and its picture together.
+#[utoipa::path(get, path = "/qr/token", tag = "qr login",
+    params(("qrSize" = Option<u32>, Query, description = "pixels, 90-512, default 94"),
+           ("logoSize" = Option<u32>, Query, description = "pixels, 1-256, default 32"),
+           ("logo" = Option<u32>, Query, description = "a registered logo number")),
+    responses((status = 200, body = TokenAnswer, description = "Set-Cookie latch_qr"),
+              (status = 400, description = "a parameter out of range, named in error.field"),
+              (status = 429, description = "too many codes from this address")))]
+pub async fn token(
+    State(state): State<AppState>,
+    client: Client,
+    meta: RequestMeta,
+    jar: CookieJar,
+    query: Result<Query<PictureQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, QrFail> {
+    use base64::Engine as _;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest {
+        code: "invalid_query",
+        message: e.body_text(),
+        field: None,
+    })?;
+    let picture = picture::Picture::parse(
+        q.qr_size.as_deref(),
+        q.logo_size.as_deref(),
+        q.logo.as_deref(),
+    )?;
+    let minted = mint(&state, &client, &meta).await?;
+    let png = picture::render_png(minted.token.as_str(), &picture)?;
+    let jar = jar.add(secret_cookie(&state, &minted.secret));
+    let answer = TokenAnswer {
+        token: minted.token.as_str().to_owned(),
+        image: base64::engine::general_purpose::STANDARD.encode(png),
         expires_at: minted.expires_at,
         ttl_seconds: state.qr.config.code_ttl.num_seconds(),
     };
