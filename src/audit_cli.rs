@@ -99,6 +99,16 @@ pub enum ProjectionsCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RelayCmd {
+    /// Recreate the EVENTS stream from the log after it diverged (the relay's alarm
+    /// `events_stream_diverged`, `/readyz` `events_stream: diverged`). Stop the relay role first.
+    Reconcile {
+        #[command(flatten)]
+        connections: Connections,
+    },
+}
+
 async fn connect(c: &Connections) -> Result<PgPool, Error> {
     Ok(latch_domain::store::connect(&c.database_url, 4, Duration::from_secs(10)).await?)
 }
@@ -305,6 +315,32 @@ pub async fn projections(cmd: ProjectionsCmd) -> Result<(), Error> {
                 done.elapsed.as_secs_f64(),
                 done.events as f64 / done.elapsed.as_secs_f64().max(1e-6),
                 done.swap.as_millis()
+            );
+            Ok(())
+        }
+    }
+}
+
+pub async fn relay(cmd: RelayCmd) -> Result<(), Error> {
+    match cmd {
+        RelayCmd::Reconcile { connections } => {
+            let pool = connect(&connections).await?;
+            let nats = latch_nats::connect(&connections.nats_url, "latch-relay-reconcile").await?;
+            let js = async_nats::jetstream::new(nats);
+            let done = latch_workers::reconcile::reconcile(&pool, &js).await?;
+            say!(
+                "EVENTS was at sequence {} and the log at position {}; they agreed through {}. \
+                 Recreated the stream and republished {} events; {} consumers restart from: {}",
+                done.stream_last,
+                done.log_head,
+                done.agreed_through,
+                done.republished,
+                done.consumers.len(),
+                done.consumers
+                    .iter()
+                    .map(|(name, start)| format!("{name} at {start}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             Ok(())
         }

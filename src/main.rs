@@ -96,6 +96,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: latch::audit_cli::ProjectionsCmd,
     },
+    /// The relay: repair the EVENTS stream from the log when it has diverged.
+    Relay {
+        #[command(subcommand)]
+        cmd: latch::audit_cli::RelayCmd,
+    },
     /// Measure throughput and latency against baselines taken in the same run.
     Bench {
         #[command(subcommand)]
@@ -218,6 +223,7 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
         }
         Cmd::Audit { cmd } => latch::audit_cli::audit(cmd).await?,
         Cmd::Projections { cmd } => latch::audit_cli::projections(cmd).await?,
+        Cmd::Relay { cmd } => latch::audit_cli::relay(cmd).await?,
         Cmd::Bench { which } => {
             let report = bench::run(which).await?;
             println!("{report}");

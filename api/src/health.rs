@@ -24,6 +24,9 @@ pub struct Readiness {
     pub status: &'static str,
     pub postgres: &'static str,
     pub nats: &'static str,
+    /// `ok`, or `diverged` while the relay refuses to publish because the EVENTS stream holds
+    /// what the log does not (repair: `latch relay reconcile`).
+    pub events_stream: &'static str,
 }
 
 /// The process is alive.
@@ -36,21 +39,22 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    // One read answers both: Postgres is there, and whether the relay has raised its alarm.
     let pg = tokio::time::timeout(
         Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.pool),
+        latch_projections::log::relay_alarm(&state.pool),
     )
     .await;
-    let postgres = if matches!(pg, Ok(Ok(_))) {
-        "ok"
-    } else {
-        "unreachable"
+    let (postgres, events_stream) = match pg {
+        Ok(Ok(None)) => ("ok", "ok"),
+        Ok(Ok(Some(_))) => ("ok", "diverged"),
+        _ => ("unreachable", "unknown"),
     };
     let nats = match state.nats.connection_state() {
         async_nats::connection::State::Connected => "ok",
         _ => "unreachable",
     };
-    let ready = postgres == "ok" && nats == "ok";
+    let ready = postgres == "ok" && nats == "ok" && events_stream == "ok";
     let status = if ready {
         StatusCode::OK
     } else {
@@ -62,6 +66,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             status: if ready { "ready" } else { "not_ready" },
             postgres,
             nats,
+            events_stream,
         }),
     )
 }

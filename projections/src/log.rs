@@ -277,6 +277,35 @@ pub async fn head<'e>(db: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
     Ok(head.unwrap_or(0))
 }
 
+/// Raises the relay's alarm (see migration 0035): the stream no longer mirrors the log.
+pub async fn raise_relay_alarm<'e>(
+    db: impl PgExecutor<'e>,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO relay_alarm (detail) VALUES ($1)
+         ON CONFLICT (only_row) DO UPDATE SET detail = EXCLUDED.detail",
+    )
+    .bind(detail)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Clears the relay's alarm: the stream is the log's mirror again.
+pub async fn clear_relay_alarm<'e>(db: impl PgExecutor<'e>) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM relay_alarm").execute(db).await?;
+    Ok(())
+}
+
+/// The relay's alarm, if raised: what it found.
+pub async fn relay_alarm<'e>(db: impl PgExecutor<'e>) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT detail FROM relay_alarm")
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(|(d,)| d))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

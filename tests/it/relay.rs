@@ -273,3 +273,174 @@ async fn commit_order_is_numeric_transaction_order_not_text_order() {
         "nothing is sequenced twice"
     );
 }
+
+/// The stream is the log's mirror: message `n` carries the event id of log position `n`, for
+/// every position, and nothing more.
+async fn assert_stream_mirrors_log(app: &TestApp) {
+    let head = log_head(app).await;
+    let rows = latch_projections::log::read_rows(&app.pool, 0, None, i64::MAX)
+        .await
+        .unwrap();
+    let messages = stream_messages(&app.js, EVENTS_STREAM).await;
+    assert_eq!(messages.len() as i64, head, "one message per log position");
+    for (row, message) in rows.iter().zip(&messages) {
+        assert_eq!(message.sequence, row.position as u64);
+        assert_eq!(
+            message.headers.get("Nats-Msg-Id").map(|v| v.to_string()),
+            Some(row.event_id.to_string()),
+            "sequence {}",
+            message.sequence
+        );
+    }
+}
+
+async fn stream_last(app: &TestApp) -> Option<u64> {
+    let mut s = app.js.get_stream(EVENTS_STREAM).await.ok()?;
+    Some(s.info().await.ok()?.state.last_sequence)
+}
+
+/// A relay-only instance of Latch on the app's database and NATS, stopped by the token.
+async fn relay_instance(
+    app: &TestApp,
+) -> (
+    latch_workers::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut s = test_settings(&app.db, &app.nats_server, &app.clock);
+    s.roles = vec![latch::config::Role::Relay];
+    let instance = latch::Application::build(s).await.expect("a relay");
+    let stop = latch_workers::CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        instance
+            .run_until_stopped(async move { token.cancelled().await })
+            .await
+            .unwrap()
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_to_events_from_outside_stops_the_relay_until_reconciled() {
+    use latch::config::Role;
+    let app = spawn_app_with(|s| s.roles.retain(|r| *r != Role::Relay)).await;
+    let (stop, task) = relay_instance(&app).await;
+    for i in 0..3 {
+        app.register_device("vending", "S1", &format!("before {i}"))
+            .await;
+    }
+    let before = app.event_count().await as u64;
+    eventually(Duration::from_secs(15), "published", || async {
+        (stream_last(&app).await? == before).then_some(())
+    })
+    .await;
+
+    // Someone with the right to publish on latch.events.> slips a message in.
+    app.js
+        .publish("latch.events.device.DeviceRegistered.forged", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let id = app.register_device("vending", "S1", "after").await;
+    // The relay sees the stranger at the sequence its next event should have, and stops
+    // instead of publishing that event one place late (or skipping it).
+    let alarm = eventually(Duration::from_secs(15), "the alarm", || async {
+        latch_projections::log::relay_alarm(&app.pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(alarm.contains("diverged"), "{alarm}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        stream_last(&app).await,
+        Some(before + 1),
+        "nothing published past the stranger"
+    );
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["events_stream"], "diverged", "{body}");
+
+    // With the relay still leading, the repair refuses (it would race the relay).
+    assert!(latch_workers::reconcile::reconcile(&app.pool, &app.js)
+        .await
+        .is_err());
+    stop.cancel();
+    task.await.unwrap();
+    let done = latch_workers::reconcile::reconcile(&app.pool, &app.js)
+        .await
+        .expect("reconcile");
+    assert_eq!(done.stream_last, before + 1);
+    assert_eq!(done.agreed_through, before);
+    assert_eq!(done.log_head, log_head(&app).await);
+    assert_stream_mirrors_log(&app).await;
+    assert_eq!(
+        latch_projections::log::relay_alarm(&app.pool)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        done.consumers.iter().all(|(_, start)| *start <= before + 1),
+        "no consumer starts past the point of agreement: {:?}",
+        done.consumers
+    );
+
+    // A relay started again carries on at the right sequences, and the read models saw the
+    // event published late.
+    let (stop, task) = relay_instance(&app).await;
+    let later = app.register_device("vending", "S1", "later").await;
+    eventually(Duration::from_secs(15), "published again", || async {
+        (stream_last(&app).await? == app.event_count().await as u64).then_some(())
+    })
+    .await;
+    assert_stream_mirrors_log(&app).await;
+    for device in [id, later] {
+        eventually(Duration::from_secs(15), "projected", || async {
+            app.device(device).await
+        })
+        .await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_under_the_relay_is_refilled_from_the_log_in_order() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        app.register_device("vending", "S1", &format!("before {i}"))
+            .await;
+    }
+    let before = app.event_count().await as u64;
+    eventually(Duration::from_secs(15), "published", || async {
+        (stream_last(&app).await? == before).then_some(())
+    })
+    .await;
+    app.js.delete_stream(EVENTS_STREAM).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        ids.push(
+            app.register_device("vending", "S1", &format!("after {i}"))
+                .await,
+        );
+    }
+    eventually(Duration::from_secs(20), "the stream refilled", || async {
+        (stream_last(&app).await? == app.event_count().await as u64).then_some(())
+    })
+    .await;
+    assert_stream_mirrors_log(&app).await;
+    for id in ids {
+        eventually(Duration::from_secs(15), "projected", || async {
+            app.device(id).await
+        })
+        .await;
+    }
+}

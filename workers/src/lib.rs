@@ -36,6 +36,7 @@ pub mod locker_doors;
 pub mod locker_notifier;
 pub mod locker_sweeper;
 pub mod projector;
+pub mod reconcile;
 pub mod relay;
 pub mod roles;
 pub mod sweeper;

@@ -62,6 +62,23 @@ pub enum RelayError {
         "EVENTS stream is at sequence {stream} but the log only reaches {log}: refusing to publish"
     )]
     StreamAhead { stream: u64, log: i64 },
+    #[error(
+        "EVENTS stream diverged from the log at sequence {sequence}: the log has event {expected} there, \
+         the stream {found}: refusing to publish"
+    )]
+    Diverged {
+        sequence: u64,
+        expected: uuid::Uuid,
+        found: String,
+    },
+}
+
+impl RelayError {
+    /// The stream holds what the log does not: publishing on would put events at the wrong
+    /// sequences, so only an operator's `latch relay reconcile` may go on from here.
+    pub fn is_divergence(&self) -> bool {
+        matches!(self, Self::StreamAhead { .. } | Self::Diverged { .. })
+    }
 }
 
 pub async fn run(pool: PgPool, js: Context, config: RelayConfig, shutdown: CancellationToken) {
@@ -191,6 +208,15 @@ async fn publish_loop(
                 }
             }
             Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.is_divergence() => {
+                if let Err(db) = log::raise_relay_alarm(&pool, &e.to_string()).await {
+                    tracing::warn!(error = %db, "the alarm could not be recorded");
+                }
+                tracing::error!(error = %e, alarm = "events_stream_diverged",
+                    "EVENTS no longer mirrors the log; nothing more is published until an operator runs `latch relay reconcile`");
+                stream_last = None;
+                pause(&leading, Duration::from_secs(5)).await;
+            }
             Ok(Err(e)) => {
                 // Postgres stays the truth: the stream catches up from the log when NATS is back.
                 tracing::warn!(error = %e, "publishing paused");
@@ -298,6 +324,72 @@ pub async fn sequence_batch(
     Ok(logged)
 }
 
+/// The EVENTS stream's last sequence, once it is known to hold the log's own event there.
+///
+/// Whenever the relay (re)reads where the stream stands, it checks the message at that
+/// sequence against the log: a message published from outside, or a stream ahead of the log,
+/// would otherwise make it skip a log position (it would take the stranger's sequence for one
+/// it published). A stream that is gone is created again and filled from the log; one whose
+/// tail was purged cannot be checked there and is taken at its word.
+pub async fn stream_tail(pool: &PgPool, js: &Context) -> Result<u64, RelayError> {
+    let nats = |e: &dyn std::fmt::Display| RelayError::Nats(e.to_string());
+    let mut stream = match js.get_stream(subjects::EVENTS_STREAM).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(error = %e, "no EVENTS stream; creating it to fill it from the log");
+            js.create_stream(latch_nats::streams::events_stream())
+                .await
+                .map_err(|e| nats(&e))?
+        }
+    };
+    let info = stream.info().await.map_err(|e| nats(&e))?;
+    let last = info.state.last_sequence;
+    if last == 0 {
+        return Ok(0);
+    }
+    let head = log::head(pool).await?;
+    if last as i64 > head {
+        return Err(RelayError::StreamAhead {
+            stream: last,
+            log: head,
+        });
+    }
+    let expected = log::read_rows(pool, last as i64 - 1, Some(last as i64), 1)
+        .await?
+        .pop()
+        .map(|row| row.event_id)
+        .ok_or(RelayError::StreamAhead {
+            stream: last,
+            log: head,
+        })?;
+    match stream.get_raw_message(last).await {
+        Ok(message) => {
+            let found = message
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .map(|id| id.to_string());
+            if found.as_deref() == Some(expected.to_string().as_str()) {
+                Ok(last)
+            } else {
+                Err(RelayError::Diverged {
+                    sequence: last,
+                    expected,
+                    found: found.map_or_else(
+                        || format!("a message without a Nats-Msg-Id on {}", message.subject),
+                        |id| format!("message {id} on {}", message.subject),
+                    ),
+                })
+            }
+        }
+        Err(e)
+            if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+        {
+            Ok(last)
+        }
+        Err(e) => Err(nats(&e)),
+    }
+}
+
 /// Publishes log rows the EVENTS stream does not have yet. Returns how many.
 pub async fn publish_pending(
     pool: &PgPool,
@@ -309,15 +401,8 @@ pub async fn publish_pending(
     let last = match *stream_last {
         Some(s) => s,
         None => {
-            let mut stream = js
-                .get_stream(subjects::EVENTS_STREAM)
-                .await
-                .map_err(|e| RelayError::Nats(e.to_string()))?;
-            let info = stream
-                .info()
-                .await
-                .map_err(|e| RelayError::Nats(e.to_string()))?;
-            let s = info.state.last_sequence;
+            let s = stream_tail(pool, js).await?;
+            log::clear_relay_alarm(pool).await?;
             *stream_last = Some(s);
             s
         }
