@@ -11,6 +11,7 @@ mod event_store;
 mod facts;
 mod kazaya;
 mod limits;
+mod locker_history;
 mod locker_pages;
 mod locker_process;
 mod lockers;

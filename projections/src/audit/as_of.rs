@@ -7,12 +7,14 @@
 //! order.
 
 use crate::device_status::{self, DeviceStatus};
+use crate::lockers::{self, Change};
 use crate::orders::{self, OrderRow};
 use crate::qr_login_status::{self, QrLoginStatus};
 use crate::{LoggedEvent, ProjectionError};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use latch_domain::device::Device;
+use latch_domain::locker::Compartment;
 use latch_domain::qr_login::QrLogin;
 use latch_domain::vending::ShoppingSession;
 use serde::Serialize;
@@ -32,6 +34,104 @@ pub struct AsOf {
     pub qr_logins: Vec<QrLoginStatus>,
     /// Orders (one per shopping session) as they stood; empty when narrowed to one device.
     pub orders: Vec<OrderRow>,
+    /// Locker compartments and who held them; empty when narrowed to one device.
+    pub compartments: Vec<CompartmentAsOf>,
+}
+
+/// A compartment as the lockers read model (`locker_compartments`) had it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompartmentAsOf {
+    pub compartment_id: String,
+    pub site: String,
+    pub number: String,
+    pub size: String,
+    /// `free`, `reserved` or `occupied`.
+    pub status: String,
+    pub holder: Option<String>,
+    pub window_start: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub depositor: Option<String>,
+    pub parcel: Option<String>,
+    pub door_device: Option<Uuid>,
+}
+
+/// The lockers projection's changes to a compartment row, in memory: the same `evolve` the
+/// live projector turns into SQL.
+fn fold_compartment(rows: &mut BTreeMap<String, CompartmentAsOf>, change: Change) {
+    match change {
+        Change::CompartmentInstalled {
+            id,
+            site,
+            number,
+            size,
+            door,
+            ..
+        } => {
+            rows.entry(id.clone()).or_insert(CompartmentAsOf {
+                compartment_id: id,
+                site,
+                number,
+                size,
+                status: "free".into(),
+                holder: None,
+                window_start: None,
+                expires_at: None,
+                depositor: None,
+                parcel: None,
+                door_device: door,
+            });
+        }
+        Change::DoorWired { id, door, .. } => {
+            if let Some(row) = rows.get_mut(&id) {
+                row.door_device = Some(door);
+            }
+        }
+        Change::Reserved {
+            id,
+            holder,
+            window_start,
+            expires_at,
+            ..
+        } => {
+            if let Some(row) = rows.get_mut(&id) {
+                row.status = "reserved".into();
+                row.holder = Some(holder);
+                row.window_start = Some(window_start);
+                row.expires_at = Some(expires_at);
+                row.depositor = None;
+                row.parcel = None;
+            }
+        }
+        Change::HolderSet { id, holder, .. } => {
+            if let Some(row) = rows.get_mut(&id) {
+                row.holder = Some(holder);
+            }
+        }
+        Change::Deposited {
+            id,
+            depositor,
+            parcel,
+            ..
+        } => {
+            if let Some(row) = rows.get_mut(&id) {
+                row.status = "occupied".into();
+                row.holder = None;
+                row.depositor = Some(depositor);
+                row.parcel = Some(parcel);
+            }
+        }
+        Change::Freed { id, .. } => {
+            if let Some(row) = rows.get_mut(&id) {
+                row.status = "free".into();
+                row.holder = None;
+                row.window_start = None;
+                row.expires_at = None;
+                row.depositor = None;
+                row.parcel = None;
+            }
+        }
+        _ => {}
+    }
 }
 
 fn logged(row: &PgRow) -> Result<LoggedEvent, sqlx::Error> {
@@ -50,7 +150,7 @@ fn logged(row: &PgRow) -> Result<LoggedEvent, sqlx::Error> {
     })
 }
 
-/// The device-status, QR-login-status and orders models at `at`. `device` narrows the answer (and the
+/// The device-status, QR-login-status, orders and locker-compartment models at `at`. `device` narrows the answer (and the
 /// fold) to one device.
 pub async fn as_of(
     pool: &PgPool,
@@ -60,10 +160,16 @@ pub async fn as_of(
     let mut devices: BTreeMap<Uuid, DeviceStatus> = BTreeMap::new();
     let mut logins: BTreeMap<Uuid, QrLoginStatus> = BTreeMap::new();
     let mut order_rows: BTreeMap<Uuid, OrderRow> = BTreeMap::new();
+    let mut compartments: BTreeMap<String, CompartmentAsOf> = BTreeMap::new();
     let types: Vec<&str> = if device.is_some() {
         vec![Device::TYPE]
     } else {
-        vec![Device::TYPE, QrLogin::TYPE, ShoppingSession::TYPE]
+        vec![
+            Device::TYPE,
+            QrLogin::TYPE,
+            ShoppingSession::TYPE,
+            Compartment::TYPE,
+        ]
     };
     let device_id = device.map(|d| d.to_string());
     let (mut after, mut position, mut events) = (0i64, 0i64, 0u64);
@@ -100,6 +206,10 @@ pub async fn as_of(
                 if let Some(next) = orders::evolve(order_rows.remove(&id), &event)? {
                     order_rows.insert(id, next);
                 }
+            } else if event.aggregate_type == Compartment::TYPE {
+                for change in lockers::evolve(&event.upcast())? {
+                    fold_compartment(&mut compartments, change);
+                }
             } else if event.aggregate_type == QrLogin::TYPE {
                 let id = qr_login_status::login_uuid(&event)?;
                 if let Some(next) = qr_login_status::evolve(logins.remove(&id), &event)? {
@@ -115,5 +225,6 @@ pub async fn as_of(
         devices: devices.into_values().collect(),
         qr_logins: logins.into_values().collect(),
         orders: order_rows.into_values().collect(),
+        compartments: compartments.into_values().collect(),
     })
 }
