@@ -296,10 +296,21 @@ fn compartment(id: String, event: CompartmentEvent) -> Vec<Change> {
                 at,
             },
             Change::HoldingBegan {
-                id,
+                id: id.clone(),
                 holder: holder.to_string(),
                 grant_id: None,
                 authorizer: None,
+                at,
+            },
+            Change::Notify {
+                recipient: format!("user:{holder}"),
+                kind: "reserved",
+                grant_id: None,
+                message: format!(
+                    "您已成功预约格口 {id}，请在 {} 前使用",
+                    expires_at.format("%Y-%m-%d %H:%M UTC")
+                ),
+                compartment: id,
                 at,
             },
         ],

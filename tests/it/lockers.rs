@@ -309,8 +309,18 @@ async fn worked_example_1_li_grants_large_compartment_01_directly_to_13499996666
         .json()
         .await
         .unwrap();
-    assert_eq!(sms[0]["phone"], "13499996666");
-    assert!(sms[0]["text"].as_str().unwrap().contains("610091A01:01"));
+    // Li's reservation had its own SMS; the grant's goes to the receiver.
+    let to_receiver: Vec<&Value> = sms
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["phone"] == "13499996666")
+        .collect();
+    assert_eq!(to_receiver.len(), 1, "{sms}");
+    assert!(to_receiver[0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("610091A01:01"));
     let items = inbox(&app, &li).await;
     assert_eq!(items[0]["kind"], "grant_confirmed");
     // The grant's row comes from the same HolderChanged event as the holder above.
@@ -1698,4 +1708,62 @@ async fn lockers_rebuild_equals_the_live_model_and_the_live_projector_carries_on
         (status == "occupied").then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_successful_reservation_is_notified_like_a_grant() {
+    let app = spawn_app().await;
+    world(&app, "http://127.0.0.1:9/grants").await;
+    let li = token(&app, "13455555555").await;
+    let mut notes = app
+        .nats
+        .subscribe("latch.lockers.notifications.13455555555")
+        .await
+        .unwrap();
+    app.nats.flush().await.unwrap();
+    let id = reserve(&app, &li).await;
+    let note = tokio::time::timeout(Duration::from_secs(10), notes.next())
+        .await
+        .expect("a notice within 10 s")
+        .unwrap();
+    let note: Value = serde_json::from_slice(&note.payload).unwrap();
+    assert_eq!(note["kind"], "reserved");
+    assert_eq!(note["compartment_id"], id.as_str());
+    assert!(
+        note["message"].as_str().unwrap().contains("成功预约"),
+        "{note}"
+    );
+    let reserved_event: (uuid::Uuid,) = sqlx::query_as(
+        "SELECT event_id FROM events WHERE event_type = 'CompartmentReserved' AND aggregate_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(note["event_id"], reserved_event.0.to_string());
+    let sms = eventually(Duration::from_secs(10), "the SMS", || async {
+        let sms: Value = app
+            .get("/lockers/sandbox/sms", &app.operator)
+            .await
+            .json()
+            .await
+            .ok()?;
+        sms.as_array()?
+            .iter()
+            .find(|m| m["phone"] == "13455555555")
+            .cloned()
+    })
+    .await;
+    assert_eq!(
+        sms["id"],
+        reserved_event.0.to_string(),
+        "keyed by the event id"
+    );
+    assert!(sms["text"].as_str().unwrap().contains(&id));
+    let items = eventually(Duration::from_secs(10), "the inbox row", || async {
+        let items = inbox(&app, &li).await;
+        (!items.is_empty()).then_some(items)
+    })
+    .await;
+    assert_eq!(items[0]["kind"], "reserved");
 }

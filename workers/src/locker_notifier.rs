@@ -22,6 +22,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub const CONSUMER: &str = "locker-notifier";
+/// The same notifier's consumer of reservations (nats-server 2.9 takes one filter per consumer).
+pub const RESERVATIONS_CONSUMER: &str = "locker-notifier-reservations";
 
 /// The header that names the event a notice follows from.
 pub const EVENT_ID_HEADER: &str = "Latch-Event-Id";
@@ -89,9 +91,28 @@ pub struct LockerNotifier {
 /// One NATS notice: subject and body.
 pub type Notice = (String, serde_json::Value);
 
-/// What a holder change tells whom: the NATS notices and the receiver's SMS (phone, text).
-/// Every body names `event_id`. Empty for other events.
+/// What a reservation or a holder change tells whom: the NATS notices and one SMS (phone,
+/// text). Every body names `event_id`. Empty for other events.
 pub fn notices(event: &LoggedEvent) -> (Vec<Notice>, Option<(String, String)>) {
+    if let Ok(CompartmentEvent::CompartmentReserved {
+        holder,
+        window_start,
+        expires_at,
+        ..
+    }) = serde_json::from_value::<CompartmentEvent>(event.payload.clone())
+    {
+        let id = &event.aggregate_id;
+        let until = expires_at.format("%Y-%m-%d %H:%M UTC");
+        let message = format!("您已成功预约格口 {id}，请在 {until} 前使用");
+        let notice = (
+            subjects::locker_notifications(holder.as_str()),
+            json!({ "kind": "reserved", "event_id": event.event_id, "compartment_id": id,
+                    "window_start": window_start, "expires_at": expires_at,
+                    "message": message }),
+        );
+        let sms = (holder.as_str().to_owned(), format!("【Latch】{message}"));
+        return (vec![notice], Some(sms));
+    }
     let Ok(CompartmentEvent::HolderChanged {
         grant_id,
         from,
@@ -136,14 +157,22 @@ pub fn notices(event: &LoggedEvent) -> (Vec<Notice>, Option<(String, String)>) {
 
 impl LockerNotifier {
     pub async fn run(self, shutdown: CancellationToken) {
-        event_consumer::run(
-            self.js.clone(),
-            CONSUMER,
-            subjects::events_of_type(Compartment::TYPE, "HolderChanged"),
-            &self,
-            shutdown,
-        )
-        .await;
+        tokio::join!(
+            event_consumer::run(
+                self.js.clone(),
+                CONSUMER,
+                subjects::events_of_type(Compartment::TYPE, "HolderChanged"),
+                &self,
+                shutdown.clone(),
+            ),
+            event_consumer::run(
+                self.js.clone(),
+                RESERVATIONS_CONSUMER,
+                subjects::events_of_type(Compartment::TYPE, "CompartmentReserved"),
+                &self,
+                shutdown,
+            )
+        );
     }
 }
 
@@ -177,7 +206,7 @@ impl EventHandler for LockerNotifier {
         if let Err(e) = self.nats.flush().await {
             return Ok(Outcome::Later(format!("notices not flushed: {e}")));
         }
-        tracing::info!("holder change notified");
+        tracing::info!(event_type = %event.event_type, "notified");
         Ok(Outcome::Done)
     }
 }
@@ -235,6 +264,25 @@ mod tests {
         let (phone, text) = sms.unwrap();
         assert_eq!(phone, "13466666666");
         assert!(text.contains("610091A01:01"));
+    }
+
+    #[test]
+    fn a_reservation_tells_its_holder_until_when() {
+        let mut event = holder_changed(None);
+        event.payload = json!({"CompartmentReserved": {"holder": "13455555555",
+            "window_start": "2026-12-03T08:00:00Z", "expires_at": "2026-12-03T10:00:00Z",
+            "at": "2026-12-03T08:00:00Z"}});
+        let (messages, sms) = notices(&event);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].0, "latch.lockers.notifications.13455555555");
+        assert_eq!(messages[0].1["kind"], "reserved");
+        assert_eq!(messages[0].1["event_id"], event.event_id.to_string());
+        let (phone, text) = sms.unwrap();
+        assert_eq!(phone, "13455555555");
+        assert!(
+            text.contains("610091A01:01") && text.contains("2026-12-03 10:00 UTC"),
+            "{text}"
+        );
     }
 
     #[test]
