@@ -5,6 +5,7 @@
   const TOKEN_KEY = 'latch_app_token';
   const $ = (id) => document.getElementById(id);
   const tokenForm = $('token-form');
+  const loginForm = $('login-form');
   const tokenInput = $('token');
   const phase = $('phase');
   const request = $('request');
@@ -47,6 +48,7 @@
     delete result.dataset.result;
     result.textContent = '';
     tokenForm.hidden = true;
+    loginForm.hidden = true;
     phase.hidden = false;
     phase.textContent = 'Checking the code…';
     setButtons(false);
@@ -85,8 +87,7 @@
     }
     if (token() === '') {
       phase.hidden = true;
-      tokenForm.hidden = false;
-      tokenInput.focus();
+      askToLogIn();
       return;
     }
     let answer;
@@ -110,7 +111,7 @@
       showResult('expired', 'This login code has expired or was cancelled. Scan a new one.');
     } else {
       showResult('error', errorMessage(body, answer.status));
-      if (answer.status === 401) tokenForm.hidden = false;
+      if (answer.status === 401) askToLogIn();
     }
   }
 
@@ -143,6 +144,45 @@
   declineButton.addEventListener('click', () =>
     answer('/qr/cancel', 'declined', 'Declined — nobody was logged in.'),
   );
+
+  // No token yet (or a dead one): the app user logs in with their user number and password,
+  // the same login the locker pages use, and the page keeps the session token it gets.
+  function askToLogIn() {
+    loginForm.hidden = false;
+    tokenForm.hidden = false;
+    $('user-number').focus();
+  }
+
+  loginForm.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const userNumber = $('user-number').value.trim();
+    const password = $('password').value;
+    let res;
+    try {
+      res = await fetch('/lockers/login', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ user_number: userNumber, password }),
+      });
+    } catch (_) {
+      showResult('error', 'Could not reach the server.');
+      return;
+    }
+    const body = await res.json().catch(() => null);
+    if (!res.ok || !body || typeof body.token !== 'string') {
+      showResult('error', errorMessage(body || {}, res.status));
+      return;
+    }
+    try {
+      localStorage.setItem(TOKEN_KEY, body.token);
+    } catch (_) {
+      showResult('error', 'This browser does not let the page keep the token.');
+      return;
+    }
+    $('password').value = '';
+    loginForm.hidden = true;
+    start();
+  });
 
   tokenForm.addEventListener('submit', (event) => {
     event.preventDefault();

@@ -452,3 +452,56 @@ async fn the_login_page_speaks_the_seeds_chinese_to_a_chinese_browser() {
     phone.close().await.expect("closing the phone's session");
     pc.close().await.expect("closing the PC's session");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_with_only_the_app_logs_in_on_the_phone_then_confirms() {
+    let app = spawn_app().await;
+    let res = app
+        .post(
+            "/lockers/users",
+            &app.operator,
+            Some(json!({"user_number": "13455555555", "name": "李", "password": "secret-pass-1"})),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let driver = ChromeDriver::start().await;
+    let pc = driver.new_session().await;
+    let phone = driver.new_session().await;
+
+    let code = code_in(&pc_shows_code(&app, &pc).await);
+    // No token anywhere on this phone: the page asks the person to log in.
+    phone
+        .goto(&format!("{}/app/qr#code={code}", app.address))
+        .await
+        .expect("opening /app/qr with the code");
+    let form_shown = "return !document.getElementById('login-form').hidden;";
+    wait_for_js(&phone, "the login form", WAIT, form_shown).await;
+    let fill = |number: &'static str, password: &'static str| {
+        phone.execute(
+            "document.getElementById('user-number').value = arguments[0];
+             document.getElementById('password').value = arguments[1];",
+            vec![json!(number), json!(password)],
+        )
+    };
+    // A wrong password is refused on the page, and nothing is locked.
+    fill("13455555555", "not-the-password").await.unwrap();
+    click(&phone, "#log-in").await;
+    wait_for_attr(&phone, "#result", "data-result", "error", WAIT).await;
+    fill("13455555555", "secret-pass-1").await.unwrap();
+    click(&phone, "#log-in").await;
+    wait_for_text(&phone, "#origin-ip", "127.0.0.1", WAIT).await;
+    wait_for_attr(&pc, "#status", "data-state", "scanned", WAIT).await;
+    click(&phone, "#confirm").await;
+    wait_for_attr(&phone, "#result", "data-result", "confirmed", WAIT).await;
+    wait_for_js(
+        &pc,
+        "the PC to land on /console",
+        WAIT,
+        "return location.pathname === '/console';",
+    )
+    .await;
+    wait_for_text(&pc, "#me", "locker:13455555555", WAIT).await;
+
+    phone.close().await.expect("closing the phone's session");
+    pc.close().await.expect("closing the PC's session");
+}
