@@ -66,14 +66,36 @@ pub fn deadletter_stream() -> Config {
     }
 }
 
-/// Creates the three streams, or brings their settings up to date. Safe to run from every
+pub fn grants_stream() -> Config {
+    Config {
+        name: GRANTS_STREAM.to_owned(),
+        description: Some(
+            "Each authorizer's grants, requested to settled, for its own durable consumer".into(),
+        ),
+        subjects: vec![GRANTS_ALL.to_owned()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_age: 30 * DAY,
+        // Msg-Id = event id: a redelivered event is stored once.
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+/// Creates the four streams, or brings their settings up to date. Safe to run from every
 /// process at every start. Retries for a while: a server that just started may not have
 /// JetStream ready yet.
 pub async fn ensure_streams(js: &Context) -> Result<(), async_nats::Error> {
     let mut attempt = 0;
     loop {
         let result = async {
-            for config in [events_stream(), telemetry_stream(), deadletter_stream()] {
+            for config in [
+                events_stream(),
+                telemetry_stream(),
+                deadletter_stream(),
+                grants_stream(),
+            ] {
                 js.create_or_update_stream(config).await?;
             }
             Ok::<(), async_nats::Error>(())

@@ -2,11 +2,13 @@
 
 pub const EVENTS_STREAM: &str = "EVENTS";
 pub const TELEMETRY_STREAM: &str = "TELEMETRY";
+pub const GRANTS_STREAM: &str = "GRANTS";
 pub const DEADLETTER_STREAM: &str = "DEADLETTER";
 
 pub const EVENTS_ALL: &str = "latch.events.>";
 pub const TELEMETRY_ALL: &str = "latch.dev.>";
 pub const DEADLETTER_ALL: &str = "latch.dlq.>";
+pub const GRANTS_ALL: &str = "latch.grants.>";
 
 /// A device's own telemetry subject for one message type.
 pub fn telemetry(device_id: &str, kind: &str) -> String {
@@ -81,6 +83,17 @@ pub fn parse_authorizer_answers_subject(subject: &str) -> Option<&str> {
 /// Where an authorizer that subscribes hears its grant requests (signed like the webhook).
 pub fn authorizer_grants(authorizer: &str) -> String {
     format!("latch.authorizers.{}.grants", token(authorizer))
+}
+
+/// An authorizer's durable feed of its grants: `latch.grants.<number>.<kind>`, kind one of
+/// `requested`, `accepted`, `declined`, `completed`, `failed`, `expired` (the GRANTS stream).
+pub fn grant_feed(authorizer: &str, kind: &str) -> String {
+    format!("latch.grants.{}.{}", token(authorizer), token(kind))
+}
+
+/// Everything in one authorizer's feed: the filter of its durable consumer.
+pub fn grant_feed_all(authorizer: &str) -> String {
+    format!("latch.grants.{}.>", token(authorizer))
 }
 
 /// Where an authorizer hears that a grant it accepted was completed.

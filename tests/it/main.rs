@@ -9,6 +9,7 @@ mod dev;
 mod devices_api;
 mod event_store;
 mod facts;
+mod grant_feed;
 mod kazaya;
 mod limits;
 mod locker_history;

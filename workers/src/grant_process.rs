@@ -53,9 +53,21 @@ impl GrantProcess {
             HOLDERS_CONSUMER,
             subjects::events_of_type(Compartment::TYPE, "HolderChanged"),
             &self,
-            shutdown,
+            shutdown.clone(),
         );
-        tokio::join!(accepted, holders);
+        // Authorizers that subscribe get their grants' events on their own subjects.
+        let feed = crate::grant_feed::GrantFeed {
+            store: self.store.clone(),
+            js: self.js.clone(),
+        };
+        let feed = event_consumer::run(
+            self.js.clone(),
+            crate::grant_feed::CONSUMER,
+            subjects::events_of_aggregate(Grant::TYPE),
+            &feed,
+            shutdown.clone(),
+        );
+        tokio::join!(accepted, holders, feed);
     }
 
     /// The grant accepted in `event` (a `locker_grant` event): the holder changes, or the

@@ -30,6 +30,7 @@ pub mod consume;
 pub mod dispatch;
 pub mod event_consumer;
 pub mod grant_delivery;
+pub mod grant_feed;
 pub mod grant_process;
 pub mod ingest;
 pub mod locker_doors;
