@@ -145,15 +145,49 @@ async function orderPage(sid) {
     if (r.status === 200) { location.href = r.body.pay_url; return; }
     showError(errorText(r));
   });
+  // The order is pushed (server-sent events from the log, the current order first on every
+  // reconnect); polling is the fallback while the push channel is down. localStorage
+  // `latch_no_poll` = "1" turns the fallback off, which the browser tests use to show that the
+  // push alone carries the order.
+  let noPoll = false;
+  try { noPoll = localStorage.getItem("latch_no_poll") === "1"; } catch (_) { noPoll = false; }
+  let live = false;
+  let seen = false;
+  let done = false;
+  const render = async (o, via) => {
+    seen = true;
+    $("status").dataset.via = via;
+    $("status").dataset.shownAt = String(Date.now());
+    if (!synced && o.status === "payment_pending") {
+      synced = true;
+      await api("POST", "/m/api/orders/" + sid + "/sync");
+    }
+    if (renderOrder(o)) done = true;
+  };
+  if (window.EventSource) {
+    const events = new EventSource("/m/api/orders/" + sid + "/events");
+    events.onopen = () => { live = true; };
+    events.onerror = () => { live = false; };
+    events.addEventListener("order", async (e) => {
+      let o = null;
+      try { o = JSON.parse(e.data); } catch (_) { return; }
+      await render(o, "push");
+      if (done) events.close();
+    });
+  }
   const tick = async () => {
-    const r = await api("GET", "/m/api/orders/" + sid);
-    if (r.status === 200) {
-      if (!synced && r.body.status === "payment_pending") {
-        synced = true;
-        await api("POST", "/m/api/orders/" + sid + "/sync");
+    if (done) return;
+    if (!live && !noPoll) {
+      const r = await api("GET", "/m/api/orders/" + sid);
+      if (r.status === 200) {
+        await render(r.body, "poll");
+        if (done) return;
+      } else if (r.status !== 404) {
+        showError(errorText(r));
       }
-      if (renderOrder(r.body)) return;
-    } else if (r.status === 404 && cabinet && request) {
+    }
+    // Until an order exists, the cabinet says whether the door opened at all.
+    if (!seen && cabinet && request) {
       const c = await api("GET", "/m/api/cabinets/" + cabinet + "?request=" + request);
       const outcome = c.body && c.body.open_outcome;
       if (outcome && outcome !== "pending" && outcome !== "confirmed" && outcome !== "unknown") {
@@ -161,8 +195,6 @@ async function orderPage(sid) {
         $("status").dataset.status = "open_failed";
         return;
       }
-    } else if (r.status !== 404) {
-      showError(errorText(r));
     }
     setTimeout(tick, 1000);
   };

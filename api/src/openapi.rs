@@ -38,6 +38,7 @@ use utoipa::{Modify, OpenApi};
         crate::vending::shop::open,
         crate::vending::shop::my_orders,
         crate::vending::shop::my_order,
+        crate::vending::push::order_events,
         crate::vending::shop::pay,
         crate::vending::shop::sync,
         crate::vending::shop::webhook,

@@ -51,6 +51,15 @@ pub fn events_of_type(aggregate_type: &str, event_type: &str) -> String {
 }
 
 /// Every event of one aggregate type.
+/// Every event of one aggregate: what a page following one order listens to.
+pub fn events_of_one(aggregate_type: &str, aggregate_id: &str) -> String {
+    format!(
+        "latch.events.{}.*.{}",
+        token(aggregate_type),
+        token(aggregate_id)
+    )
+}
+
 pub fn events_of_aggregate(aggregate_type: &str) -> String {
     format!("latch.events.{}.>", token(aggregate_type))
 }

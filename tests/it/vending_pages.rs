@@ -144,11 +144,49 @@ async fn a_shopper_scans_registers_opens_takes_three_items_pays_and_sees_the_rec
         .await
         .unwrap();
     assert_eq!(fits, json!(true), "the page fits a phone's width");
+    // From here the order page may not poll: the order must arrive over its push channel.
+    phone
+        .execute("localStorage.setItem('latch_no_poll', '1');", vec![])
+        .await
+        .unwrap();
     click(&phone, "#open").await;
 
     // The door opens, the simulated shopper takes 2 colas and 1 water, the door closes.
     wait_for_url(&phone, "/m/orders/").await;
     wait_for_attr(&phone, "#status", "data-status", "placed", WAIT).await;
+    assert_eq!(
+        phone
+            .execute(
+                "return document.getElementById('status').dataset.via;",
+                vec![]
+            )
+            .await
+            .unwrap(),
+        json!("push"),
+        "the order was pushed, not polled"
+    );
+    // How long after the after-weights were recorded the page showed the order (both clocks
+    // are this machine's).
+    let shown_ms: i64 = phone
+        .execute(
+            "return Number(document.getElementById('status').dataset.shownAt);",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_i64()
+        .unwrap();
+    let (weighed,): (chrono::DateTime<chrono::Utc>,) =
+        sqlx::query_as("SELECT max(recorded_at) FROM events WHERE event_type = 'WeighingRecorded'")
+            .fetch_one(&world.app.pool)
+            .await
+            .unwrap();
+    let after_ms = shown_ms - weighed.timestamp_millis();
+    tracing::info!(after_ms, "order shown after the after-weights");
+    assert!(
+        after_ms < 1000,
+        "the order showed {after_ms} ms after the after-weights (want < 1 s)"
+    );
     let lines = text_of(&phone, "#lines").await;
     assert!(lines.contains("可乐 330ml × 2"), "{lines}");
     assert!(lines.contains("Water 550ml × 1"), "{lines}");

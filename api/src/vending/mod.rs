@@ -10,6 +10,7 @@
 //! `member`); every list is a read model built by projections.
 
 pub mod opens;
+pub mod push;
 pub mod scans;
 pub mod shop;
 pub mod sticker;

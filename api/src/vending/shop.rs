@@ -57,6 +57,10 @@ pub fn router() -> Router<AppState> {
         .route("/m/api/cabinets/{device_id}/open", post(open))
         .route("/m/api/orders", get(my_orders))
         .route("/m/api/orders/{session_id}", get(my_order))
+        .route(
+            "/m/api/orders/{session_id}/events",
+            get(super::push::order_events),
+        )
         .route("/m/api/orders/{session_id}/pay", post(pay))
         .route("/m/api/orders/{session_id}/sync", post(sync))
         .route("/kazaya/webhooks", post(webhook))
