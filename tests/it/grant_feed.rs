@@ -3,7 +3,7 @@
 //! hears how each ended.
 
 use crate::common::*;
-use crate::lockers::{created, reserve, token, world, SECRET_A, SITE};
+use crate::lockers::{created, reserve, token, world, SITE};
 use async_nats::jetstream::consumer::{pull, AckPolicy};
 use async_nats::HeaderMap as NatsHeaders;
 use futures::StreamExt;
@@ -13,25 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 fn signed_accept(grant_id: &str, compartment: &str, now: i64) -> (NatsHeaders, String) {
-    use base64::Engine;
-    let body = json!({
-        "type": "grant.accepted",
-        "data": {"request_id": grant_id, "site": SITE, "compartment": compartment,
-                 "receiver": "13466666666", "authorizer": "0001"}
-    })
-    .to_string();
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(SECRET_A.strip_prefix("whsec_").unwrap())
-        .unwrap();
-    let id = format!("msg_answer_{grant_id}");
-    let mut h = NatsHeaders::new();
-    h.insert("webhook-id", id.as_str());
-    h.insert("webhook-timestamp", now.to_string().as_str());
-    h.insert(
-        "webhook-signature",
-        latch_domain::webhooks::sign(&key, &id, now, body.as_bytes()).as_str(),
-    );
-    (h, body)
+    crate::lockers::signed_nats_answer(
+        grant_id,
+        compartment,
+        &format!("msg_answer_{grant_id}"),
+        now,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

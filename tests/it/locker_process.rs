@@ -8,7 +8,7 @@
 //!   the compartment's reason, the holder stays, and a redelivery does nothing twice.
 
 use crate::common::*;
-use crate::lockers::{created, holder_of, reserve, token, world, SECRET_A, SITE};
+use crate::lockers::{created, holder_of, reserve, token, world, SITE};
 use async_nats::HeaderMap as NatsHeaders;
 use futures::StreamExt;
 use latch_api::auth::{issue_token, Role};
@@ -330,24 +330,7 @@ async fn a_redelivered_holder_change_reaches_each_receiver_once_by_event_id() {
 }
 
 fn signed_answer(grant_id: &str, now: i64) -> (NatsHeaders, String) {
-    use base64::Engine;
-    let body = json!({
-        "type": "grant.accepted",
-        "data": {"request_id": grant_id, "site": SITE, "compartment": "01",
-                 "receiver": "13466666666", "authorizer": "0001"}
-    })
-    .to_string();
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(SECRET_A.strip_prefix("whsec_").unwrap())
-        .unwrap();
-    let mut h = NatsHeaders::new();
-    h.insert("webhook-id", "msg_p_1");
-    h.insert("webhook-timestamp", now.to_string().as_str());
-    h.insert(
-        "webhook-signature",
-        latch_domain::webhooks::sign(&key, "msg_p_1", now, body.as_bytes()).as_str(),
-    );
-    (h, body)
+    crate::lockers::signed_nats_answer(grant_id, "01", "msg_p_1", now)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

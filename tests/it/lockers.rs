@@ -190,6 +190,32 @@ pub(crate) async fn error_of(res: reqwest::Response) -> (u16, String, Option<Str
     )
 }
 
+/// An authorizer's signed acceptance (receiver 王 13466666666) as it answers over NATS.
+pub(crate) fn signed_nats_answer(
+    grant_id: &str,
+    compartment: &str,
+    webhook_id: &str,
+    now: i64,
+) -> (async_nats::HeaderMap, String) {
+    let body = json!({
+        "type": "grant.accepted",
+        "data": {"request_id": grant_id, "site": SITE, "compartment": compartment,
+                 "receiver": "13466666666", "authorizer": "0001"}
+    })
+    .to_string();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(SECRET_A.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("webhook-id", webhook_id);
+    h.insert("webhook-timestamp", now.to_string().as_str());
+    h.insert(
+        "webhook-signature",
+        latch_domain::webhooks::sign(&key, webhook_id, now, body.as_bytes()).as_str(),
+    );
+    (h, body)
+}
+
 pub(crate) fn signed(secret: &str, id: &str, timestamp: i64, body: &str) -> HeaderMap {
     let key = base64::engine::general_purpose::STANDARD
         .decode(secret.strip_prefix("whsec_").unwrap())

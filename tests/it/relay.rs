@@ -154,27 +154,10 @@ async fn the_hash_chain_links_every_position() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_relay_takes_over_when_the_leader_goes() {
     use latch::config::Role;
-    use latch::Application;
     // The app itself runs no relay; two relay-only instances compete for the lead.
     let app = spawn_app_with(|s| s.roles.retain(|r| *r != Role::Relay)).await;
-    let relay = |label: &'static str| {
-        let mut s = test_settings(&app.db, &app.nats_server, &app.clock);
-        s.roles = vec![Role::Relay];
-        async move {
-            let instance = Application::build(s).await.expect(label);
-            let stop = latch_workers::CancellationToken::new();
-            let token = stop.clone();
-            let task = tokio::spawn(async move {
-                instance
-                    .run_until_stopped(async move { token.cancelled().await })
-                    .await
-                    .unwrap()
-            });
-            (stop, task)
-        }
-    };
-    let (stop_a, task_a) = relay("relay a").await;
-    let (stop_b, task_b) = relay("relay b").await;
+    let (stop_a, task_a) = relay_instance(&app).await;
+    let (stop_b, task_b) = relay_instance(&app).await;
     let leaders = || async {
         count(
             &app.pool,

@@ -87,6 +87,28 @@ pub struct GrantRequestMessage {
     pub deadline: DateTime<Utc>,
 }
 
+impl GrantRequestMessage {
+    /// The request as an authorizer sees it, from the grant's `GrantRequested`.
+    pub fn new(
+        grant_id: Uuid,
+        compartment: &latch_domain::locker::CompartmentId,
+        size: &latch_domain::locker::Size,
+        authorizer: &latch_domain::locker::AuthorizerNumber,
+        requester: &latch_domain::locker::UserNumber,
+        deadline: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            request_id: grant_id,
+            site: compartment.site.as_str().to_owned(),
+            compartment: compartment.number.as_str().to_owned(),
+            size: size.as_str().to_owned(),
+            authorizer: authorizer.to_string(),
+            requester: requester.to_string(),
+            deadline,
+        }
+    }
+}
+
 /// The webhook id of a grant request: the same on every attempt, so the authorizer dedups.
 pub fn webhook_id(grant_id: Uuid) -> String {
     format!("msg_{}", grant_id.simple())
@@ -325,15 +347,14 @@ impl GrantDelivery {
                 format!("authorizer {authorizer} has no usable signing secret"),
             );
         };
-        let request = GrantRequestMessage {
-            request_id: grant_id,
-            site: compartment.site.as_str().to_owned(),
-            compartment: compartment.number.as_str().to_owned(),
-            size: size.as_str().to_owned(),
-            authorizer: authorizer.to_string(),
-            requester: requester.to_string(),
+        let request = GrantRequestMessage::new(
+            grant_id,
+            &compartment,
+            &size,
+            &authorizer,
+            &requester,
             deadline,
-        };
+        );
         let body = match serde_json::to_vec(
             &serde_json::json!({ "type": "grant.requested", "data": request }),
         ) {

@@ -60,15 +60,14 @@ impl EventHandler for GrantFeed {
                 deadline,
                 ..
             } => {
-                let request = GrantRequestMessage {
-                    request_id: grant_id,
-                    site: compartment.site.as_str().to_owned(),
-                    compartment: compartment.number.as_str().to_owned(),
-                    size: size.as_str().to_owned(),
-                    authorizer: authorizer.to_string(),
-                    requester: requester.to_string(),
+                let request = GrantRequestMessage::new(
+                    grant_id,
+                    &compartment,
+                    &size,
+                    &authorizer,
+                    &requester,
                     deadline,
-                };
+                );
                 let data = serde_json::to_value(request).map_err(|e| e.to_string())?;
                 ("requested", Some(authorizer.to_string()), data)
             }

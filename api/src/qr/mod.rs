@@ -334,6 +334,29 @@ pub struct PictureQuery {
     logo: Option<String>,
 }
 
+/// A new code drawn as asked: the picture's parameters are checked first, so a bad request
+/// mints nothing.
+async fn mint_pictured(
+    state: &AppState,
+    client: &Client,
+    meta: &RequestMeta,
+    query: Result<Query<PictureQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<(Minted, Vec<u8>), QrFail> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest {
+        code: "invalid_query",
+        message: e.body_text(),
+        field: None,
+    })?;
+    let picture = picture::Picture::parse(
+        q.qr_size.as_deref(),
+        q.logo_size.as_deref(),
+        q.logo.as_deref(),
+    )?;
+    let minted = mint(state, client, meta).await?;
+    let png = picture::render_png(minted.token.as_str(), &picture)?;
+    Ok((minted, png))
+}
+
 /// `GET /qr/loginpic`: a new code as a PNG, its secret in the cookie.
 #[utoipa::path(get, path = "/qr/loginpic", tag = "qr login",
     params(("qrSize" = Option<u32>, Query, description = "pixels, 90-512, default 94"),
@@ -349,19 +372,7 @@ pub async fn loginpic(
     jar: CookieJar,
     query: Result<Query<PictureQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, QrFail> {
-    let Query(q) = query.map_err(|e| ApiError::BadRequest {
-        code: "invalid_query",
-        message: e.body_text(),
-        field: None,
-    })?;
-    // Parameters first: a bad request mints nothing.
-    let picture = picture::Picture::parse(
-        q.qr_size.as_deref(),
-        q.logo_size.as_deref(),
-        q.logo.as_deref(),
-    )?;
-    let minted = mint(&state, &client, &meta).await?;
-    let png = picture::render_png(minted.token.as_str(), &picture)?;
+    let (minted, png) = mint_pictured(&state, &client, &meta, query).await?;
     let jar = jar.add(secret_cookie(&state, &minted.secret));
     Ok((
         jar,
@@ -434,18 +445,7 @@ pub async fn token(
     query: Result<Query<PictureQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, QrFail> {
     use base64::Engine as _;
-    let Query(q) = query.map_err(|e| ApiError::BadRequest {
-        code: "invalid_query",
-        message: e.body_text(),
-        field: None,
-    })?;
-    let picture = picture::Picture::parse(
-        q.qr_size.as_deref(),
-        q.logo_size.as_deref(),
-        q.logo.as_deref(),
-    )?;
-    let minted = mint(&state, &client, &meta).await?;
-    let png = picture::render_png(minted.token.as_str(), &picture)?;
+    let (minted, png) = mint_pictured(&state, &client, &meta, query).await?;
     let jar = jar.add(secret_cookie(&state, &minted.secret));
     let answer = TokenAnswer {
         token: minted.token.as_str().to_owned(),
