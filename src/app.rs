@@ -255,6 +255,7 @@ impl Application {
                 )),
                 lockers: self.lockers.clone(),
                 edge: Arc::new(s.edge.clone()),
+                nats_auth: Arc::new(s.nats_auth.clone()),
                 qr,
                 shutdown: shutdown.clone(),
                 store: self.store.clone(),

@@ -187,11 +187,34 @@ pub struct LimitArgs {
         default_value_t = 300
     )]
     pub pickup_attempts_per_minute_global: u32,
+    /// nats-server authorization file rendered with every issued NATS identity (unset: none).
+    #[arg(long, env = "LATCH_NATS_AUTH_FILE")]
+    pub nats_auth_file: Option<PathBuf>,
+    /// nats-server pid file; the server is sent SIGHUP (reload) after each render.
+    #[arg(long, env = "LATCH_NATS_PID_FILE")]
+    pub nats_pid_file: Option<PathBuf>,
+    /// NATS user Latch's own processes connect as, written into the rendered file.
+    #[arg(long, env = "LATCH_NATS_SERVICE_USER", default_value = "latch")]
+    pub nats_service_user: String,
+    /// Its password (put the same user and password in NATS_URL).
+    #[arg(
+        long,
+        env = "LATCH_NATS_SERVICE_PASSWORD",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub nats_service_password: String,
 }
 
 impl LimitArgs {
     fn apply(&self, s: &mut Settings) {
         s.http.max_connections = self.http_max_connections;
+        s.nats_auth = latch_api::nats_identities::NatsAuthConfig {
+            auth_file: self.nats_auth_file.clone(),
+            pid_file: self.nats_pid_file.clone(),
+            service_user: self.nats_service_user.clone(),
+            service_password: self.nats_service_password.clone(),
+        };
         s.http.header_read_timeout = Duration::from_millis(self.http_header_timeout_ms.max(1));
         s.edge.request_timeout = Duration::from_millis(self.http_request_timeout_ms.max(1));
         s.edge.body_limit = self.http_body_limit_bytes;
@@ -366,6 +389,8 @@ pub struct Settings {
     pub http: crate::serve::HttpLimits,
     /// Request-level limits: body size, request timeout, trusted proxies.
     pub edge: latch_api::edge::EdgeConfig,
+    /// Where NATS identities are rendered for nats-server and how it is reloaded.
+    pub nats_auth: latch_api::nats_identities::NatsAuthConfig,
 }
 
 impl Settings {
@@ -395,6 +420,7 @@ impl Settings {
             extra_ca_file: None,
             http: crate::serve::HttpLimits::default(),
             edge: latch_api::edge::EdgeConfig::default(),
+            nats_auth: latch_api::nats_identities::NatsAuthConfig::default(),
         }
     }
 

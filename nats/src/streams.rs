@@ -38,8 +38,38 @@ pub fn events_stream() -> Config {
     }
 }
 
+/// Size limits of a stream that devices (or failures) can fill: when reached, the oldest
+/// messages go (discard old), so a chatty or hostile device cannot fill the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    pub max_bytes: i64,
+    pub max_messages: i64,
+    pub max_message_size: i32,
+}
+
+/// TELEMETRY: 1 GiB, a million messages, 64 KiB each.
+pub const TELEMETRY_LIMITS: StreamLimits = StreamLimits {
+    max_bytes: 1 << 30,
+    max_messages: 1_000_000,
+    max_message_size: 64 * 1024,
+};
+
+/// DEADLETTER: 256 MiB, 100,000 messages, 64 KiB each (ingest keeps at most a prefix).
+pub const DEADLETTER_LIMITS: StreamLimits = StreamLimits {
+    max_bytes: 256 << 20,
+    max_messages: 100_000,
+    max_message_size: 64 * 1024,
+};
+
 pub fn telemetry_stream() -> Config {
+    telemetry_stream_with(TELEMETRY_LIMITS)
+}
+
+pub fn telemetry_stream_with(limits: StreamLimits) -> Config {
     Config {
+        max_bytes: limits.max_bytes,
+        max_messages: limits.max_messages,
+        max_message_size: limits.max_message_size,
         name: TELEMETRY_STREAM.to_owned(),
         description: Some("Raw device telemetry, awaiting validation by the ingest worker".into()),
         subjects: vec![TELEMETRY_ALL.to_owned()],
@@ -54,7 +84,15 @@ pub fn telemetry_stream() -> Config {
 }
 
 pub fn deadletter_stream() -> Config {
+    deadletter_stream_with(DEADLETTER_LIMITS)
+}
+
+pub fn deadletter_stream_with(limits: StreamLimits) -> Config {
     Config {
+        max_bytes: limits.max_bytes,
+        max_messages: limits.max_messages,
+        max_message_size: limits.max_message_size,
+        discard: DiscardPolicy::Old,
         name: DEADLETTER_STREAM.to_owned(),
         description: Some("Messages refused or given up, with the reason in headers".into()),
         subjects: vec![DEADLETTER_ALL.to_owned()],
