@@ -47,6 +47,10 @@ pub struct StreamLimits {
     pub max_message_size: i32,
 }
 
+/// TELEMETRY's own dedupe window: the shortest nats-server accepts (100 ms), see
+/// [`telemetry_stream_with`].
+pub const TELEMETRY_DUPLICATE_WINDOW: Duration = Duration::from_millis(100);
+
 /// TELEMETRY: 1 GiB, a million messages, 64 KiB each.
 pub const TELEMETRY_LIMITS: StreamLimits = StreamLimits {
     max_bytes: 1 << 30,
@@ -77,8 +81,12 @@ pub fn telemetry_stream_with(limits: StreamLimits) -> Config {
         retention: RetentionPolicy::Limits,
         discard: DiscardPolicy::Old,
         max_age: 7 * DAY,
-        // Devices set Nats-Msg-Id = "<device>.<msg_id>", so a retried publish is stored once.
-        duplicate_window: Duration::from_secs(120),
+        // JetStream deduplicates on Nats-Msg-Id across the whole stream, and a device chooses
+        // its headers: one device could suppress another's message by publishing its id first.
+        // So devices send no Nats-Msg-Id (a message without one is never suppressed), Latch
+        // deduplicates on (device id from the subject, msg_id) in ingest, and the stream's own
+        // window is the server's minimum (it has no "off"; 0 means its 2-minute default).
+        duplicate_window: TELEMETRY_DUPLICATE_WINDOW,
         ..Default::default()
     }
 }

@@ -249,3 +249,80 @@ fn telemetry_and_deadletter_streams_are_bounded() {
         assert_eq!(config.discard, DiscardPolicy::Old, "{}", config.name);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_suppress_another_devices_message_with_its_msg_id() {
+    use async_nats::jetstream::message::PublishMessage;
+    let app = crate::common::spawn_app().await;
+    let a = app.register_device("vending", "S1", "A").await.to_string();
+    let b = app.register_device("vending", "S1", "B").await.to_string();
+    let heartbeat = |device: &str| {
+        serde_json::to_vec(&json!({
+            "v": 1, "msg_id": "m-1", "device_id": device,
+            "sent_at": "2026-11-21T08:00:00Z", "type": "heartbeat", "uptime_s": 5
+        }))
+        .unwrap()
+    };
+    // A goes first with the id B is about to use (as "<B>.<msg>", the old convention).
+    let stolen = format!("{b}.m-1");
+    let first = app
+        .js
+        .send_publish(
+            subjects::telemetry(&a, "heartbeat"),
+            PublishMessage::build()
+                .payload(heartbeat(&a).into())
+                .message_id(stolen.as_str()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    // B follows the protocol (no Nats-Msg-Id): never suppressed, even at once.
+    let plain = app
+        .js
+        .send_publish(
+            subjects::telemetry(&b, "heartbeat"),
+            PublishMessage::build().payload(heartbeat(&b).into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(!plain.duplicate);
+    // A device that still sends the header: the stream remembers ids only for its minimum
+    // window (100 ms), not the two minutes it used to.
+    tokio::time::sleep(latch_nats::streams::TELEMETRY_DUPLICATE_WINDOW * 2).await;
+    let second = app
+        .js
+        .send_publish(
+            subjects::telemetry(&b, "heartbeat"),
+            PublishMessage::build()
+                .payload(heartbeat(&b).into())
+                .message_id(stolen.as_str()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(!second.duplicate, "B's message was stored, not suppressed");
+    // Both devices ingested (same payload msg_id too: Latch dedupes per device).
+    crate::common::eventually(Duration::from_secs(10), "both heartbeats ingested", || {
+        let pool = app.pool.clone();
+        async move {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM device_liveness WHERE last_msg = 'm-1'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (n == 2).then_some(())
+        }
+    })
+    .await;
+}
+
+#[test]
+fn telemetry_dedupe_window_is_not_a_shared_suppression_list() {
+    let config = latch_nats::streams::telemetry_stream();
+    assert!(config.duplicate_window <= Duration::from_millis(100));
+}
