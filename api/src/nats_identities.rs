@@ -111,7 +111,16 @@ pub async fn render_and_reload(pool: &PgPool, cfg: &NatsAuthConfig) -> Result<()
         return Ok(());
     };
     let identities = load(pool).await.map_err(|e| e.to_string())?;
-    let text = identities_config(&cfg.service_user, &cfg.service_password, &identities);
+    // The service password is written hashed too: the file then holds no usable secret.
+    let service = cfg.service_password.clone();
+    let service_hash = tokio::task::spawn_blocking(move || {
+        bcrypt::hash_with_result(service, BCRYPT_COST)
+            .map(|h| h.format_for_version(bcrypt::Version::TwoA))
+    })
+    .await
+    .map_err(|e| format!("bcrypt task: {e}"))?
+    .map_err(|e| format!("bcrypt: {e}"))?;
+    let text = identities_config(&cfg.service_user, &service_hash, &identities);
     let tmp = path.with_extension("tmp");
     tokio::fs::write(&tmp, text)
         .await

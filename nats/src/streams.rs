@@ -133,13 +133,22 @@ pub fn grants_stream() -> Config {
 /// process at every start. Retries for a while: a server that just started may not have
 /// JetStream ready yet.
 pub async fn ensure_streams(js: &Context) -> Result<(), async_nats::Error> {
+    ensure_streams_with(js, TELEMETRY_LIMITS, DEADLETTER_LIMITS).await
+}
+
+/// As [`ensure_streams`], with the size limits of TELEMETRY and DEADLETTER from configuration.
+pub async fn ensure_streams_with(
+    js: &Context,
+    telemetry: StreamLimits,
+    deadletter: StreamLimits,
+) -> Result<(), async_nats::Error> {
     let mut attempt = 0;
     loop {
         let result = async {
             for config in [
                 events_stream(),
-                telemetry_stream(),
-                deadletter_stream(),
+                telemetry_stream_with(telemetry),
+                deadletter_stream_with(deadletter),
                 grants_stream(),
             ] {
                 js.create_or_update_stream(config).await?;

@@ -110,12 +110,14 @@ async fn registered_identities_connect_and_are_confined_after_a_reload() {
             .await
             .unwrap();
     assert!(stored.starts_with("$2a$"), "{stored}");
-    assert!(!std::fs::read_to_string(&auth_file).unwrap().contains(a_pw));
-    let events: Vec<String> = sqlx::query_scalar("SELECT payload::text FROM events")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap_or_default();
-    assert!(events.iter().all(|e| !e.contains(a_pw)));
+    let rendered = std::fs::read_to_string(&auth_file).unwrap();
+    assert!(!rendered.contains(a_pw) && !rendered.contains(SVC_PW));
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT payload::text || metadata::text FROM events")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert!(events.len() >= 2 && events.iter().all(|e| !e.contains(a_pw)));
 
     // The same server, never restarted, now knows A (and refuses a wrong password).
     let service = async_nats::ConnectOptions::with_user_and_password("latch".into(), SVC_PW.into())
