@@ -328,3 +328,26 @@ fn telemetry_dedupe_window_is_not_a_shared_suppression_list() {
     let config = latch_nats::streams::telemetry_stream();
     assert!(config.duplicate_window <= Duration::from_millis(100));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_registration_does_not_show_the_password_again() {
+    let app = crate::common::spawn_app().await;
+    let send = || {
+        app.http
+            .post(format!("{}/devices", app.address))
+            .bearer_auth(&app.operator)
+            .header("Idempotency-Key", "reg-1")
+            .json(&json!({"kind": "locker", "site": "S1", "label": "L"}))
+            .send()
+    };
+    let first: Value = send().await.unwrap().json().await.unwrap();
+    let again: Value = send().await.unwrap().json().await.unwrap();
+    assert_eq!(first["device_id"], again["device_id"]);
+    assert!(first["nats"]["password"].is_string());
+    assert!(again.get("nats").is_none(), "{again}");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM nats_identities")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
