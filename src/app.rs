@@ -193,14 +193,18 @@ impl Application {
 
         // Streams first, so workers find them; if NATS is away, keep trying in the background
         // while everything that needs only Postgres carries on.
-        if let Err(e) = latch_nats::streams::ensure_streams(&js).await {
+        let (tl, dl) = (s.telemetry_limits, s.deadletter_limits);
+        if let Err(e) = latch_nats::streams::ensure_streams_with(&js, tl, dl).await {
             tracing::warn!(error = %e, "cannot declare streams yet; retrying in the background");
             let js = js.clone();
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 while !shutdown.is_cancelled() {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    if latch_nats::streams::ensure_streams(&js).await.is_ok() {
+                    if latch_nats::streams::ensure_streams_with(&js, tl, dl)
+                        .await
+                        .is_ok()
+                    {
                         tracing::info!("streams declared");
                         return;
                     }
@@ -255,6 +259,7 @@ impl Application {
                 )),
                 lockers: self.lockers.clone(),
                 edge: Arc::new(s.edge.clone()),
+                nats_auth: Arc::new(s.nats_auth.clone()),
                 qr,
                 shutdown: shutdown.clone(),
                 store: self.store.clone(),

@@ -187,11 +187,62 @@ pub struct LimitArgs {
         default_value_t = 300
     )]
     pub pickup_attempts_per_minute_global: u32,
+    /// nats-server authorization file rendered with every issued NATS identity (unset: none).
+    #[arg(long, env = "LATCH_NATS_AUTH_FILE")]
+    pub nats_auth_file: Option<PathBuf>,
+    /// nats-server pid file; the server is sent SIGHUP (reload) after each render.
+    #[arg(long, env = "LATCH_NATS_PID_FILE")]
+    pub nats_pid_file: Option<PathBuf>,
+    /// NATS user Latch's own processes connect as, written into the rendered file.
+    #[arg(long, env = "LATCH_NATS_SERVICE_USER", default_value = "latch")]
+    pub nats_service_user: String,
+    /// Its password (put the same user and password in NATS_URL).
+    #[arg(
+        long,
+        env = "LATCH_NATS_SERVICE_PASSWORD",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub nats_service_password: String,
+    /// TELEMETRY stream: most bytes kept (oldest discarded beyond).
+    #[arg(long, env = "LATCH_TELEMETRY_MAX_BYTES", default_value_t = latch_nats::streams::TELEMETRY_LIMITS.max_bytes)]
+    pub telemetry_max_bytes: i64,
+    /// TELEMETRY stream: most messages kept.
+    #[arg(long, env = "LATCH_TELEMETRY_MAX_MSGS", default_value_t = latch_nats::streams::TELEMETRY_LIMITS.max_messages)]
+    pub telemetry_max_msgs: i64,
+    /// TELEMETRY stream: largest message accepted, in bytes.
+    #[arg(long, env = "LATCH_TELEMETRY_MAX_MSG_SIZE", default_value_t = latch_nats::streams::TELEMETRY_LIMITS.max_message_size)]
+    pub telemetry_max_msg_size: i32,
+    /// DEADLETTER stream: most bytes kept (oldest discarded beyond).
+    #[arg(long, env = "LATCH_DEADLETTER_MAX_BYTES", default_value_t = latch_nats::streams::DEADLETTER_LIMITS.max_bytes)]
+    pub deadletter_max_bytes: i64,
+    /// DEADLETTER stream: most messages kept.
+    #[arg(long, env = "LATCH_DEADLETTER_MAX_MSGS", default_value_t = latch_nats::streams::DEADLETTER_LIMITS.max_messages)]
+    pub deadletter_max_msgs: i64,
+    /// DEADLETTER stream: largest message accepted, in bytes.
+    #[arg(long, env = "LATCH_DEADLETTER_MAX_MSG_SIZE", default_value_t = latch_nats::streams::DEADLETTER_LIMITS.max_message_size)]
+    pub deadletter_max_msg_size: i32,
 }
 
 impl LimitArgs {
     fn apply(&self, s: &mut Settings) {
         s.http.max_connections = self.http_max_connections;
+        s.telemetry_limits = latch_nats::streams::StreamLimits {
+            max_bytes: self.telemetry_max_bytes.max(1),
+            max_messages: self.telemetry_max_msgs.max(1),
+            max_message_size: self.telemetry_max_msg_size.max(1),
+        };
+        s.deadletter_limits = latch_nats::streams::StreamLimits {
+            max_bytes: self.deadletter_max_bytes.max(1),
+            max_messages: self.deadletter_max_msgs.max(1),
+            max_message_size: self.deadletter_max_msg_size.max(1),
+        };
+        s.nats_auth = latch_api::nats_identities::NatsAuthConfig {
+            auth_file: self.nats_auth_file.clone(),
+            pid_file: self.nats_pid_file.clone(),
+            service_user: self.nats_service_user.clone(),
+            service_password: self.nats_service_password.clone(),
+        };
         s.http.header_read_timeout = Duration::from_millis(self.http_header_timeout_ms.max(1));
         s.edge.request_timeout = Duration::from_millis(self.http_request_timeout_ms.max(1));
         s.edge.body_limit = self.http_body_limit_bytes;
@@ -366,6 +417,11 @@ pub struct Settings {
     pub http: crate::serve::HttpLimits,
     /// Request-level limits: body size, request timeout, trusted proxies.
     pub edge: latch_api::edge::EdgeConfig,
+    /// Where NATS identities are rendered for nats-server and how it is reloaded.
+    pub nats_auth: latch_api::nats_identities::NatsAuthConfig,
+    /// Size limits of the TELEMETRY and DEADLETTER streams (discard old when reached).
+    pub telemetry_limits: latch_nats::streams::StreamLimits,
+    pub deadletter_limits: latch_nats::streams::StreamLimits,
 }
 
 impl Settings {
@@ -395,6 +451,9 @@ impl Settings {
             extra_ca_file: None,
             http: crate::serve::HttpLimits::default(),
             edge: latch_api::edge::EdgeConfig::default(),
+            nats_auth: latch_api::nats_identities::NatsAuthConfig::default(),
+            telemetry_limits: latch_nats::streams::TELEMETRY_LIMITS,
+            deadletter_limits: latch_nats::streams::DEADLETTER_LIMITS,
         }
     }
 

@@ -547,19 +547,14 @@ impl SimDevice {
         }
     }
 
-    /// Publishes through JetStream and waits for the stream's ack, with the device-scoped
-    /// message id the stream deduplicates on.
+    /// Publishes through JetStream and waits for the stream's ack. No Nats-Msg-Id: the
+    /// stream's dedupe is shared by all devices (so not trusted); Latch deduplicates on
+    /// (device, msg_id) from the subject and payload.
     pub async fn send(&self, wire: WireTelemetry) -> Result<(), async_nats::Error> {
         let subject = subjects::telemetry(&wire.device_id, &wire.kind);
-        let msg_id = format!("{}.{}", wire.device_id, wire.msg_id);
         let body = serde_json::to_vec(&wire)?;
         self.js
-            .send_publish(
-                subject,
-                PublishMessage::build()
-                    .payload(body.into())
-                    .message_id(msg_id),
-            )
+            .send_publish(subject, PublishMessage::build().payload(body.into()))
             .await?
             .await?;
         Ok(())

@@ -39,6 +39,10 @@ pub struct Registered {
     pub site: String,
     pub label: String,
     pub registered_at: DateTime<Utc>,
+    /// The device's own NATS user and password, shown only in the first answer (absent when a
+    /// registration is replayed): the password is kept only as a hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats: Option<crate::nats_identities::NatsCredentials>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -103,6 +107,12 @@ pub async fn register(
         }) => Ok((
             StatusCode::CREATED,
             Json(Registered {
+                nats: crate::nats_identities::issue_and_publish(
+                    &state.pool,
+                    &state.nats_auth,
+                    &latch_nats::auth::Principal::Device(device_id.to_string()),
+                )
+                .await?,
                 device_id: device_id.as_uuid(),
                 kind: kind.as_str().to_owned(),
                 site: site.as_str().to_owned(),

@@ -17,6 +17,7 @@ pub mod kazaya;
 pub mod locker_pages;
 pub mod lockers;
 pub mod login_events;
+pub mod nats_identities;
 pub mod openapi;
 pub mod pages;
 pub mod qr;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub lockers: Arc<lockers::Lockers>,
     /// Client IP behind proxies, body limit, request timeout.
     pub edge: Arc<edge::EdgeConfig>,
+    /// Where issued NATS identities are rendered for nats-server, and how it is reloaded.
+    pub nats_auth: Arc<nats_identities::NatsAuthConfig>,
 }
 
 impl FromRef<AppState> for Arc<auth::Auth> {

@@ -49,3 +49,81 @@ pub fn authorization_config(
 fn quote(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
+
+/// Whose NATS identity a user is, which decides what it may touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A cabinet or locker: its own telemetry, commands and reply inbox.
+    Device(String),
+    /// A locker authorizer: its own grant requests, confirmations and answers, and reply inbox.
+    Authorizer(String),
+}
+
+/// One issued identity as the server sees it: the password is a bcrypt hash (`$2a$...`/`$2b$`),
+/// which nats-server checks itself, so the plain password never leaves the HTTP answer.
+#[derive(Debug, Clone)]
+pub struct IssuedIdentity {
+    pub user: String,
+    pub password_hash: String,
+    pub principal: Principal,
+}
+
+/// The NATS user name of a device.
+pub fn device_user(device_id: &str) -> String {
+    format!("device-{device_id}")
+}
+
+/// The NATS user name of an authorizer.
+pub fn authorizer_user(number: &str) -> String {
+    format!("authorizer-{}", crate::subjects::token(number))
+}
+
+/// The reply-inbox prefix an authorizer's client must use (`custom_inbox_prefix`).
+pub fn authorizer_inbox_prefix(number: &str) -> String {
+    format!("_INBOX.authorizer-{}", crate::subjects::token(number))
+}
+
+/// Renders an `authorization` block: the service user (anything) and every issued identity,
+/// each confined to its own subjects.
+pub fn identities_config(
+    service_user: &str,
+    service_password: &str,
+    identities: &[IssuedIdentity],
+) -> String {
+    let mut users = vec![format!(
+        "    {{ user: {}, password: {} }}",
+        quote(service_user),
+        quote(service_password)
+    )];
+    for i in identities {
+        let (pubs, subs) = match &i.principal {
+            Principal::Device(id) => (
+                vec![subjects::telemetry(id, ">")],
+                vec![
+                    subjects::device_commands_all(id),
+                    format!("{}.>", subjects::device_inbox_prefix(id)),
+                ],
+            ),
+            Principal::Authorizer(n) => (
+                vec![subjects::authorizer_answers(n)],
+                vec![
+                    subjects::authorizer_grants(n),
+                    subjects::authorizer_confirmations(n),
+                    format!("{}.>", authorizer_inbox_prefix(n)),
+                ],
+            ),
+        };
+        let list = |v: Vec<String>| v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ");
+        users.push(format!(
+            "    {{ user: {user}, password: {pw}, permissions: {{ publish: {{ allow: [{pubs}] }}, subscribe: {{ allow: [{subs}] }} }} }}",
+            user = quote(&i.user),
+            pw = quote(&i.password_hash),
+            pubs = list(pubs),
+            subs = list(subs),
+        ));
+    }
+    format!(
+        "authorization {{\n  users = [\n{}\n  ]\n}}\n",
+        users.join("\n")
+    )
+}

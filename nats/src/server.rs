@@ -64,6 +64,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server process's id (for reload signals), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

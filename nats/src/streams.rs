@@ -38,8 +38,42 @@ pub fn events_stream() -> Config {
     }
 }
 
+/// Size limits of a stream that devices (or failures) can fill: when reached, the oldest
+/// messages go (discard old), so a chatty or hostile device cannot fill the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    pub max_bytes: i64,
+    pub max_messages: i64,
+    pub max_message_size: i32,
+}
+
+/// TELEMETRY's own dedupe window: the shortest nats-server accepts (100 ms), see
+/// [`telemetry_stream_with`].
+pub const TELEMETRY_DUPLICATE_WINDOW: Duration = Duration::from_millis(100);
+
+/// TELEMETRY: 1 GiB, a million messages, 64 KiB each.
+pub const TELEMETRY_LIMITS: StreamLimits = StreamLimits {
+    max_bytes: 1 << 30,
+    max_messages: 1_000_000,
+    max_message_size: 64 * 1024,
+};
+
+/// DEADLETTER: 256 MiB, 100,000 messages, 64 KiB each (ingest keeps at most a prefix).
+pub const DEADLETTER_LIMITS: StreamLimits = StreamLimits {
+    max_bytes: 256 << 20,
+    max_messages: 100_000,
+    max_message_size: 64 * 1024,
+};
+
 pub fn telemetry_stream() -> Config {
+    telemetry_stream_with(TELEMETRY_LIMITS)
+}
+
+pub fn telemetry_stream_with(limits: StreamLimits) -> Config {
     Config {
+        max_bytes: limits.max_bytes,
+        max_messages: limits.max_messages,
+        max_message_size: limits.max_message_size,
         name: TELEMETRY_STREAM.to_owned(),
         description: Some("Raw device telemetry, awaiting validation by the ingest worker".into()),
         subjects: vec![TELEMETRY_ALL.to_owned()],
@@ -47,14 +81,26 @@ pub fn telemetry_stream() -> Config {
         retention: RetentionPolicy::Limits,
         discard: DiscardPolicy::Old,
         max_age: 7 * DAY,
-        // Devices set Nats-Msg-Id = "<device>.<msg_id>", so a retried publish is stored once.
-        duplicate_window: Duration::from_secs(120),
+        // JetStream deduplicates on Nats-Msg-Id across the whole stream, and a device chooses
+        // its headers: one device could suppress another's message by publishing its id first.
+        // So devices send no Nats-Msg-Id (a message without one is never suppressed), Latch
+        // deduplicates on (device id from the subject, msg_id) in ingest, and the stream's own
+        // window is the server's minimum (it has no "off"; 0 means its 2-minute default).
+        duplicate_window: TELEMETRY_DUPLICATE_WINDOW,
         ..Default::default()
     }
 }
 
 pub fn deadletter_stream() -> Config {
+    deadletter_stream_with(DEADLETTER_LIMITS)
+}
+
+pub fn deadletter_stream_with(limits: StreamLimits) -> Config {
     Config {
+        max_bytes: limits.max_bytes,
+        max_messages: limits.max_messages,
+        max_message_size: limits.max_message_size,
+        discard: DiscardPolicy::Old,
         name: DEADLETTER_STREAM.to_owned(),
         description: Some("Messages refused or given up, with the reason in headers".into()),
         subjects: vec![DEADLETTER_ALL.to_owned()],
@@ -87,13 +133,22 @@ pub fn grants_stream() -> Config {
 /// process at every start. Retries for a while: a server that just started may not have
 /// JetStream ready yet.
 pub async fn ensure_streams(js: &Context) -> Result<(), async_nats::Error> {
+    ensure_streams_with(js, TELEMETRY_LIMITS, DEADLETTER_LIMITS).await
+}
+
+/// As [`ensure_streams`], with the size limits of TELEMETRY and DEADLETTER from configuration.
+pub async fn ensure_streams_with(
+    js: &Context,
+    telemetry: StreamLimits,
+    deadletter: StreamLimits,
+) -> Result<(), async_nats::Error> {
     let mut attempt = 0;
     loop {
         let result = async {
             for config in [
                 events_stream(),
-                telemetry_stream(),
-                deadletter_stream(),
+                telemetry_stream_with(telemetry),
+                deadletter_stream_with(deadletter),
                 grants_stream(),
             ] {
                 js.create_or_update_stream(config).await?;

@@ -126,7 +126,7 @@ pub fn sim_controls_all(device_id: &str) -> String {
     format!("latch.sim.{}.*", token(device_id))
 }
 
-fn token(raw: &str) -> String {
+pub fn token(raw: &str) -> String {
     if raw.is_empty() {
         return "_".to_owned();
     }

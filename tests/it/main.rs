@@ -17,6 +17,7 @@ mod locker_pages;
 mod locker_process;
 mod lockers;
 mod nats_auth;
+mod nats_identities;
 mod outages;
 mod qr_api;
 mod qr_pages;

@@ -95,6 +95,14 @@ pub async fn register_authorizer(
             &meta.context(&actor, &body.raw),
         )
         .await?;
+    // Its NATS identity, confined to its own grant, confirmation and answer subjects; the
+    // password is in this answer only.
+    let nats = crate::nats_identities::issue_and_publish(
+        &state.pool,
+        &state.nats_auth,
+        &latch_nats::auth::Principal::Authorizer(number.as_str().to_owned()),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -102,6 +110,7 @@ pub async fn register_authorizer(
             "name": name.as_str(),
             "endpoint": endpoint.as_str(),
             "status": "active",
+            "nats": nats,
         })),
     ))
 }

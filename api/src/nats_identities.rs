@@ -1,0 +1,167 @@
+//! NATS identities (issue 13): each registered device and authorizer gets its own NATS user.
+//!
+//! The password is random, returned once in the registration answer and kept only as a bcrypt
+//! hash in `nats_identities`; nats-server checks bcrypt hashes itself, so the rendered
+//! authorization file holds no usable secret of a device. After every issue the file is
+//! rendered again (when `LATCH_NATS_AUTH_FILE` is set) and the server told to reload it
+//! (SIGHUP to the pid in `LATCH_NATS_PID_FILE`): NATS's own mechanism, no gateway.
+
+use crate::error::ApiError;
+use base64::Engine;
+use latch_nats::auth::{identities_config, IssuedIdentity, Principal};
+use rand::RngCore;
+use sqlx::PgPool;
+use std::path::PathBuf;
+
+/// bcrypt cost of issued passwords. The passwords are 32 random bytes, so the cost only has to
+/// make a leaked file slow to test, not protect a weak secret; nats-server pays it per connect.
+pub const BCRYPT_COST: u32 = 10;
+
+/// Where the authorization file goes and how the server learns of it.
+#[derive(Debug, Clone, Default)]
+pub struct NatsAuthConfig {
+    /// `LATCH_NATS_AUTH_FILE`: when unset, identities are issued but nothing is rendered.
+    pub auth_file: Option<PathBuf>,
+    /// `LATCH_NATS_PID_FILE`: nats-server's pid file; it is sent SIGHUP (reload) after a render.
+    pub pid_file: Option<PathBuf>,
+    /// The user Latch's own processes connect as (anything allowed).
+    pub service_user: String,
+    /// Its password, as written into the file.
+    pub service_password: String,
+}
+
+/// Credentials handed out once.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct NatsCredentials {
+    pub user: String,
+    /// Shown only in this answer; Latch keeps only a bcrypt hash.
+    pub password: String,
+}
+
+/// Issues the identity of `principal` unless it already has one (a replayed registration):
+/// returns the credentials only the first time.
+pub async fn issue(
+    pool: &PgPool,
+    principal: &Principal,
+) -> Result<Option<NatsCredentials>, ApiError> {
+    let (kind, id, user) = match principal {
+        Principal::Device(id) => ("device", id.as_str(), latch_nats::auth::device_user(id)),
+        Principal::Authorizer(n) => (
+            "authorizer",
+            n.as_str(),
+            latch_nats::auth::authorizer_user(n),
+        ),
+    };
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let hash = {
+        let password = password.clone();
+        tokio::task::spawn_blocking(move || bcrypt::hash_with_result(password, BCRYPT_COST))
+            .await
+            .map_err(|e| ApiError::Internal(format!("bcrypt task: {e}")))?
+            .map_err(|e| ApiError::Internal(format!("bcrypt: {e}")))?
+            .format_for_version(bcrypt::Version::TwoA)
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO nats_identities (nats_user, kind, principal, password_hash)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (nats_user) DO NOTHING",
+    )
+    .bind(&user)
+    .bind(kind)
+    .bind(id)
+    .bind(&hash)
+    .execute(pool)
+    .await
+    .map_err(|e| ApiError::Internal(format!("nats identity: {e}")))?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(None);
+    }
+    tracing::info!(nats_user = %user, "NATS identity issued");
+    Ok(Some(NatsCredentials { user, password }))
+}
+
+/// Every issued identity, in a stable order.
+pub async fn load(pool: &PgPool) -> Result<Vec<IssuedIdentity>, sqlx::Error> {
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT nats_user, kind, principal, password_hash FROM nats_identities ORDER BY nats_user",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(user, kind, principal, password_hash)| IssuedIdentity {
+            user,
+            password_hash,
+            principal: if kind == "authorizer" {
+                Principal::Authorizer(principal)
+            } else {
+                Principal::Device(principal)
+            },
+        })
+        .collect())
+}
+
+/// Renders the authorization file from the table and asks nats-server to reload it. Does
+/// nothing when no file is configured. Written to a temporary file and renamed, so the server
+/// never reads half a file.
+pub async fn render_and_reload(pool: &PgPool, cfg: &NatsAuthConfig) -> Result<(), String> {
+    let Some(path) = &cfg.auth_file else {
+        return Ok(());
+    };
+    let identities = load(pool).await.map_err(|e| e.to_string())?;
+    // The service password is written hashed too: the file then holds no usable secret.
+    let service = cfg.service_password.clone();
+    let service_hash = tokio::task::spawn_blocking(move || {
+        bcrypt::hash_with_result(service, BCRYPT_COST)
+            .map(|h| h.format_for_version(bcrypt::Version::TwoA))
+    })
+    .await
+    .map_err(|e| format!("bcrypt task: {e}"))?
+    .map_err(|e| format!("bcrypt: {e}"))?;
+    let text = identities_config(&cfg.service_user, &service_hash, &identities);
+    let tmp = path.with_extension("tmp");
+    tokio::fs::write(&tmp, text)
+        .await
+        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| format!("renaming to {}: {e}", path.display()))?;
+    if let Some(pid_file) = &cfg.pid_file {
+        let pid = tokio::fs::read_to_string(pid_file)
+            .await
+            .map_err(|e| format!("reading {}: {e}", pid_file.display()))?;
+        let pid = pid.trim();
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{} holds no pid", pid_file.display()));
+        }
+        // SIGHUP is nats-server's reload signal (`nats-server --signal reload=<pid>` sends it).
+        let status = tokio::process::Command::new("kill")
+            .args(["-HUP", pid])
+            .status()
+            .await
+            .map_err(|e| format!("kill -HUP {pid}: {e}"))?;
+        if !status.success() {
+            return Err(format!("kill -HUP {pid}: {status}"));
+        }
+    }
+    tracing::info!(file = %path.display(), identities = identities.len(), "NATS authorization rendered");
+    Ok(())
+}
+
+/// Issues the identity, then renders and reloads; a failed render is logged, not fatal: the
+/// identity is stored and the next render includes it.
+pub async fn issue_and_publish(
+    pool: &PgPool,
+    cfg: &NatsAuthConfig,
+    principal: &Principal,
+) -> Result<Option<NatsCredentials>, ApiError> {
+    let creds = issue(pool, principal).await?;
+    if creds.is_some() {
+        if let Err(e) = render_and_reload(pool, cfg).await {
+            tracing::error!(error = %e, "NATS authorization not rendered");
+        }
+    }
+    Ok(creds)
+}

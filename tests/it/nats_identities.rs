@@ -1,0 +1,353 @@
+//! NATS identities issued at registration (issue 13): the credentials in the HTTP answer connect
+//! to a nats-server running the authorization file Latch renders and reloads, and the server
+//! confines each identity to its own subjects.
+
+use crate::common::spawn_app_with;
+use futures::StreamExt;
+use latch_nats::auth::{authorizer_inbox_prefix, identities_config};
+use latch_nats::server::NatsServer;
+use latch_nats::subjects;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const SVC_PW: &str = "svc-secret-for-tests";
+
+struct Connected {
+    client: async_nats::Client,
+    errors: mpsc::UnboundedReceiver<String>,
+}
+
+/// Connects, retrying for a while: the server reloads its file asynchronously after SIGHUP.
+async fn connect(url: &str, user: &str, password: &str, inbox: String) -> Connected {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (tx, errors) = mpsc::unbounded_channel();
+        let result =
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+                .custom_inbox_prefix(inbox.clone())
+                .event_callback(move |event| {
+                    let tx = tx.clone();
+                    async move {
+                        if let async_nats::Event::ServerError(e) = event {
+                            let _ = tx.send(e.to_string());
+                        }
+                    }
+                })
+                .connect(url)
+                .await;
+        match result {
+            Ok(client) => return Connected { client, errors },
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "not yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{user} cannot connect: {e}"),
+        }
+    }
+}
+
+async fn violation(c: &mut Connected) {
+    c.client.flush().await.unwrap();
+    let v = tokio::time::timeout(Duration::from_secs(5), c.errors.recv())
+        .await
+        .expect("the server reports a permission violation")
+        .unwrap();
+    assert!(v.to_lowercase().contains("permission"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_identities_connect_and_are_confined_after_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth_file = dir.path().join("auth.conf");
+    let pid_file = dir.path().join("nats.pid");
+    // The server starts with only the service user; identities arrive by reload.
+    std::fs::write(&auth_file, identities_config("latch", SVC_PW, &[])).unwrap();
+    let secured = NatsServer::start_in(dir.path(), Some("include \"auth.conf\"\n"))
+        .await
+        .unwrap();
+    std::fs::write(&pid_file, secured.pid().unwrap().to_string()).unwrap();
+    let url = secured.url();
+
+    let (af, pf) = (auth_file.clone(), pid_file.clone());
+    let app = spawn_app_with(move |s| {
+        s.nats_auth.auth_file = Some(af);
+        s.nats_auth.pid_file = Some(pf);
+        s.nats_auth.service_user = "latch".into();
+        s.nats_auth.service_password = SVC_PW.into();
+    })
+    .await;
+
+    let register = |label: &'static str| {
+        let app = &app;
+        async move {
+            let res = app
+                .post(
+                    "/devices",
+                    &app.operator,
+                    Some(json!({"kind": "vending", "site": "610091A01", "label": label})),
+                )
+                .await;
+            assert_eq!(res.status(), 201);
+            res.json::<Value>().await.unwrap()
+        }
+    };
+    let a = register("A").await;
+    let b = register("B").await;
+    let (a_id, b_id) = (
+        a["device_id"].as_str().unwrap(),
+        b["device_id"].as_str().unwrap(),
+    );
+    let a_user = a["nats"]["user"].as_str().unwrap();
+    let a_pw = a["nats"]["password"].as_str().unwrap();
+    assert_eq!(a_user, format!("device-{a_id}"));
+
+    // Only a hash is kept, and the file carries only the hash.
+    let stored: String =
+        sqlx::query_scalar("SELECT password_hash FROM nats_identities WHERE nats_user = $1")
+            .bind(a_user)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(stored.starts_with("$2a$"), "{stored}");
+    let rendered = std::fs::read_to_string(&auth_file).unwrap();
+    assert!(!rendered.contains(a_pw) && !rendered.contains(SVC_PW));
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT payload::text || metadata::text FROM events")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert!(events.len() >= 2 && events.iter().all(|e| !e.contains(a_pw)));
+
+    // The same server, never restarted, now knows A (and refuses a wrong password).
+    let service = async_nats::ConnectOptions::with_user_and_password("latch".into(), SVC_PW.into())
+        .connect(&url)
+        .await
+        .unwrap();
+    let mut seen = service.subscribe("latch.>").await.unwrap();
+    service.flush().await.unwrap();
+    let mut dev = connect(&url, a_user, a_pw, subjects::device_inbox_prefix(a_id)).await;
+    assert!(
+        async_nats::ConnectOptions::with_user_and_password(a_user.into(), "guess".into())
+            .connect(&url)
+            .await
+            .is_err()
+    );
+
+    dev.client
+        .publish(subjects::telemetry(a_id, "heartbeat"), "mine".into())
+        .await
+        .unwrap();
+    dev.client.flush().await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), seen.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.subject.as_str(),
+        subjects::telemetry(a_id, "heartbeat")
+    );
+
+    // As another device, on commands, on events: each refused by the server.
+    for forged in [
+        subjects::telemetry(b_id, "heartbeat"),
+        "latch.cmd.x".to_owned(),
+        "latch.events.device.DeviceRegistered.x".to_owned(),
+    ] {
+        dev.client.publish(forged, "forged".into()).await.unwrap();
+        violation(&mut dev).await;
+    }
+    let _s = dev
+        .client
+        .subscribe(subjects::device_commands_all(b_id))
+        .await
+        .unwrap();
+    violation(&mut dev).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), seen.next())
+            .await
+            .is_err(),
+        "nothing forged got through"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorizer_cannot_read_or_answer_for_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth_file = dir.path().join("auth.conf");
+    let pid_file = dir.path().join("nats.pid");
+    std::fs::write(&auth_file, identities_config("latch", SVC_PW, &[])).unwrap();
+    let secured = NatsServer::start_in(dir.path(), Some("include \"auth.conf\"\n"))
+        .await
+        .unwrap();
+    std::fs::write(&pid_file, secured.pid().unwrap().to_string()).unwrap();
+    let url = secured.url();
+    let (af, pf) = (auth_file.clone(), pid_file.clone());
+    let app = spawn_app_with(move |s| {
+        s.nats_auth.auth_file = Some(af);
+        s.nats_auth.pid_file = Some(pf);
+        s.nats_auth.service_user = "latch".into();
+        s.nats_auth.service_password = SVC_PW.into();
+    })
+    .await;
+    let secret = format!(
+        "whsec_{}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32])
+    );
+    let mut answers = Vec::new();
+    for number in ["AUTH1", "AUTH2"] {
+        let res = app
+            .post(
+                "/lockers/authorizers",
+                &app.operator,
+                Some(json!({"number": number, "name": number, "endpoint": "http://127.0.0.1:9/x", "secret": secret})),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        answers.push(res.json::<Value>().await.unwrap());
+    }
+    let one = &answers[0]["nats"];
+    let mut a1 = connect(
+        &url,
+        one["user"].as_str().unwrap(),
+        one["password"].as_str().unwrap(),
+        authorizer_inbox_prefix("AUTH1"),
+    )
+    .await;
+    // Its own requests: allowed (no violation follows).
+    let _own = a1
+        .client
+        .subscribe(subjects::authorizer_grants("AUTH1"))
+        .await
+        .unwrap();
+    a1.client.flush().await.unwrap();
+    // Another's requests: refused.
+    let _other = a1
+        .client
+        .subscribe(subjects::authorizer_grants("AUTH2"))
+        .await
+        .unwrap();
+    violation(&mut a1).await;
+    // Answering for another: refused.
+    a1.client
+        .publish(subjects::authorizer_answers("AUTH2"), "{}".into())
+        .await
+        .unwrap();
+    violation(&mut a1).await;
+}
+
+#[test]
+fn telemetry_and_deadletter_streams_are_bounded() {
+    use async_nats::jetstream::stream::DiscardPolicy;
+    use latch_nats::streams::{deadletter_stream, telemetry_stream};
+    for config in [telemetry_stream(), deadletter_stream()] {
+        assert!(config.max_bytes > 0, "{} max_bytes", config.name);
+        assert!(config.max_messages > 0, "{} max_messages", config.name);
+        assert!(
+            config.max_message_size > 0,
+            "{} max_message_size",
+            config.name
+        );
+        assert_eq!(config.discard, DiscardPolicy::Old, "{}", config.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_suppress_another_devices_message_with_its_msg_id() {
+    use async_nats::jetstream::message::PublishMessage;
+    let app = crate::common::spawn_app().await;
+    let a = app.register_device("vending", "S1", "A").await.to_string();
+    let b = app.register_device("vending", "S1", "B").await.to_string();
+    let heartbeat = |device: &str| {
+        serde_json::to_vec(&json!({
+            "v": 1, "msg_id": "m-1", "device_id": device,
+            "sent_at": "2026-11-21T08:00:00Z", "type": "heartbeat", "uptime_s": 5
+        }))
+        .unwrap()
+    };
+    // A goes first with the id B is about to use (as "<B>.<msg>", the old convention).
+    let stolen = format!("{b}.m-1");
+    let first = app
+        .js
+        .send_publish(
+            subjects::telemetry(&a, "heartbeat"),
+            PublishMessage::build()
+                .payload(heartbeat(&a).into())
+                .message_id(stolen.as_str()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    // B follows the protocol (no Nats-Msg-Id): never suppressed, even at once.
+    let plain = app
+        .js
+        .send_publish(
+            subjects::telemetry(&b, "heartbeat"),
+            PublishMessage::build().payload(heartbeat(&b).into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(!plain.duplicate);
+    // A device that still sends the header: the stream remembers ids only for its minimum
+    // window (100 ms), not the two minutes it used to.
+    tokio::time::sleep(latch_nats::streams::TELEMETRY_DUPLICATE_WINDOW * 2).await;
+    let second = app
+        .js
+        .send_publish(
+            subjects::telemetry(&b, "heartbeat"),
+            PublishMessage::build()
+                .payload(heartbeat(&b).into())
+                .message_id(stolen.as_str()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(!second.duplicate, "B's message was stored, not suppressed");
+    // Both devices ingested (same payload msg_id too: Latch dedupes per device).
+    crate::common::eventually(Duration::from_secs(10), "both heartbeats ingested", || {
+        let pool = app.pool.clone();
+        async move {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM device_liveness WHERE last_msg = 'm-1'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (n == 2).then_some(())
+        }
+    })
+    .await;
+}
+
+#[test]
+fn telemetry_dedupe_window_is_not_a_shared_suppression_list() {
+    let config = latch_nats::streams::telemetry_stream();
+    assert!(config.duplicate_window <= Duration::from_millis(100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_registration_does_not_show_the_password_again() {
+    let app = crate::common::spawn_app().await;
+    let send = || {
+        app.http
+            .post(format!("{}/devices", app.address))
+            .bearer_auth(&app.operator)
+            .header("Idempotency-Key", "reg-1")
+            .json(&json!({"kind": "locker", "site": "S1", "label": "L"}))
+            .send()
+    };
+    let first: Value = send().await.unwrap().json().await.unwrap();
+    let again: Value = send().await.unwrap().json().await.unwrap();
+    assert_eq!(first["device_id"], again["device_id"]);
+    assert!(first["nats"]["password"].is_string());
+    assert!(again.get("nats").is_none(), "{again}");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM nats_identities")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
