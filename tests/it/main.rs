@@ -15,6 +15,7 @@ mod locker_pages;
 mod locker_process;
 mod lockers;
 mod nats_auth;
+mod openapi;
 mod outages;
 mod qr_api;
 mod qr_pages;
