@@ -18,6 +18,7 @@ mod locker_process;
 mod lockers;
 mod nats_auth;
 mod nats_identities;
+mod openapi;
 mod outages;
 mod qr_api;
 mod qr_pages;

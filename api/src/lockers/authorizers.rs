@@ -146,7 +146,9 @@ async fn authorizer_status(
     })))
 }
 
-pub(super) async fn deactivate_authorizer(
+#[utoipa::path(post, path = "/lockers/authorizers/{number}/deactivate", tag = "lockers", params(("number" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn deactivate_authorizer(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,
@@ -155,7 +157,9 @@ pub(super) async fn deactivate_authorizer(
     authorizer_status(state, actor, meta, number, false).await
 }
 
-pub(super) async fn activate_authorizer(
+#[utoipa::path(post, path = "/lockers/authorizers/{number}/activate", tag = "lockers", params(("number" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn activate_authorizer(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,

@@ -3,7 +3,7 @@
 
 use super::{me, unprocessable};
 use crate::auth::Role;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, RequestMeta};
 use crate::locker_pages::LockerCaller;
 use crate::AppState;
@@ -86,7 +86,9 @@ pub struct Deposit {
 }
 
 /// The holder deposits a parcel: recorded once, with a pickup code for the recipient.
-pub(super) async fn deposit(
+#[utoipa::path(post, path = "/lockers/compartments/{id}/deposit", tag = "lockers", request_body = Deposit, params(("id" = String, Path)),
+    responses((status = 201, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn deposit(
     State(state): State<AppState>,
     LockerCaller(actor): LockerCaller,
     meta: RequestMeta,
@@ -159,7 +161,9 @@ pub struct Collect {
 }
 
 /// The recipient collects with the pickup code; the compartment becomes free.
-pub(super) async fn collect(
+#[utoipa::path(post, path = "/lockers/compartments/{id}/collect", tag = "lockers", request_body = Collect, params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 429, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn collect(
     State(state): State<AppState>,
     LockerCaller(actor): LockerCaller,
     meta: RequestMeta,

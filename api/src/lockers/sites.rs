@@ -227,7 +227,9 @@ pub struct HolderAt {
 }
 
 /// Who held a compartment at a moment (operators and auditors).
-pub(super) async fn holder_at(
+#[utoipa::path(get, path = "/lockers/compartments/{id}/holder", tag = "lockers", params(("id" = String, Path), ("at" = Option<String>, Query, description = "RFC 3339; default now")),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn holder_at(
     State(state): State<AppState>,
     actor: Actor,
     Path(id): Path<String>,

@@ -4,7 +4,7 @@
 //! what a receiver would have got, duplicates removed.
 
 use crate::auth::{Actor, Role};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
 use axum::extract::State;
 use axum::Json;
@@ -12,7 +12,9 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 /// The most recent messages, oldest first (operators).
-pub(super) async fn sandbox_sms(
+#[utoipa::path(get, path = "/lockers/sandbox/sms", tag = "lockers",
+    responses((status = 200, body = Vec<Object>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn sandbox_sms(
     State(state): State<AppState>,
     actor: Actor,
 ) -> Result<Json<serde_json::Value>, ApiError> {

@@ -119,7 +119,9 @@ async fn user_status(
     })))
 }
 
-pub(super) async fn disable_user(
+#[utoipa::path(post, path = "/lockers/users/{number}/disable", tag = "lockers", params(("number" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn disable_user(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,
@@ -128,7 +130,9 @@ pub(super) async fn disable_user(
     user_status(state, actor, meta, number, true).await
 }
 
-pub(super) async fn enable_user(
+#[utoipa::path(post, path = "/lockers/users/{number}/enable", tag = "lockers", params(("number" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn enable_user(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,

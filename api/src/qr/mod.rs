@@ -363,8 +363,8 @@ async fn mint_pictured(
            ("logoSize" = Option<u32>, Query, description = "pixels, 1-256, default 32; drawn at most 40% of the QR side so it still scans"),
            ("logo" = Option<u32>, Query, description = "a registered logo number")),
     responses((status = 200, description = "PNG; Set-Cookie latch_qr (HttpOnly, SameSite=Strict, Path=/qr)", content_type = "image/png"),
-              (status = 400, description = "a parameter out of range, named in error.field"),
-              (status = 429, description = "too many codes from this address")))]
+              (status = 400, description = "a parameter out of range, named in error.field", body = crate::error::ErrorBody),
+              (status = 429, description = "too many codes from this address", body = crate::error::ErrorBody)))]
 pub async fn loginpic(
     State(state): State<AppState>,
     client: Client,
@@ -395,8 +395,8 @@ pub struct CodeAnswer {
 
 /// `GET /qr/code`: a new code's content, for pages that draw the QR themselves.
 #[utoipa::path(get, path = "/qr/code", tag = "qr login",
-    responses((status = 200, description = "{code, expiresAt, ttlSeconds}; Set-Cookie latch_qr"),
-              (status = 429, description = "too many codes from this address")))]
+    responses((status = 200, description = "{code, expiresAt, ttlSeconds}; Set-Cookie latch_qr", body = Object),
+              (status = 429, description = "too many codes from this address", body = crate::error::ErrorBody)))]
 pub async fn code(
     State(state): State<AppState>,
     client: Client,
@@ -510,10 +510,10 @@ fn status_body(login: &QrLogin, secret: &BrowserSecret, now: DateTime<Utc>) -> V
 
 /// `GET /qr/login`: where this browser's login stands.
 #[utoipa::path(get, path = "/qr/login", tag = "qr login",
-    responses((status = 200, description = "{statusflag: 0 waiting | 1 scanned | 2 confirmed (with url, ext) | -2 expired/cancelled/redeemed, state, expiresAt}"),
-              (status = 400, description = "malformed latch_qr cookie"), (status = 403, description = "wrong_browser"),
-              (status = 404, description = "unknown_code"), (status = 422, description = "no_browser_secret"),
-              (status = 429, description = "poll_too_fast, with intervalSeconds")))]
+    responses((status = 200, description = "{statusflag: 0 waiting | 1 scanned | 2 confirmed (with url, ext) | -2 expired/cancelled/redeemed, state, expiresAt}", body = Object),
+              (status = 400, description = "malformed latch_qr cookie", body = crate::error::ErrorBody), (status = 403, description = "wrong_browser", body = crate::error::ErrorBody),
+              (status = 404, description = "unknown_code", body = crate::error::ErrorBody), (status = 422, description = "no_browser_secret", body = crate::error::ErrorBody),
+              (status = 429, description = "poll_too_fast, with intervalSeconds", body = crate::error::ErrorBody)))]
 pub async fn poll(State(state): State<AppState>, jar: CookieJar) -> Result<Response, QrFail> {
     let secret = browser_secret(&jar)?;
     let now = state.clock.now();
@@ -546,7 +546,7 @@ pub async fn poll(State(state): State<AppState>, jar: CookieJar) -> Result<Respo
 /// connect, so a reconnecting page misses nothing), then each change, until the login is over.
 #[utoipa::path(get, path = "/qr/ws", tag = "qr login",
     responses((status = 101, description = "WebSocket: the poll body now and at every change, until the login is over"),
-              (status = 403, description = "cross-origin or wrong_browser"), (status = 422, description = "no_browser_secret")))]
+              (status = 403, description = "cross-origin or wrong_browser", body = crate::error::ErrorBody), (status = 422, description = "no_browser_secret", body = crate::error::ErrorBody)))]
 pub async fn push(
     State(state): State<AppState>,
     jar: CookieJar,
@@ -727,9 +727,9 @@ pub fn browser_summary(user_agent: &str) -> String {
 
 /// `POST /qr/lock` (app): claim the scanned code; the answer says where the login comes from.
 #[utoipa::path(post, path = "/qr/lock", tag = "qr login", request_body = LockBody,
-    responses((status = 200, description = "{statusflag: 0, type, origin: {ip, browser, userAgent, mintedAt}, expiresAt}, or {statusflag: -2, state}"),
-              (status = 400, description = "code or ext malformed"), (status = 404, description = "unknown_code"),
-              (status = 409, description = "already_locked / already_confirmed"), (status = 429, description = "rate_limited")),
+    responses((status = 200, description = "{statusflag: 0, type, origin: {ip, browser, userAgent, mintedAt}, expiresAt}, or {statusflag: -2, state}", body = Object),
+              (status = 400, description = "code or ext malformed", body = crate::error::ErrorBody), (status = 404, description = "unknown_code", body = crate::error::ErrorBody),
+              (status = 409, description = "already_locked / already_confirmed", body = crate::error::ErrorBody), (status = 429, description = "rate_limited", body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn lock(
     State(state): State<AppState>,
@@ -781,8 +781,8 @@ pub async fn lock(
 
 /// `POST /qr/activate` (app, the user who locked it): log the page in.
 #[utoipa::path(post, path = "/qr/activate", tag = "qr login", request_body = CodeBody,
-    responses((status = 200, description = "{statusflag: 0}, or {statusflag: -2, state}"),
-              (status = 403, description = "not_lock_owner"), (status = 409, description = "not_locked")),
+    responses((status = 200, description = "{statusflag: 0}, or {statusflag: -2, state}", body = Object),
+              (status = 403, description = "not_lock_owner", body = crate::error::ErrorBody), (status = 409, description = "not_locked", body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn activate(
     State(state): State<AppState>,
@@ -802,8 +802,8 @@ pub async fn activate(
 
 /// `POST /qr/cancel` (app, the user who locked it): decline; the code is dead for good.
 #[utoipa::path(post, path = "/qr/cancel", tag = "qr login", request_body = CodeBody,
-    responses((status = 200, description = "{statusflag: 0}, or {statusflag: -2, state}"),
-              (status = 403, description = "not_lock_owner"), (status = 409, description = "not_locked / already_confirmed")),
+    responses((status = 200, description = "{statusflag: 0}, or {statusflag: -2, state}", body = Object),
+              (status = 403, description = "not_lock_owner", body = crate::error::ErrorBody), (status = 409, description = "not_locked / already_confirmed", body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -849,7 +849,7 @@ pub struct RedeemQuery {
 #[utoipa::path(get, path = "/qr/redeem", tag = "qr login",
     params(("loginCode" = String, Query, description = "from the confirmed poll answer's url")),
     responses((status = 303, description = "Set-Cookie latch_session; Location: the landing page"),
-              (status = 403, description = "not this browser's login"), (status = 409, description = "login_code_used / not_confirmed")))]
+              (status = 403, description = "not this browser's login", body = crate::error::ErrorBody), (status = 409, description = "login_code_used / not_confirmed", body = crate::error::ErrorBody)))]
 pub async fn redeem(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -917,7 +917,7 @@ pub async fn redeem(
 
 /// `GET /me`: who this session (cookie or Bearer token) belongs to.
 #[utoipa::path(get, path = "/me", tag = "qr login",
-    responses((status = 200, description = "{userId, role}"), (status = 401, description = "no session")))]
+    responses((status = 200, description = "{userId, role}", body = Object), (status = 401, description = "no session", body = crate::error::ErrorBody)))]
 pub async fn me(SessionActor(actor): SessionActor) -> Json<Value> {
     Json(json!({ "userId": actor.subject, "role": actor.role.as_str() }))
 }

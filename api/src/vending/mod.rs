@@ -90,10 +90,13 @@ pub struct Vending {
 }
 
 impl Vending {
+    /// Without a configured platform the payment endpoints do not exist here: a 404 with its own
+    /// code, not a 503 that tells clients (and the fuzzer) to come back later.
     pub fn kazaya(&self) -> Result<&dyn Kazaya, ApiError> {
-        self.kazaya
-            .as_deref()
-            .ok_or_else(|| ApiError::Unavailable("no Kazaya platform is configured".into()))
+        self.kazaya.as_deref().ok_or_else(|| ApiError::NotFound {
+            code: "kazaya_not_configured",
+            message: "no Kazaya platform is configured on this server".into(),
+        })
     }
 }
 
