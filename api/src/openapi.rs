@@ -17,6 +17,7 @@ use utoipa::{Modify, OpenApi};
         crate::devices::show,
         crate::devices::open,
         crate::qr::loginpic,
+        crate::qr::loginpic_seed_form,
         crate::qr::code,
         crate::qr::token,
         crate::qr::poll,

@@ -105,7 +105,17 @@ pub fn identities_config(
                 ],
             ),
             Principal::Authorizer(n) => (
-                vec![subjects::authorizer_answers(n)],
+                {
+                    // Its grant feed: read and ack the durable consumer Latch made for it.
+                    let feed = crate::streams::authorizer_feed_consumer(n);
+                    let stream = subjects::GRANTS_STREAM;
+                    vec![
+                        subjects::authorizer_answers(n),
+                        format!("$JS.API.CONSUMER.INFO.{stream}.{feed}"),
+                        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{feed}"),
+                        format!("$JS.ACK.{stream}.{feed}.>"),
+                    ]
+                },
                 vec![
                     subjects::authorizer_grants(n),
                     subjects::authorizer_confirmations(n),

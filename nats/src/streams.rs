@@ -129,6 +129,36 @@ pub fn grants_stream() -> Config {
     }
 }
 
+/// The durable consumer an authorizer reads its grant feed through: made by Latch, filtered
+/// to the authorizer's own subjects, so the authorizer's identity needs no right to create
+/// consumers (which could name any filter), only to read and ack this one.
+pub fn authorizer_feed_consumer(authorizer: &str) -> String {
+    format!("authorizer-{}", token(authorizer))
+}
+
+/// Makes (or keeps) [`authorizer_feed_consumer`] on GRANTS.
+pub async fn ensure_authorizer_feed(
+    js: &Context,
+    authorizer: &str,
+) -> Result<(), async_nats::Error> {
+    let name = authorizer_feed_consumer(authorizer);
+    let stream = js.get_stream(GRANTS_STREAM).await?;
+    stream
+        .get_or_create_consumer(
+            &name,
+            pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some(format!("authorizer {authorizer}'s grant feed")),
+                filter_subject: grant_feed_all(authorizer),
+                ack_policy: AckPolicy::Explicit,
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(())
+}
+
 /// Creates the four streams, or brings their settings up to date. Safe to run from every
 /// process at every start. Retries for a while: a server that just started may not have
 /// JetStream ready yet.

@@ -4,7 +4,6 @@
 
 use crate::common::*;
 use crate::lockers::{created, reserve, token, world, SITE};
-use async_nats::jetstream::consumer::{pull, AckPolicy};
 use async_nats::HeaderMap as NatsHeaders;
 use futures::StreamExt;
 use latch_domain::Clock;
@@ -35,22 +34,16 @@ async fn an_authorizer_offline_gets_every_request_once_on_its_return_and_answers
         "compartment 03",
     )
     .await;
-    // Company A's own consumer, bound once and then left alone (the company is offline).
-    let grants = app
+    // Company A's feed consumer, made by Latch when A was registered; A binds it once and then
+    // is offline.
+    let consumer: async_nats::jetstream::consumer::PullConsumer = app
         .js
-        .get_stream(latch_nats::subjects::GRANTS_STREAM)
+        .get_consumer_from_stream(
+            latch_nats::streams::authorizer_feed_consumer("0001"),
+            latch_nats::subjects::GRANTS_STREAM,
+        )
         .await
-        .expect("the GRANTS stream");
-    let consumer = grants
-        .create_consumer(pull::Config {
-            durable_name: Some("company-a".into()),
-            filter_subject: latch_nats::subjects::grant_feed_all("0001"),
-            ack_policy: AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-
+        .expect("authorizer 0001's feed consumer");
     let mut requested = BTreeMap::new();
     for user in ["13455555555", "13499996666", "13488888888"] {
         let t = token(&app, user).await;

@@ -351,3 +351,87 @@ async fn a_replayed_registration_does_not_show_the_password_again() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorizer_reads_its_own_grant_feed_and_not_anothers() {
+    use latch_nats::auth::{authorizer_user, IssuedIdentity, Principal};
+    use latch_nats::streams::{authorizer_feed_consumer, ensure_authorizer_feed, ensure_streams};
+    let dir = tempfile::tempdir().unwrap();
+    let password = "authorizer-one-password-0123456789";
+    let identity = IssuedIdentity {
+        user: authorizer_user("AUTH1"),
+        password_hash: bcrypt::hash(password, 4).unwrap(),
+        principal: Principal::Authorizer("AUTH1".into()),
+    };
+    std::fs::write(
+        dir.path().join("auth.conf"),
+        identities_config("latch", SVC_PW, &[identity]),
+    )
+    .unwrap();
+    let server = NatsServer::start_in(dir.path(), Some("include \"auth.conf\"\n"))
+        .await
+        .unwrap();
+    // Latch (the service user) has the stream, both feeds and a request in each.
+    let service = connect(&server.url(), "latch", SVC_PW, "_INBOX".into()).await;
+    let js = async_nats::jetstream::new(service.client.clone());
+    ensure_streams(&js).await.unwrap();
+    for n in ["AUTH1", "AUTH2"] {
+        ensure_authorizer_feed(&js, n).await.unwrap();
+        js.publish(
+            subjects::grant_feed(n, "requested"),
+            json!({"type": "grant.requested", "authorizer": n})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let mut a1 = connect(
+        &server.url(),
+        &authorizer_user("AUTH1"),
+        password,
+        authorizer_inbox_prefix("AUTH1"),
+    )
+    .await;
+    let ajs = async_nats::jetstream::new(a1.client.clone());
+    let own: async_nats::jetstream::consumer::PullConsumer = ajs
+        .get_consumer_from_stream(authorizer_feed_consumer("AUTH1"), subjects::GRANTS_STREAM)
+        .await
+        .expect("its own feed");
+    let mut batch = own
+        .fetch()
+        .max_messages(5)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), batch.next())
+        .await
+        .expect("its request")
+        .unwrap()
+        .unwrap();
+    let body: Value = serde_json::from_slice(&first.payload).unwrap();
+    assert_eq!(body["authorizer"], "AUTH1");
+    first.ack().await.unwrap();
+    a1.client.flush().await.unwrap();
+    assert!(
+        a1.errors.try_recv().is_err(),
+        "reading its own feed is allowed"
+    );
+    // Another's feed: the server refuses the lookup.
+    let other = tokio::time::timeout(
+        Duration::from_secs(5),
+        ajs.get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+            authorizer_feed_consumer("AUTH2"),
+            subjects::GRANTS_STREAM,
+        ),
+    )
+    .await;
+    assert!(
+        !matches!(other, Ok(Ok(_))),
+        "another's feed must not be readable"
+    );
+    violation(&mut a1).await;
+}

@@ -21,6 +21,8 @@ pub const CONSUMER: &str = "grant-feed";
 pub struct GrantFeed {
     pub store: Arc<Store>,
     pub js: Context,
+    /// Authorizers whose feed consumer this process has made sure of.
+    pub fed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl GrantFeed {
@@ -102,6 +104,18 @@ impl EventHandler for GrantFeed {
                 None => return Ok(Outcome::Done),
             },
         };
+        // Registration makes the authorizer's consumer; this covers authorizers registered
+        // before the feed existed.
+        let known = self.fed.lock().expect("fed").contains(&authorizer);
+        if !known {
+            if let Err(e) = latch_nats::streams::ensure_authorizer_feed(&self.js, &authorizer).await
+            {
+                return Ok(Outcome::Later(format!(
+                    "feed consumer of {authorizer}: {e}"
+                )));
+            }
+            self.fed.lock().expect("fed").insert(authorizer.clone());
+        }
         let body = json!({
             "type": format!("grant.{kind}"),
             "event_id": event.event_id,

@@ -59,6 +59,7 @@ impl GrantProcess {
         let feed = crate::grant_feed::GrantFeed {
             store: self.store.clone(),
             js: self.js.clone(),
+            fed: Default::default(),
         };
         let feed = event_consumer::run(
             self.js.clone(),

@@ -103,6 +103,12 @@ pub async fn register_authorizer(
         &latch_nats::auth::Principal::Authorizer(number.as_str().to_owned()),
     )
     .await?;
+    // The durable consumer of its grant feed, so nothing is missed before it first connects
+    // (the grant feed makes it too, should this fail now).
+    let js = async_nats::jetstream::new(state.nats.clone());
+    if let Err(e) = latch_nats::streams::ensure_authorizer_feed(&js, number.as_str()).await {
+        tracing::warn!(error = %e, authorizer = %number, "grant feed consumer not made yet");
+    }
     Ok((
         StatusCode::CREATED,
         Json(json!({

@@ -121,7 +121,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/qr/loginpic", get(loginpic))
         // The seed's own example writes `/qr/loginpic/?qrSize=...`.
-        .route("/qr/loginpic/", get(loginpic))
+        .route("/qr/loginpic/", get(loginpic_seed_form))
         .route("/qr/code", get(code))
         .route("/qr/token", get(token))
         .route("/qr/login", get(poll))
@@ -391,6 +391,24 @@ pub struct CodeAnswer {
     pub code: String,
     pub expires_at: DateTime<Utc>,
     pub ttl_seconds: i64,
+}
+
+/// `GET /qr/loginpic/`: the seed's own spelling of [`loginpic`], trailing slash and all.
+#[utoipa::path(get, path = "/qr/loginpic/", tag = "qr login",
+    params(("qrSize" = Option<u32>, Query, description = "as /qr/loginpic"),
+           ("logoSize" = Option<u32>, Query, description = "as /qr/loginpic"),
+           ("logo" = Option<u32>, Query, description = "as /qr/loginpic")),
+    responses((status = 200, description = "PNG, as /qr/loginpic", content_type = "image/png"),
+              (status = 400, body = crate::error::ErrorBody, description = "a parameter out of range, named in error.field"),
+              (status = 429, body = crate::error::ErrorBody, description = "too many codes from this address")))]
+pub async fn loginpic_seed_form(
+    state: State<AppState>,
+    client: Client,
+    meta: RequestMeta,
+    jar: CookieJar,
+    query: Result<Query<PictureQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, QrFail> {
+    loginpic(state, client, meta, jar, query).await
 }
 
 /// `GET /qr/code`: a new code's content, for pages that draw the QR themselves.
