@@ -27,6 +27,15 @@ pub struct Readiness {
     /// `ok`, or `diverged` while the relay refuses to publish because the EVENTS stream holds
     /// what the log does not (repair: `latch relay reconcile`).
     pub events_stream: &'static str,
+    /// Each read model's checkpoint and how many log positions it stands behind the head.
+    pub read_models: Vec<ReadModelLag>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReadModelLag {
+    pub name: String,
+    pub position: i64,
+    pub behind: i64,
 }
 
 /// The process is alive.
@@ -50,6 +59,20 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         Ok(Ok(Some(_))) => ("ok", "diverged"),
         _ => ("unreachable", "unknown"),
     };
+    let read_models = if postgres == "ok" {
+        latch_projections::projector::lags(&state.pool, latch_projections::audit::rebuild::NAMES)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, position, behind)| ReadModelLag {
+                name,
+                position,
+                behind,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let nats = match state.nats.connection_state() {
         async_nats::connection::State::Connected => "ok",
         _ => "unreachable",
@@ -67,6 +90,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             postgres,
             nats,
             events_stream,
+            read_models,
         }),
     )
 }

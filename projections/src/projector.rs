@@ -119,6 +119,23 @@ pub async fn checkpoint(pool: &PgPool, name: &str) -> Result<i64, sqlx::Error> {
     Ok(row.map_or(0, |(p,)| p))
 }
 
+/// How far each read model stands behind the log: (name, checkpoint, positions behind the
+/// log's head). A projector passes other aggregates' events without writing its checkpoint
+/// (see [`Passed`]), so an idle-looking model may read up to a thousand positions behind while
+/// a busy stream of others' events goes by.
+pub async fn lags(pool: &PgPool, names: &[&str]) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT n.name, COALESCE(c.position, 0),
+                GREATEST((SELECT COALESCE(max(position), 0) FROM event_log) - COALESCE(c.position, 0), 0)
+           FROM unnest($1::text[]) WITH ORDINALITY AS n(name, i)
+           LEFT JOIN projection_checkpoints c USING (name)
+          ORDER BY n.i",
+    )
+    .bind(names)
+    .fetch_all(pool)
+    .await
+}
+
 /// The checkpoint, locked for this transaction (created at 0 on first use).
 async fn locked_checkpoint(conn: &mut PgConnection, name: &str) -> Result<i64, sqlx::Error> {
     let select = "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE";

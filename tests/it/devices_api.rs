@@ -293,7 +293,19 @@ async fn health_readiness_openapi_and_listing() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(res.json::<Value>().await.unwrap()["nats"], "ok");
+    let ready: Value = res.json().await.unwrap();
+    assert_eq!(ready["nats"], "ok");
+    // How far behind each read model is: every one named, and device status catches up.
+    let names: Vec<&str> = ready["read_models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["device_status", "qr_login_status", "orders", "lockers"]
+    );
     let doc: Value = app
         .http
         .get(format!("{}/openapi.json", app.address))
@@ -329,4 +341,22 @@ async fn health_readiness_openapi_and_listing() {
     assert_eq!(rows[0]["device_id"], a.to_string());
     assert_eq!(rows[0]["online"], false);
     assert_eq!(rows[0]["door"], "unknown");
+    eventually(
+        Duration::from_secs(10),
+        "device status caught up",
+        || async {
+            let ready: Value = app
+                .http
+                .get(format!("{}/readyz", app.address))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let device_status = &ready["read_models"][0];
+            (device_status["behind"] == 0 && device_status["position"].as_i64()? > 0).then_some(())
+        },
+    )
+    .await;
 }
