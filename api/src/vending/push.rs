@@ -22,8 +22,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// How long an event may wait for the read model to take it in before the order is sent as
-/// it stands (the next event, or the page's reconnect, brings the rest).
-const PROJECTION_WAIT: Duration = Duration::from_secs(3);
+/// it stands. Generous: under load the projector may be seconds behind, and an event given up
+/// on early would leave the page one state short until the next event.
+const PROJECTION_WAIT: Duration = Duration::from_secs(30);
 
 struct Follow {
     pool: PgPool,
@@ -63,10 +64,12 @@ impl Follow {
                 .unwrap_or(0);
             let deadline = tokio::time::Instant::now() + PROJECTION_WAIT;
             let mut row = self.order().await;
+            let mut pause = Duration::from_millis(20);
             while row.as_ref().is_none_or(|r| r.last_position < position)
                 && tokio::time::Instant::now() < deadline
             {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
                 row = self.order().await;
             }
             match row {
