@@ -391,15 +391,15 @@ async fn without_a_websocket_the_page_polls_and_still_logs_in() {
     )
     .await;
 
-    // The server paces polls by its own clock, which stands still in tests: move it past the
-    // poll interval, as time would. Until then the page hears 429 and waits as told.
+    // The server paces polls by its own clock, which stands still in tests: from here it runs
+    // as time would (a poll that hears 429 waits as told; one that comes before the scan has
+    // reached the server sees "waiting" and the next one, a pace later, sees the scan).
+    let _time_passes = time_passes(&app.clock);
     phone_scans(&app, &phone, &code).await;
-    app.clock.advance(chrono::Duration::seconds(3));
     wait_for_attr(&pc, "#status", "data-state", "scanned", WAIT).await;
 
     click(&phone, "#confirm").await;
     wait_for_attr(&phone, "#result", "data-result", "confirmed", WAIT).await;
-    app.clock.advance(chrono::Duration::seconds(3));
     wait_for_js(
         &pc,
         "the PC to land on /console",
@@ -504,4 +504,24 @@ async fn a_person_with_only_the_app_logs_in_on_the_phone_then_confirms() {
 
     phone.close().await.expect("closing the phone's session");
     pc.close().await.expect("closing the PC's session");
+}
+
+/// Moves `clock` on with real time (in 250 ms steps) until dropped.
+fn time_passes(clock: &latch_domain::clock::ManualClock) -> TimePasses {
+    let clock = clock.clone();
+    TimePasses(tokio::spawn(async move {
+        let step = std::time::Duration::from_millis(250);
+        loop {
+            tokio::time::sleep(step).await;
+            clock.advance(chrono::Duration::milliseconds(250));
+        }
+    }))
+}
+
+struct TimePasses(tokio::task::JoinHandle<()>);
+
+impl Drop for TimePasses {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -14,6 +14,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use cqrs_es::Aggregate;
 use futures::{Stream, StreamExt};
 use latch_domain::vending::ShoppingSession;
+use latch_projections::audit::history;
 use latch_projections::orders::{self, OrderRow};
 use latch_projections::LoggedEvent;
 use sqlx::PgPool;
@@ -25,6 +26,9 @@ use uuid::Uuid;
 /// it stands. Generous: under load the projector may be seconds behind, and an event given up
 /// on early would leave the page one state short until the next event.
 const PROJECTION_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a quiet channel waits before it reads the order again anyway.
+const IDLE_LOOK: Duration = Duration::from_secs(5);
 
 struct Follow {
     pool: PgPool,
@@ -49,35 +53,62 @@ impl Follow {
         }
     }
 
+    /// The order once the read model holds the log up to `position`; as it stands after
+    /// [`PROJECTION_WAIT`].
+    async fn order_at(&self, position: i64) -> Option<OrderRow> {
+        let deadline = tokio::time::Instant::now() + PROJECTION_WAIT;
+        let mut row = self.order().await;
+        let mut pause = Duration::from_millis(20);
+        while row.as_ref().is_none_or(|r| r.last_position < position)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+            row = self.order().await;
+        }
+        row
+    }
+
+    /// The order if it moved past what was sent.
+    fn fresh(&mut self, row: Option<OrderRow>) -> Option<OrderRow> {
+        match row {
+            Some(row) if row.last_position > self.sent => {
+                self.sent = row.last_position;
+                Some(row)
+            }
+            _ => None,
+        }
+    }
+
     /// The next order to send: now on the first call, then after each event of the session.
     async fn next(&mut self) -> Option<OrderRow> {
-        if std::mem::take(&mut self.first) {
-            if let Some(row) = self.order().await {
+        if self.first {
+            // An event published before the subscription began is not heard, so the first
+            // answer waits for the read model to hold everything this session has logged.
+            let head =
+                history::aggregate_head(&self.pool, ShoppingSession::TYPE, &self.sid.to_string())
+                    .await
+                    .unwrap_or(0);
+            let row = self.order_at(head).await;
+            self.first = false;
+            if let Some(row) = row {
                 self.sent = row.last_position;
                 return Some(row);
             }
         }
         loop {
-            let message = self.events.next().await?;
-            let position = serde_json::from_slice::<LoggedEvent>(&message.payload)
-                .map(|e| e.position)
-                .unwrap_or(0);
-            let deadline = tokio::time::Instant::now() + PROJECTION_WAIT;
-            let mut row = self.order().await;
-            let mut pause = Duration::from_millis(20);
-            while row.as_ref().is_none_or(|r| r.last_position < position)
-                && tokio::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-                row = self.order().await;
-            }
-            match row {
-                Some(row) if row.last_position > self.sent => {
-                    self.sent = row.last_position;
-                    return Some(row);
-                }
-                _ => continue,
+            // A quiet channel looks again now and then: core NATS drops what arrives while
+            // it reconnects, and the page must not stay a state short for that.
+            let position = match tokio::time::timeout(IDLE_LOOK, self.events.next()).await {
+                Ok(Some(message)) => serde_json::from_slice::<LoggedEvent>(&message.payload)
+                    .map(|e| e.position)
+                    .unwrap_or(0),
+                Ok(None) => return None,
+                Err(_) => 0,
+            };
+            let row = self.order_at(position).await;
+            if let Some(row) = self.fresh(row) {
+                return Some(row);
             }
         }
     }

@@ -91,6 +91,25 @@ pub async fn aggregate(
     rows.iter().map(log_row).collect()
 }
 
+/// The log position of one aggregate's last logged event (0: none logged yet). An event
+/// committed but not yet given a position is not counted: the relay publishes it later.
+pub async fn aggregate_head(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<i64, sqlx::Error> {
+    let (head,): (Option<i64>,) = sqlx::query_as(
+        "SELECT max(l.position)
+           FROM events e JOIN event_log l ON l.event_id = e.event_id
+          WHERE e.aggregate_type = $1 AND e.aggregate_id = $2",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(head.unwrap_or(0))
+}
+
 /// How a history stream goes on once it has reached the head.
 #[derive(Clone)]
 pub struct Follow {
