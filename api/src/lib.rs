@@ -17,6 +17,7 @@ pub mod kazaya;
 pub mod locker_pages;
 pub mod lockers;
 pub mod login_events;
+pub mod metrics;
 pub mod nats_identities;
 pub mod openapi;
 pub mod pages;
@@ -81,6 +82,7 @@ impl MakeRequestId for UuidV7Ids {
 }
 
 pub fn router(state: AppState) -> Router {
+    metrics::install();
     let trace = TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
         let id = req
             .headers()
@@ -101,7 +103,10 @@ pub fn router(state: AppState) -> Router {
         .merge(lockers::router())
         .merge(locker_pages::router())
         .merge(tokens::router())
-        .fallback(|| async {
+        .merge(metrics::router())
+        .route_layer(axum::middleware::from_fn(metrics::track))
+        .fallback(|method: axum::http::Method| async move {
+            metrics::unmatched(method.as_str());
             error::ApiError::NotFound {
                 code: "no_such_route",
                 message: "no such endpoint; see /openapi.json".into(),

@@ -12,6 +12,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         crate::health::healthz,
         crate::health::readyz,
+        crate::metrics::scrape,
         crate::devices::register,
         crate::devices::list,
         crate::devices::show,

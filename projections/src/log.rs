@@ -277,6 +277,22 @@ pub async fn head<'e>(db: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
     Ok(head.unwrap_or(0))
 }
 
+/// The relay's figures: the log's head, and how many committed events wait for a position
+/// (those after the relay's cursor; an index range on `events (tx_id, id)`, short when the
+/// relay keeps up).
+pub async fn relay_figures<'e>(db: impl PgExecutor<'e>) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "WITH cursor AS (SELECT position, tx_id, event_row_id FROM event_log
+                          ORDER BY position DESC LIMIT 1)
+         SELECT COALESCE((SELECT position FROM cursor), 0),
+                (SELECT count(*) FROM events e
+                  WHERE NOT EXISTS (SELECT 1 FROM cursor)
+                     OR (e.tx_id, e.id) > (SELECT tx_id, event_row_id FROM cursor))",
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// Raises the relay's alarm (see migration 0035): the stream no longer mirrors the log.
 pub async fn raise_relay_alarm<'e>(
     db: impl PgExecutor<'e>,

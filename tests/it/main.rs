@@ -16,6 +16,7 @@ mod locker_history;
 mod locker_pages;
 mod locker_process;
 mod lockers;
+mod metrics;
 mod nats_auth;
 mod nats_identities;
 mod openapi;

@@ -116,6 +116,8 @@ async fn dead_letter(
     attempts: i64,
 ) -> Result<(), async_nats::Error> {
     let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+    metrics::counter!("latch_dead_letters_total", "consumer" => name.to_owned(), "reason" => "gave_up")
+        .increment(1);
     let publish = async_nats::jetstream::message::PublishMessage::build()
         .payload(message.payload.clone())
         .message_id(format!("{name}-{sequence}"))

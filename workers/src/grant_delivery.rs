@@ -249,6 +249,14 @@ impl GrantDelivery {
         );
         async {
             let outcome = self.attempt(&message.payload).await;
+            let counted = match &outcome {
+                Outcome::Done(_) => "settled",
+                Outcome::Undelivered(_) => "undelivered",
+                Outcome::Refused(..) => "refused",
+                Outcome::Unavailable(_) => "unavailable",
+            };
+            metrics::counter!("latch_webhook_attempts_total", "webhook" => "grant_request", "outcome" => counted)
+                .increment(1);
             let retries_used = (delivered - 1) as usize;
             let settled = match outcome {
                 Outcome::Done(why) => {
@@ -423,6 +431,8 @@ impl GrantDelivery {
         attempts: i64,
     ) -> Result<(), async_nats::Error> {
         let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        metrics::counter!("latch_dead_letters_total", "consumer" => CONSUMER, "reason" => reason.to_owned())
+            .increment(1);
         let publish = PublishMessage::build()
             .payload(message.payload.clone())
             .message_id(format!("grant-delivery-{sequence}"))

@@ -131,6 +131,8 @@ impl Ingest {
         detail: &str,
     ) -> Result<(), async_nats::Error> {
         let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        metrics::counter!("latch_dead_letters_total", "consumer" => "telemetry", "reason" => reason.to_owned())
+            .increment(1);
         let keep = message.payload.len().min(DEADLETTER_KEEP);
         let publish = PublishMessage::build()
             .payload(Bytes::copy_from_slice(&message.payload[..keep]))

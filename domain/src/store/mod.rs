@@ -293,7 +293,7 @@ where
         command: A::Command,
         ctx: &CommandContext,
     ) -> Result<Executed<A::Event>, CommandError<A::Error>> {
-        self.run(aggregate_id, command_name, command, ctx, false)
+        self.measured(aggregate_id, command_name, command, ctx, false)
             .await
     }
 
@@ -306,8 +306,38 @@ where
         command: A::Command,
         ctx: &CommandContext,
     ) -> Result<Executed<A::Event>, CommandError<A::Error>> {
-        self.run(aggregate_id, command_name, command, ctx, true)
+        self.measured(aggregate_id, command_name, command, ctx, true)
             .await
+    }
+
+    /// [`run`](Self::run), counted and timed for `/metrics` by aggregate, command and outcome.
+    async fn measured(
+        &self,
+        aggregate_id: &str,
+        command_name: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+        fresh: bool,
+    ) -> Result<Executed<A::Event>, CommandError<A::Error>> {
+        let started = std::time::Instant::now();
+        let result = self
+            .run(aggregate_id, command_name, command, ctx, fresh)
+            .await;
+        let outcome = match &result {
+            Ok(done) if done.replayed => "replayed",
+            Ok(_) => "applied",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Conflict) => "conflict",
+            Err(CommandError::IdempotencyMismatch) => "idempotency_mismatch",
+            Err(CommandError::Unavailable(_)) => "unavailable",
+            Err(CommandError::Internal(_)) => "internal",
+        };
+        let command = command_name.to_owned();
+        metrics::counter!("latch_commands_total", "aggregate" => A::TYPE, "command" => command.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("latch_command_duration_seconds", "aggregate" => A::TYPE, "command" => command)
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 
     #[tracing::instrument(

@@ -56,6 +56,25 @@ pub async fn list(
     .await
 }
 
+/// Devices by state, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
+pub struct Fleet {
+    pub online: i64,
+    pub offline: i64,
+    pub faulted: i64,
+}
+
+pub async fn fleet(pool: &PgPool) -> Result<Fleet, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE online) AS online,
+                count(*) FILTER (WHERE NOT online) AS offline,
+                count(*) FILTER (WHERE fault_code IS NOT NULL) AS faulted
+           FROM device_status",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Whether the model shows `id` online (`None`: not registered as far as the model knows).
 pub async fn online(pool: &PgPool, id: Uuid) -> Result<Option<bool>, sqlx::Error> {
     sqlx::query_scalar("SELECT online FROM device_status WHERE device_id = $1")
