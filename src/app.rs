@@ -193,15 +193,15 @@ impl Application {
 
         // Streams first, so workers find them; if NATS is away, keep trying in the background
         // while everything that needs only Postgres carries on.
-        let (tl, dl) = (s.telemetry_limits, s.deadletter_limits);
-        if let Err(e) = latch_nats::streams::ensure_streams_with(&js, tl, dl).await {
+        let (tl, dl, r) = (s.telemetry_limits, s.deadletter_limits, s.stream_replicas);
+        if let Err(e) = latch_nats::streams::ensure_streams_replicated(&js, tl, dl, r).await {
             tracing::warn!(error = %e, "cannot declare streams yet; retrying in the background");
             let js = js.clone();
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 while !shutdown.is_cancelled() {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    if latch_nats::streams::ensure_streams_with(&js, tl, dl)
+                    if latch_nats::streams::ensure_streams_replicated(&js, tl, dl, r)
                         .await
                         .is_ok()
                     {

@@ -222,6 +222,9 @@ pub struct LimitArgs {
     /// DEADLETTER stream: largest message accepted, in bytes.
     #[arg(long, env = "LATCH_DEADLETTER_MAX_MSG_SIZE", default_value_t = latch_nats::streams::DEADLETTER_LIMITS.max_message_size)]
     pub deadletter_max_msg_size: i32,
+    /// Servers each JetStream stream is kept on: 1 on one nats-server, 3 in a cluster.
+    #[arg(long, env = "LATCH_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
 }
 
 impl LimitArgs {
@@ -237,6 +240,7 @@ impl LimitArgs {
             max_messages: self.deadletter_max_msgs.max(1),
             max_message_size: self.deadletter_max_msg_size.max(1),
         };
+        s.stream_replicas = usize::from(self.stream_replicas);
         s.nats_auth = latch_api::nats_identities::NatsAuthConfig {
             auth_file: self.nats_auth_file.clone(),
             pid_file: self.nats_pid_file.clone(),
@@ -422,6 +426,8 @@ pub struct Settings {
     /// Size limits of the TELEMETRY and DEADLETTER streams (discard old when reached).
     pub telemetry_limits: latch_nats::streams::StreamLimits,
     pub deadletter_limits: latch_nats::streams::StreamLimits,
+    /// Servers each JetStream stream is kept on (R1 by default, R3 in a cluster).
+    pub stream_replicas: usize,
 }
 
 impl Settings {
@@ -454,6 +460,7 @@ impl Settings {
             nats_auth: latch_api::nats_identities::NatsAuthConfig::default(),
             telemetry_limits: latch_nats::streams::TELEMETRY_LIMITS,
             deadletter_limits: latch_nats::streams::DEADLETTER_LIMITS,
+            stream_replicas: 1,
         }
     }
 

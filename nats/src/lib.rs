@@ -20,10 +20,30 @@ use std::time::Duration;
 
 /// Connects in the background: a process that starts while NATS is down keeps serving what it
 /// can and catches up when the server appears.
+/// The servers of a NATS URL that may list several, comma-separated
+/// (`nats://a:4222,nats://b:4222`): a client given every node of a cluster reconnects to
+/// another by itself when its node goes (the server also gossips the rest once connected).
+pub fn server_addrs(url: &str) -> std::io::Result<Vec<async_nats::ServerAddr>> {
+    let addrs = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
+    if addrs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no NATS server in the URL",
+        ));
+    }
+    Ok(addrs)
+}
+
 pub async fn connect(
     url: &str,
     name: &str,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let servers = server_addrs(url)?;
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
@@ -36,7 +56,7 @@ pub async fn connect(
                 other => tracing::debug!(event = %other, "nats event"),
             }
         })
-        .connect(url)
+        .connect(servers)
         .await
 }
 

@@ -172,6 +172,18 @@ pub async fn ensure_streams_with(
     telemetry: StreamLimits,
     deadletter: StreamLimits,
 ) -> Result<(), async_nats::Error> {
+    ensure_streams_replicated(js, telemetry, deadletter, 1).await
+}
+
+/// As [`ensure_streams_with`], each stream kept on `replicas` servers (1 on a single server, 3
+/// in a three-node cluster: a stream then survives the loss of any one node). Consumers take
+/// their stream's count. Changing it later updates the streams in place.
+pub async fn ensure_streams_replicated(
+    js: &Context,
+    telemetry: StreamLimits,
+    deadletter: StreamLimits,
+    replicas: usize,
+) -> Result<(), async_nats::Error> {
     let mut attempt = 0;
     loop {
         let result = async {
@@ -181,6 +193,10 @@ pub async fn ensure_streams_with(
                 deadletter_stream_with(deadletter),
                 grants_stream(),
             ] {
+                let config = Config {
+                    num_replicas: replicas.max(1),
+                    ..config
+                };
                 js.create_or_update_stream(config).await?;
             }
             Ok::<(), async_nats::Error>(())

@@ -122,16 +122,28 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
-    let db = TestDb::new().await;
     let nats_server = NatsServer::start().await.expect("nats-server on PATH");
+    spawn_app_on(nats_server, adjust).await
+}
+
+/// As [`spawn_app_with`], on a given nats-server (`adjust` may point `nats_url` at several).
+pub async fn spawn_app_on(nats_server: NatsServer, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let db = TestDb::new().await;
     let clock = ManualClock::new(start_time());
     let mut settings = test_settings(&db, &nats_server, &clock);
     adjust(&mut settings);
-    let nats = latch_nats::connect(&nats_server.url(), "test")
+    let nats = latch_nats::connect(&settings.nats_url, "test")
         .await
         .unwrap();
     let js = latch_nats::jetstream(nats.clone());
-    latch_nats::streams::ensure_streams(&js).await.unwrap();
+    latch_nats::streams::ensure_streams_replicated(
+        &js,
+        settings.telemetry_limits,
+        settings.deadletter_limits,
+        settings.stream_replicas,
+    )
+    .await
+    .unwrap();
     let app = Application::build(settings).await.expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = CancellationToken::new();

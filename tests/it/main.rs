@@ -18,6 +18,7 @@ mod locker_process;
 mod lockers;
 mod metrics;
 mod nats_auth;
+mod nats_cluster;
 mod nats_identities;
 mod openapi;
 mod outages;
