@@ -193,15 +193,20 @@ impl Application {
 
         // Streams first, so workers find them; if NATS is away, keep trying in the background
         // while everything that needs only Postgres carries on.
-        let (tl, dl, r) = (s.telemetry_limits, s.deadletter_limits, s.stream_replicas);
-        if let Err(e) = latch_nats::streams::ensure_streams_replicated(&js, tl, dl, r).await {
+        let plan = latch_nats::streams::StreamPlan {
+            telemetry: s.telemetry_limits,
+            deadletter: s.deadletter_limits,
+            replicas: s.stream_replicas,
+            edge_domains: s.edge_domains.clone(),
+        };
+        if let Err(e) = latch_nats::streams::ensure_streams_for(&js, &plan).await {
             tracing::warn!(error = %e, "cannot declare streams yet; retrying in the background");
             let js = js.clone();
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 while !shutdown.is_cancelled() {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    if latch_nats::streams::ensure_streams_replicated(&js, tl, dl, r)
+                    if latch_nats::streams::ensure_streams_for(&js, &plan)
                         .await
                         .is_ok()
                     {

@@ -225,6 +225,10 @@ pub struct LimitArgs {
     /// Servers each JetStream stream is kept on: 1 on one nats-server, 3 in a cluster.
     #[arg(long, env = "LATCH_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub stream_replicas: u8,
+    /// JetStream domains of edge sites' leaf nodes whose buffered telemetry TELEMETRY sources
+    /// (comma-separated, e.g. `site1,site2`).
+    #[arg(long, env = "LATCH_EDGE_DOMAINS", value_delimiter = ',')]
+    pub edge_domains: Vec<String>,
 }
 
 impl LimitArgs {
@@ -241,6 +245,12 @@ impl LimitArgs {
             max_message_size: self.deadletter_max_msg_size.max(1),
         };
         s.stream_replicas = usize::from(self.stream_replicas);
+        s.edge_domains = self
+            .edge_domains
+            .iter()
+            .map(|d| d.trim().to_owned())
+            .filter(|d| !d.is_empty())
+            .collect();
         s.nats_auth = latch_api::nats_identities::NatsAuthConfig {
             auth_file: self.nats_auth_file.clone(),
             pid_file: self.nats_pid_file.clone(),
@@ -428,6 +438,8 @@ pub struct Settings {
     pub deadletter_limits: latch_nats::streams::StreamLimits,
     /// Servers each JetStream stream is kept on (R1 by default, R3 in a cluster).
     pub stream_replicas: usize,
+    /// Edge sites' JetStream domains, sourced into TELEMETRY.
+    pub edge_domains: Vec<String>,
 }
 
 impl Settings {
@@ -461,6 +473,7 @@ impl Settings {
             telemetry_limits: latch_nats::streams::TELEMETRY_LIMITS,
             deadletter_limits: latch_nats::streams::DEADLETTER_LIMITS,
             stream_replicas: 1,
+            edge_domains: Vec::new(),
         }
     }
 

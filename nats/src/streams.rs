@@ -184,12 +184,85 @@ pub async fn ensure_streams_replicated(
     deadletter: StreamLimits,
     replicas: usize,
 ) -> Result<(), async_nats::Error> {
+    ensure_streams_for(
+        js,
+        &StreamPlan {
+            telemetry,
+            deadletter,
+            replicas,
+            edge_domains: Vec::new(),
+        },
+    )
+    .await
+}
+
+/// Everything configuration says about the streams.
+#[derive(Debug, Clone)]
+pub struct StreamPlan {
+    pub telemetry: StreamLimits,
+    pub deadletter: StreamLimits,
+    pub replicas: usize,
+    /// JetStream domains of edge sites (leaf nodes) whose [`SITE_TELEMETRY_STREAM`] TELEMETRY
+    /// sources.
+    pub edge_domains: Vec<String>,
+}
+
+/// The stream an edge site keeps on its leaf node: its cabinets' telemetry, held at the site
+/// while the uplink is down (a week, 1 GiB by default) and sourced by the central TELEMETRY
+/// stream, in order, once it is back. The leaf must not also forward `latch.dev.>` over its
+/// link (`deny_exports`), or a report would arrive twice by two paths, out of order.
+pub const SITE_TELEMETRY_STREAM: &str = "SITE_TELEMETRY";
+
+pub fn site_telemetry_stream(limits: StreamLimits) -> Config {
+    Config {
+        name: SITE_TELEMETRY_STREAM.to_owned(),
+        description: Some("This site's cabinet telemetry, until the centre has sourced it".into()),
+        ..telemetry_stream_with(limits)
+    }
+}
+
+/// Makes (or keeps) the site stream, through a connection to the site's leaf node.
+pub async fn ensure_site_stream(
+    js: &Context,
+    limits: StreamLimits,
+) -> Result<(), async_nats::Error> {
+    js.create_or_update_stream(site_telemetry_stream(limits))
+        .await?;
+    Ok(())
+}
+
+/// TELEMETRY's sources: each edge domain's site stream, over its JetStream API prefix.
+fn edge_sources(domains: &[String]) -> Option<Vec<async_nats::jetstream::stream::Source>> {
+    use async_nats::jetstream::stream::{External, Source};
+    (!domains.is_empty()).then(|| {
+        domains
+            .iter()
+            .map(|d| Source {
+                name: SITE_TELEMETRY_STREAM.to_owned(),
+                external: Some(External {
+                    api_prefix: format!("$JS.{d}.API"),
+                    delivery_prefix: None,
+                }),
+                ..Default::default()
+            })
+            .collect()
+    })
+}
+
+/// Declares every stream as `plan` says, retrying while the server (or a cluster still
+/// electing its leader) is not ready.
+pub async fn ensure_streams_for(js: &Context, plan: &StreamPlan) -> Result<(), async_nats::Error> {
+    let (telemetry, deadletter, replicas) = (plan.telemetry, plan.deadletter, plan.replicas);
     let mut attempt = 0;
     loop {
         let result = async {
+            let telemetry = Config {
+                sources: edge_sources(&plan.edge_domains),
+                ..telemetry_stream_with(telemetry)
+            };
             for config in [
                 events_stream(),
-                telemetry_stream_with(telemetry),
+                telemetry,
                 deadletter_stream_with(deadletter),
                 grants_stream(),
             ] {

@@ -7,6 +7,7 @@ mod common;
 mod crash;
 mod dev;
 mod devices_api;
+mod edge_site;
 mod event_store;
 mod facts;
 mod grant_feed;
