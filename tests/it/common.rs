@@ -235,6 +235,15 @@ impl Drop for TestApp {
     }
 }
 
+/// A port free now (the OS picks it; the listener closes at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub async fn count(pool: &PgPool, sql: &str) -> i64 {
     let (n,): (i64,) = sqlx::query_as(sql).fetch_one(pool).await.unwrap();
     n

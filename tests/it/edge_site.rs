@@ -70,14 +70,6 @@ impl Drop for Uplink {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Door events of `device` in log order: "DoorOpened" / "DoorClosed".
 async fn doors(app: &TestApp, device: Uuid) -> Vec<String> {
     sqlx::query_scalar(

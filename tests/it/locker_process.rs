@@ -40,14 +40,6 @@ fn serve(db: &TestDb, nats: &NatsServer, roles: &str, port: u16) -> Child {
         .expect("latch binary runs")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// SIGKILL: no chance to finish anything.
 fn kill(mut child: Child) {
     let _ = child.kill();

@@ -13,15 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// A port free now (the OS picks it; the listener closes at once).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Three nodes named n1..n3, each routing to the others.
 async fn cluster() -> Vec<NatsServer> {
     let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();

@@ -2,7 +2,7 @@
 //! login and registration, opening, weighing, settlement, payment and its callbacks, and every
 //! bad input the issue names (each answered clearly, each changing nothing).
 
-use super::common::{count, eventually, spawn_app_with, stream_messages, TestApp};
+use super::common::{count, eventually, free_port, spawn_app_with, stream_messages, TestApp};
 use base64::Engine;
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
@@ -48,14 +48,6 @@ pub fn sticker_sig(cabinet: Uuid) -> String {
         &latch_api::vending::VendingConfig::default().sticker_key,
         &latch_domain::device::DeviceId::from(cabinet),
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl World {
