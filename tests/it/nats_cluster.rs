@@ -224,3 +224,251 @@ fn app_node_stop(app: &TestApp) {
         .args(["-9", &pid.to_string()])
         .status();
 }
+
+/// A `latch serve` process with every role, on a fixed HTTP port.
+struct Serve {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Serve {
+    fn start(db: &TestDb, nats_urls: &str) -> Self {
+        let port = free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_latch"))
+            .args(["serve", "--http-addr", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", &db.url)
+            .env("NATS_URL", nats_urls)
+            .env("LATCH_STREAM_REPLICAS", "3")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("latch binary runs");
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Registers a cabinet on the first instance that answers, trying each in turn: a client of a
+/// pair of instances behind a load balancer (or retrying by hand).
+async fn register_anywhere(
+    http: &reqwest::Client,
+    bases: &[String],
+    token: &str,
+    n: u32,
+) -> Option<Uuid> {
+    for attempt in 0..bases.len() * 3 {
+        let base = &bases[(n as usize + attempt) % bases.len()];
+        let res = http
+            .post(format!("{base}/devices"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", format!("cluster-load-{n}"))
+            .json(&json!({"kind": "vending", "site": "C2", "label": format!("cab {n}")}))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        if let Ok(r) = res {
+            if r.status() == 201 || r.status() == 200 {
+                let body: serde_json::Value = r.json().await.ok()?;
+                return Uuid::parse_str(body["device_id"].as_str()?).ok();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_fail_over_when_the_relay_holder_then_the_events_leader_die() {
+    let mut nodes: Vec<Option<NatsServer>> = cluster().await.into_iter().map(Some).collect();
+    let urls = nodes
+        .iter()
+        .map(|n| n.as_ref().unwrap().url())
+        .collect::<Vec<_>>()
+        .join(",");
+    let probe = latch_nats::connect(&urls, "probe").await.unwrap();
+    let js = latch_nats::jetstream(probe);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while latch_nats::streams::ensure_streams_replicated(
+            &js,
+            latch_nats::streams::TELEMETRY_LIMITS,
+            latch_nats::streams::DEADLETTER_LIMITS,
+            3,
+        )
+        .await
+        .is_err()
+        {}
+    })
+    .await
+    .expect("the cluster formed and took the R3 streams");
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let token = latch_api::auth::issue_token(&pool, latch_api::auth::Role::Operator, "ops")
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+
+    // The first instance takes the relay lock; the second waits on it.
+    let mut first = Serve::start(&db, &urls);
+    let bases_first = [first.url()];
+    eventually(
+        Duration::from_secs(60),
+        "the first instance relaying",
+        || async {
+            register_anywhere(&http, &bases_first, &token, 0).await?;
+            (stream_last(&js).await? >= 1).then_some(())
+        },
+    )
+    .await;
+    let second = Serve::start(&db, &urls);
+    let bases = vec![first.url(), second.url()];
+    eventually(
+        Duration::from_secs(60),
+        "the second instance answering",
+        || async {
+            let r = http
+                .get(format!("{}/healthz", second.url()))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        },
+    )
+    .await;
+
+    // Steady load across both, each request retried onto the other instance if need be.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+    let unanswered = Arc::new(Mutex::new(0u32));
+    let load = {
+        let (stop, acknowledged, unanswered) =
+            (stop.clone(), acknowledged.clone(), unanswered.clone());
+        let (http, bases, token) = (http.clone(), bases.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut n = 1;
+            while !stop.load(Ordering::Relaxed) {
+                match register_anywhere(&http, &bases, &token, n).await {
+                    Some(id) => acknowledged.lock().unwrap().push(id),
+                    None => *unanswered.lock().unwrap() += 1,
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    eventually(Duration::from_secs(30), "load flowing", || async {
+        (acknowledged.lock().unwrap().len() >= 20).then_some(())
+    })
+    .await;
+
+    // 1. The relay holder dies: the standby relay takes over.
+    let before = stream_last(&js).await.unwrap();
+    let killed = Instant::now();
+    first.kill();
+    let relay_back = eventually(
+        Duration::from_secs(60),
+        "the standby relay publishing",
+        || async { (stream_last(&js).await? > before).then(|| killed.elapsed()) },
+    )
+    .await;
+    tracing::info!(
+        ms = relay_back.as_millis() as u64,
+        "standby relay publishing after the holder was killed"
+    );
+
+    // 2. The EVENTS leader dies: the survivors elect another, publishing goes on.
+    let leader = eventually(Duration::from_secs(30), "an EVENTS leader", || {
+        events_leader(&js)
+    })
+    .await;
+    let index = leader.trim_start_matches('n').parse::<usize>().unwrap() - 1;
+    let before = stream_last(&js).await.unwrap_or(0);
+    let killed = Instant::now();
+    drop(nodes[index].take());
+    let stream_back = eventually(
+        Duration::from_secs(60),
+        "publishing after the leader died",
+        || async { (stream_last(&js).await? > before).then(|| killed.elapsed()) },
+    )
+    .await;
+    tracing::info!(ms = stream_back.as_millis() as u64, %leader, "relay publishing after the EVENTS leader was killed");
+    let served = acknowledged.lock().unwrap().len();
+    eventually(
+        Duration::from_secs(30),
+        "answers after both failures",
+        || async { (acknowledged.lock().unwrap().len() >= served + 10).then_some(()) },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(60), load)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Nothing lost, nothing doubled.
+    let ids = acknowledged.lock().unwrap().clone();
+    let events = count(&pool, "SELECT count(*) FROM events").await;
+    eventually(
+        Duration::from_secs(60),
+        "the log to take every event",
+        || async { (count(&pool, "SELECT count(*) FROM event_log").await == events).then_some(()) },
+    )
+    .await;
+    let head = count(&pool, "SELECT COALESCE(max(position), 0) FROM event_log").await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM event_log").await,
+        head,
+        "the log is dense"
+    );
+    eventually(
+        Duration::from_secs(60),
+        "EVENTS to mirror the log",
+        || async { (stream_last(&js).await? == head as u64).then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "every acknowledged registration projected",
+        || async {
+            let (n,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM device_status WHERE device_id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (n == ids.len() as i64).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events WHERE event_type = 'DeviceRegistered'"
+        )
+        .await,
+        count(&pool, "SELECT count(*) FROM device_status").await,
+        "each registration recorded and projected once (retries deduplicated by their key)"
+    );
+    drop(second);
+}
