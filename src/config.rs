@@ -45,7 +45,7 @@ pub struct TokenArgs {
     pub cmd: Option<TokenCmd>,
     #[command(flatten)]
     pub connections: Connections,
-    /// operator, user, auditor or device.
+    /// operator, user, auditor, device or kiosk (subject `kiosk:<site>`).
     #[arg(long, required = true)]
     pub role: Option<String>,
     /// Who the token belongs to.

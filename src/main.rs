@@ -247,8 +247,16 @@ async fn token(args: latch::config::TokenArgs) -> Result<(), Box<dyn std::error:
         return Ok(());
     }
     let role = args.role.as_deref().and_then(latch_api::auth::Role::parse);
-    let role = role.ok_or("--role must be operator, user, auditor or device")?;
+    let role = role.ok_or("--role must be operator, user, auditor, device or kiosk")?;
     let subject = args.subject.ok_or("--subject is required")?;
+    if role == latch_api::auth::Role::Kiosk {
+        // A kiosk serves one site: its subject names it, and collection checks it.
+        let site = subject
+            .strip_prefix(latch_api::lockers::KIOSK_PREFIX)
+            .ok_or("a kiosk token's --subject is kiosk:<site>")?;
+        latch_domain::device::SiteCode::parse("subject", site)
+            .map_err(|_| "a kiosk token's --subject is kiosk:<site>, <site> a site code")?;
+    }
     let pool = connect(args.connections.database_url).await?;
     // Recorded as `TokenIssued` (via provisioned); the token is shown once, here.
     let issued = latch_api::tokens::provision(

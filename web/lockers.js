@@ -1,11 +1,13 @@
 // The compartment holder's phone pages (/lockers/app): login, my compartments, grant to a
-// user, grant via a courier company (authorizer), the grant's status, and the inbox.
+// user, grant via a courier company (authorizer), the grant's status, the inbox, deposit into
+// a held compartment (its pickup code shown once) and collection with a pickup code.
 // The session is an HttpOnly cookie this script never sees; every change carries
 // X-Latch-Client, which the server requires of cookie-authenticated writes.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const SCREENS = ["login", "home", "grant-user", "pick-authorizer", "confirm", "status"];
+const SCREENS = ["login", "home", "grant-user", "pick-authorizer", "confirm", "status",
+  "deposit", "deposited", "collect"];
 const SIZE = { small: "小 · small", medium: "中 · medium", large: "大 · large" };
 const STATUS = { free: "空闲 · free", reserved: "已预约 · reserved", occupied: "已投递 · occupied" };
 const GRANT_TEXT = {
@@ -22,6 +24,12 @@ const LOGIN_TEXT = {
   invalid_credentials: "用户号或密码错误，请重试。",
   user_disabled: "该用户已停用，请联系运营人员。",
   too_many_login_attempts: "尝试次数过多，请稍后再试。",
+};
+// The same for deposit and collection.
+const PARCEL_TEXT = {
+  wrong_pickup_code: "取件码错误，请核对后重试。",
+  too_many_pickup_attempts: "尝试次数过多，请稍后再试。",
+  not_occupied: "该格口没有待取的包裹。",
 };
 
 let me = null;
@@ -168,6 +176,7 @@ async function loadCompartments() {
       const actions = document.createElement("div");
       actions.className = "actions";
       actions.append(
+        button("存件 · Deposit", "deposit", () => startDeposit(c)),
         button("转让给用户 · To a user", "grant-user", () => startGrantUser(c)),
         button("通过快递公司 · Via courier", "grant-authorizer", () => startGrantAuthorizer(c)),
       );
@@ -305,6 +314,62 @@ async function confirmGrant() {
   statusScreen(r.body.grant_id);
 }
 
+// ---- deposit and collection -------------------------------------------------------------
+
+function parcelError(r) {
+  const e = errorOf(r);
+  showError((PARCEL_TEXT[e.code] || "") + e.message, e.code);
+}
+
+function startDeposit(c) {
+  setChosen(c);
+  $("parcel").value = "";
+  $("deposit-submit").disabled = false;
+  show("deposit");
+  $("parcel").focus();
+}
+
+async function deposit(ev) {
+  ev.preventDefault();
+  showError("");
+  $("deposit-submit").disabled = true;
+  const r = await api("POST", "/lockers/compartments/" + encodeURIComponent(chosen.compartment_id) + "/deposit",
+    { parcel: $("parcel").value.trim() });
+  if (expired(r)) return;
+  if (r.status !== 201) { $("deposit-submit").disabled = false; parcelError(r); return; }
+  $("deposited-compartment").textContent = compartmentText(chosen);
+  // Shown this once: a retry of the deposit cannot show it again.
+  $("pickup-code").textContent = r.body.pickup_code;
+  shown.compartments = null;
+  show("deposited");
+}
+
+function startCollect() {
+  $("collect-form").reset();
+  $("collect-site").value = $("reserve-site").value;
+  $("collected").hidden = true;
+  show("collect");
+  $($("collect-site").value ? "collect-number" : "collect-site").focus();
+}
+
+async function collect(ev) {
+  ev.preventDefault();
+  showError("");
+  $("collected").hidden = true;
+  const id = $("collect-site").value.trim() + ":" + $("collect-number").value.trim();
+  $("collect-submit").disabled = true;
+  const r = await api("POST", "/lockers/compartments/" + encodeURIComponent(id) + "/collect",
+    { pickup_code: $("collect-code").value.trim() });
+  $("collect-submit").disabled = false;
+  if (expired(r)) return;
+  if (r.status !== 200) { parcelError(r); $("collect-code").select(); return; }
+  $("collect-code").value = "";
+  const done = $("collected");
+  done.textContent = "柜门正在打开，请取件。The door of " + id + " is opening: take your parcel.";
+  done.dataset.compartment = r.body.compartment_id;
+  done.hidden = false;
+}
+
 // ---- a grant's status --------------------------------------------------------------------
 
 function renderGrant(g) {
@@ -353,6 +418,9 @@ async function start() {
   $("reserve-form").addEventListener("submit", reserve);
   $("receiver-form").addEventListener("submit", receiverNext);
   $("logout").addEventListener("click", logout);
+  $("deposit-form").addEventListener("submit", deposit);
+  $("collect-form").addEventListener("submit", collect);
+  $("start-collect").addEventListener("click", startCollect);
   $("confirm-yes").addEventListener("click", confirmGrant);
   $("confirm-back").addEventListener("click", back);
   $("status-home").addEventListener("click", home);

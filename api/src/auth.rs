@@ -29,6 +29,9 @@ pub enum Role {
     User,
     Auditor,
     Device,
+    /// A locker's own screen (`latch token --role kiosk --subject kiosk:<site>`): collects
+    /// parcels by pickup code at that one site, nothing else.
+    Kiosk,
 }
 
 impl Role {
@@ -38,6 +41,7 @@ impl Role {
             Self::User => "user",
             Self::Auditor => "auditor",
             Self::Device => "device",
+            Self::Kiosk => "kiosk",
         }
     }
 
@@ -47,6 +51,7 @@ impl Role {
             "user" => Some(Self::User),
             "auditor" => Some(Self::Auditor),
             "device" => Some(Self::Device),
+            "kiosk" => Some(Self::Kiosk),
             _ => None,
         }
     }

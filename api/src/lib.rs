@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod kazaya;
+pub mod kiosk_pages;
 pub mod locker_pages;
 pub mod lockers;
 pub mod login_events;
@@ -102,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .merge(vending::router())
         .merge(lockers::router())
         .merge(locker_pages::router())
+        .merge(kiosk_pages::router())
         .merge(tokens::router())
         .merge(metrics::router())
         .route_layer(axum::middleware::from_fn(metrics::track))

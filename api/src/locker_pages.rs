@@ -45,7 +45,12 @@ pub fn router() -> Router<AppState> {
 }
 
 fn page() -> Response {
-    let mut res = Html(LOCKERS_HTML).into_response();
+    locked_down(LOCKERS_HTML)
+}
+
+/// A page of ours with the headers every one gets: no caching, the pages' CSP, no framing.
+pub(crate) fn locked_down(html: &'static str) -> Response {
+    let mut res = Html(html).into_response();
     let h = res.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
@@ -65,13 +70,18 @@ fn page() -> Response {
 }
 
 fn script() -> Response {
+    script_of(LOCKERS_JS)
+}
+
+/// A page script, revalidated on each load.
+pub(crate) fn script_of(js: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
-        LOCKERS_JS,
+        js,
     )
         .into_response()
 }

@@ -78,6 +78,7 @@ pub fn token_role(role: Role) -> TokenRole {
         Role::User => TokenRole::User,
         Role::Auditor => TokenRole::Auditor,
         Role::Device => TokenRole::Device,
+        Role::Kiosk => TokenRole::Kiosk,
     }
 }
 

@@ -23,6 +23,8 @@ const BROWSER_PAGES: &[&str] = &[
     "/web/latch.css",
     "/lockers/app",
     "/web/lockers.js",
+    "/lockers/kiosk/{site}",
+    "/web/kiosk.js",
     "/m/c/{device_id}",
     "/m/auth/callback",
     "/m/cabinet/{device_id}",

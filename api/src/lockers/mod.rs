@@ -60,6 +60,17 @@ use users::*;
 /// How a locker user's bearer subject starts.
 pub const SUBJECT_PREFIX: &str = "locker:";
 
+/// How a kiosk token's subject starts: `kiosk:<site>` (see [`crate::kiosk_pages`]).
+pub const KIOSK_PREFIX: &str = "kiosk:";
+
+/// The site a kiosk token is for (`None` for any other caller).
+pub fn kiosk_site(actor: &Actor) -> Option<&str> {
+    if actor.role != Role::Kiosk {
+        return None;
+    }
+    actor.subject.strip_prefix(KIOSK_PREFIX)
+}
+
 /// Tunables of the lockers API.
 #[derive(Debug, Clone)]
 pub struct LockerSettings {

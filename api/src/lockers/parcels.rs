@@ -1,7 +1,7 @@
 //! Deposit and collection: the holder's one deposit with a pickup code, the recipient's
 //! collection with it.
 
-use super::{me, unprocessable};
+use super::{kiosk_site, me, unprocessable};
 use crate::auth::Role;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, RequestMeta};
@@ -160,7 +160,8 @@ pub struct Collect {
     pub pickup_code: String,
 }
 
-/// The recipient collects with the pickup code; the compartment becomes free.
+/// The recipient collects with the pickup code; the compartment becomes free. Callers: a
+/// locker user, an operator, or the kiosk token of the compartment's site (`kiosk:<site>`).
 #[utoipa::path(post, path = "/lockers/compartments/{id}/collect", tag = "lockers", request_body = Collect, params(("id" = String, Path)),
     responses((status = 200, body = Object), (status = 429, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn collect(
@@ -170,10 +171,20 @@ pub async fn collect(
     Path(id): Path<String>,
     body: JsonBody<Collect>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if actor.role != Role::Operator {
-        me(&actor)?;
-    }
     let id = CompartmentId::parse("id", &id)?;
+    match actor.role {
+        Role::Operator => {}
+        // A locker's screen collects at its own site only.
+        Role::Kiosk if kiosk_site(&actor) == Some(id.site.as_str()) => {}
+        Role::Kiosk => {
+            return Err(ApiError::Forbidden(
+                "this kiosk token is for another site".into(),
+            ))
+        }
+        _ => {
+            me(&actor)?;
+        }
+    }
     // Per caller (and globally for callers who were wrong lately), never per compartment: a
     // stranger's guesses must not lock the recipient out.
     state.lockers.limits.pickup(&actor)?;

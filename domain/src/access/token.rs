@@ -22,6 +22,8 @@ pub enum TokenRole {
     User,
     Auditor,
     Device,
+    /// A locker's own screen, for one site.
+    Kiosk,
 }
 
 impl TokenRole {
@@ -31,6 +33,7 @@ impl TokenRole {
             Self::User => "user",
             Self::Auditor => "auditor",
             Self::Device => "device",
+            Self::Kiosk => "kiosk",
         }
     }
 }
