@@ -55,7 +55,11 @@ mod tests {
         }
         assert!(!KIOSK_HTML.contains(" style="), "inline style attribute");
         assert!(!KIOSK_HTML.contains("<style"), "inline style element");
-        for tag in KIOSK_HTML.split('<').skip(1).filter(|t| !t.starts_with("!--")) {
+        for tag in KIOSK_HTML
+            .split('<')
+            .skip(1)
+            .filter(|t| !t.starts_with("!--"))
+        {
             let tag = &tag[..tag.find('>').unwrap_or(tag.len())];
             let handler = tag.split_whitespace().skip(1).find(|a| a.starts_with("on"));
             assert!(handler.is_none(), "inline event handler in <{tag}>");

@@ -1436,7 +1436,7 @@ async fn a_grant_request_is_dead_lettered_with_a_reason_when_every_attempt_fails
 }
 
 /// A locker device at the site, online with its door closed.
-async fn locker_door(app: &TestApp, label: &str) -> (uuid::Uuid, latch::sim::SimDevice) {
+pub(crate) async fn locker_door(app: &TestApp, label: &str) -> (uuid::Uuid, latch::sim::SimDevice) {
     let id = app.register_device("locker", SITE, label).await;
     let sim = latch::sim::SimDevice::new(id, app.js.clone());
     sim.door(false, None).await.unwrap();
@@ -1465,7 +1465,7 @@ async fn next_open(commands: &mut async_nats::Subscriber) -> uuid::Uuid {
     command.request_id
 }
 
-async fn door_requests(app: &TestApp, door: uuid::Uuid) -> i64 {
+pub(crate) async fn door_requests(app: &TestApp, door: uuid::Uuid) -> i64 {
     count(
         &app.pool,
         &format!(

@@ -12,6 +12,7 @@ mod event_store;
 mod facts;
 mod grant_feed;
 mod kazaya;
+mod kiosk_pages;
 mod limits;
 mod locker_history;
 mod locker_pages;
