@@ -118,6 +118,7 @@ async function login(ev) {
 }
 
 async function mine() {
+  $("pickup-code").textContent = ""; // shown once, then gone
   show("mine");
   const r = await api("GET", "/lockers/me/compartments", userToken);
   if (r.status === 401) { restart(); return; }

@@ -130,7 +130,10 @@ async fn at_the_kiosk_li_logs_in_sees_his_compartment_and_the_door_opens_for_his
     })
     .await;
 
-    // Done: the screen starts over and Li's token is revoked.
+    // Back to the list (the code is gone from the screen), then done: the screen starts over
+    // and Li's token is revoked.
+    click(&screen, "#deposited-back").await;
+    wait_for_screen(&screen, "mine").await;
     click(&screen, "#done").await;
     wait_for_screen(&screen, "start").await;
     eventually(WAIT, "the kiosk session revoked", || async {
