@@ -12,7 +12,7 @@
 
 use crate::app::{shutdown_signal, Application};
 use crate::authorizer_sandbox::{parse_couriers, AuthorizerSandbox, AuthorizerSandboxSettings};
-use crate::config::{Settings, DEFAULT_NATS_URL};
+use crate::config::Settings;
 use crate::kazaya_sandbox::{ClientRegistration, KazayaSandbox, SandboxSettings};
 use crate::sim::{self, SimConfig};
 use latch_api::auth::Role as TokenRole;
@@ -22,7 +22,6 @@ use latch_api::vending::{sticker, VendingConfig};
 use latch_domain::device::{DeviceCommand, DeviceId, DeviceKind, Label, SiteCode};
 use latch_domain::store::{self, CommandContext, Store};
 use latch_domain::vending::{OperatorId, Planogram, PlanogramCommand, RawSlot};
-use latch_nats::server::NatsServer;
 use latch_workers::CancellationToken;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::path::{Path, PathBuf};
@@ -72,24 +71,9 @@ pub async fn run(
             }
         }
     };
-    let mut private_nats = None;
-    let nats_url = match opts.nats_url {
-        Some(url) => url,
-        None if tokio::net::TcpStream::connect("127.0.0.1:4222")
-            .await
-            .is_ok() =>
-        {
-            tracing::info!("using the NATS server on 127.0.0.1:4222");
-            DEFAULT_NATS_URL.to_owned()
-        }
-        None => {
-            let server = NatsServer::start_in(&opts.data_dir.join("nats"), None).await?;
-            let url = server.url();
-            tracing::info!(%url, "nothing answered on 4222: started a private nats-server under the data folder");
-            private_nats = Some(server);
-            url
-        }
-    };
+    // NATS with authorization on: dev's own server unless the configured one already has it.
+    let nats = crate::dev_nats::prepare(opts.nats_url, &opts.data_dir).await?;
+    let nats_url = nats.service_url.clone();
 
     // Kazaya, as its sandbox: shoppers log in / register and pay there.
     let public_url = format!("http://{}", opts.http_addr);
@@ -107,6 +91,9 @@ pub async fn run(
     let mut settings = Settings::new(database_url.clone(), nats_url.clone());
     settings.http_addr = opts.http_addr;
     settings.migrate = true;
+    if let Some(auth) = &nats.auth {
+        settings.nats_auth = auth.clone();
+    }
     // Signed audit checkpoints with a development key kept beside the private servers.
     settings.audit.audit_signing_key_file = Some(opts.data_dir.join("audit-signing.key"));
     settings.audit.audit_checkpoint_secs = 60;
@@ -120,6 +107,10 @@ pub async fn run(
     ));
     let vending = settings.vending.clone();
     let app = Application::build(settings).await?;
+    if let Some(auth) = &nats.auth {
+        // The identities already in the database, now that it is migrated.
+        latch_api::nats_identities::render_and_reload(app.pool(), auth).await?;
+    }
     // Courier company A (authorizer 0001), as its sandbox: Wang is on duty. It calls back the
     // port Latch actually bound.
     let mut courier_settings = AuthorizerSandboxSettings::new(
@@ -184,6 +175,14 @@ pub async fn run(
     let port = app.port();
 
     let shutdown = CancellationToken::new();
+    // Each simulated cabinet logs in as itself (a new password every start: shown only once).
+    let logins = match &nats.auth {
+        Some(auth) => Some(sim::issue_logins(app.pool(), auth, &nats.url, &devices).await?),
+        None => {
+            tracing::warn!("dev does not run this NATS server, so it cannot render identities: the simulated cabinets share the service connection");
+            None
+        }
+    };
     let client = latch_nats::connect(&nats_url, "latch-sim").await?;
     let js = latch_nats::jetstream(client.clone());
     reset_foreign_events_stream(&js, app.pool()).await?;
@@ -199,6 +198,7 @@ pub async fn run(
             hold_open: Duration::from_secs(3),
             faulty: vec![],
             store: Some(store.clone()),
+            logins,
             ..SimConfig::default()
         },
         shutdown.clone(),
@@ -212,7 +212,7 @@ pub async fn run(
          \n  health        {base}/healthz   readiness {base}/readyz\
          \n  API described {base}/openapi.json\
          \n  Postgres      {database_url}\
-         \n  NATS          {nats_url}\
+         \n  NATS          {nats_shown}  ({auth_note})\
          \n\n  operator token  {operator}\
          \n  user token      {user}\
          \n\n  try:\
@@ -234,6 +234,14 @@ pub async fn run(
          \n  anything to latch.sim.<id>.restock to refill.\
          \n  Ctrl-C stops everything.\n",
         n = devices.len(),
+        nats_shown = nats.url,
+        auth_note = if nats.auth.is_some() {
+            "authorization on: Latch as its service user, each cabinet as itself"
+        } else if nats.authorization {
+            "authorization on, as configured"
+        } else {
+            "no authorization"
+        },
         stickers = stickers
             .iter()
             .map(|(label, url)| format!("    {label}: {url}\n"))
@@ -252,7 +260,7 @@ pub async fn run(
     let _ = sim.await;
     let _ = kazaya_task.await;
     let _ = courier_task.await;
-    drop(private_nats);
+    drop(nats);
     drop(private_pg);
     Ok(())
 }

@@ -19,6 +19,7 @@ pub mod bench_streams;
 pub mod bench_vending;
 pub mod config;
 pub mod dev;
+pub mod dev_nats;
 pub mod kazaya_sandbox;
 pub mod production;
 pub mod serve;

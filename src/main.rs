@@ -172,6 +172,7 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
                 store: Some(std::sync::Arc::new(latch_domain::store::Store::new(pool))),
                 units_per_slot: units,
                 shopper: sim::ShopperScript::taking(take),
+                logins: None,
             };
             sim::run(client, config, shutdown).await;
         }

@@ -38,20 +38,20 @@ pub struct NatsCredentials {
     pub password: String,
 }
 
-/// Issues the identity of `principal` unless it already has one (a replayed registration):
-/// returns the credentials only the first time.
-pub async fn issue(
-    pool: &PgPool,
-    principal: &Principal,
-) -> Result<Option<NatsCredentials>, ApiError> {
-    let (kind, id, user) = match principal {
+/// The NATS user, kind and principal id of `principal`.
+fn names(principal: &Principal) -> (&'static str, &str, String) {
+    match principal {
         Principal::Device(id) => ("device", id.as_str(), latch_nats::auth::device_user(id)),
         Principal::Authorizer(n) => (
             "authorizer",
             n.as_str(),
             latch_nats::auth::authorizer_user(n),
         ),
-    };
+    }
+}
+
+/// A new random password and its bcrypt hash (hashed off the async threads).
+async fn new_password() -> Result<(String, String), ApiError> {
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
     let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
@@ -63,6 +63,28 @@ pub async fn issue(
             .map_err(|e| ApiError::Internal(format!("bcrypt: {e}")))?
             .format_for_version(bcrypt::Version::TwoA)
     };
+    Ok((password, hash))
+}
+
+/// A password's bcrypt hash as nats-server reads it (`$2a$`), computed off the async threads.
+pub async fn bcrypt_hash(password: String) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || {
+        bcrypt::hash_with_result(password, BCRYPT_COST)
+            .map(|h| h.format_for_version(bcrypt::Version::TwoA))
+    })
+    .await
+    .map_err(|e| format!("bcrypt task: {e}"))?
+    .map_err(|e| format!("bcrypt: {e}"))
+}
+
+/// Issues the identity of `principal` unless it already has one (a replayed registration):
+/// returns the credentials only the first time.
+pub async fn issue(
+    pool: &PgPool,
+    principal: &Principal,
+) -> Result<Option<NatsCredentials>, ApiError> {
+    let (kind, id, user) = names(principal);
+    let (password, hash) = new_password().await?;
     let inserted = sqlx::query(
         "INSERT INTO nats_identities (nats_user, kind, principal, password_hash)
          VALUES ($1, $2, $3, $4) ON CONFLICT (nats_user) DO NOTHING",
@@ -80,6 +102,29 @@ pub async fn issue(
     }
     tracing::info!(nats_user = %user, "NATS identity issued");
     Ok(Some(NatsCredentials { user, password }))
+}
+
+/// Gives `principal` a new password (issuing its identity if it has none) and returns it; the
+/// old password stops working once the file is rendered again and the server has reloaded it.
+/// `latch dev` uses this at every start for the identities it plays (the simulator's cabinets),
+/// since a password is shown only once and dev keeps none on disk.
+pub async fn rotate(pool: &PgPool, principal: &Principal) -> Result<NatsCredentials, ApiError> {
+    let (kind, id, user) = names(principal);
+    let (password, hash) = new_password().await?;
+    sqlx::query(
+        "INSERT INTO nats_identities (nats_user, kind, principal, password_hash)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (nats_user) DO UPDATE SET password_hash = EXCLUDED.password_hash, issued_at = now()",
+    )
+    .bind(&user)
+    .bind(kind)
+    .bind(id)
+    .bind(&hash)
+    .execute(pool)
+    .await
+    .map_err(|e| ApiError::Internal(format!("nats identity: {e}")))?;
+    tracing::info!(nats_user = %user, "NATS identity rotated");
+    Ok(NatsCredentials { user, password })
 }
 
 /// Every issued identity, in a stable order.

@@ -18,8 +18,6 @@ pub mod subjects;
 
 use std::time::Duration;
 
-/// Connects in the background: a process that starts while NATS is down keeps serving what it
-/// can and catches up when the server appears.
 /// The servers of a NATS URL that may list several, comma-separated
 /// (`nats://a:4222,nats://b:4222`): a client given every node of a cluster reconnects to
 /// another by itself when its node goes (the server also gossips the rest once connected).
@@ -39,12 +37,26 @@ pub fn server_addrs(url: &str) -> std::io::Result<Vec<async_nats::ServerAddr>> {
     Ok(addrs)
 }
 
+/// Connects in the background: a process that starts while NATS is down keeps serving what it
+/// can and catches up when the server appears.
+///
+/// A user and password in the URL (`nats://user:password@host:port`) are sent to the server:
+/// async-nats itself ignores them.
 pub async fn connect(
     url: &str,
     name: &str,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
     let servers = server_addrs(url)?;
-    async_nats::ConnectOptions::new()
+    let options = match servers
+        .first()
+        .and_then(|a| Some((a.username()?.to_owned(), a.password()?.to_owned())))
+    {
+        Some((user, password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+        None => async_nats::ConnectOptions::new(),
+    };
+    options
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
@@ -58,6 +70,25 @@ pub async fn connect(
         })
         .connect(servers)
         .await
+}
+
+/// The user and password written into a NATS URL, if any.
+pub fn url_credentials(url: &str) -> Option<(String, String)> {
+    let addr: async_nats::ServerAddr = url.parse().ok()?;
+    Some((addr.username()?.to_owned(), addr.password()?.to_owned()))
+}
+
+/// The URL without its user and password (to print or to probe as an anonymous client).
+pub fn url_without_credentials(url: &str) -> String {
+    match url.parse::<async_nats::ServerAddr>() {
+        Ok(addr) if addr.has_user_pass() => {
+            let mut u = addr.into_inner();
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string().trim_end_matches('/').to_owned()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 pub fn jetstream(client: async_nats::Client) -> async_nats::jetstream::Context {

@@ -97,10 +97,18 @@ impl NatsServer {
             cmd.arg("-c").arg(config);
         }
         cmd.args(["-a", "127.0.0.1", "-js", "-p"])
-            .arg(port.map_or("-1".to_owned(), |p| p.to_string()))
-            .arg("-sd")
-            .arg(self.dir.join("store"))
-            .arg("--ports_file_dir")
+            .arg(port.map_or("-1".to_owned(), |p| p.to_string()));
+        // A configuration that names its own store (one that is reloaded must: after a reload
+        // the file's JetStream settings replace the command line's) gets no `-sd`.
+        let own_store = self
+            .config
+            .as_ref()
+            .and_then(|c| std::fs::read_to_string(c).ok())
+            .is_some_and(|text| text.contains("store_dir"));
+        if !own_store {
+            cmd.arg("-sd").arg(self.dir.join("store"));
+        }
+        cmd.arg("--ports_file_dir")
             .arg(&ports_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,5 +1,6 @@
 //! Running cabinets: the per-cabinet loop that answers commands and control subjects.
 
+use super::identity;
 use super::*;
 
 /// Runs every configured cabinet until `shutdown`.
@@ -7,17 +8,24 @@ pub async fn run(client: async_nats::Client, config: SimConfig, shutdown: Cancel
     let js = latch_nats::jetstream(client.clone());
     let mut tasks = tokio::task::JoinSet::new();
     for id in &config.devices {
-        let device = SimDevice::new(*id, js.clone());
         let faulty = config.faulty.contains(id);
         let span = tracing::info_span!("sim", device = %id);
+        let (id, client, js, config, shutdown) = (
+            *id,
+            client.clone(),
+            js.clone(),
+            config.clone(),
+            shutdown.clone(),
+        );
         tasks.spawn(
-            cabinet(
-                client.clone(),
-                device,
-                faulty,
-                config.clone(),
-                shutdown.clone(),
-            )
+            async move {
+                // Its own connection when it has a NATS identity (super::identity).
+                let Some(js) = identity::device_jetstream(&config, id, &js, &shutdown).await else {
+                    return;
+                };
+                let device = SimDevice::new(id, js);
+                cabinet(client, device, faulty, config, shutdown).await
+            }
             .instrument(span),
         );
     }
@@ -263,7 +271,10 @@ async fn cabinet(
 ) {
     let id = device.id.to_string();
     let (mut commands, mut control) = match (
-        client.subscribe(subjects::device_commands_all(&id)).await,
+        device
+            .client()
+            .subscribe(subjects::device_commands_all(&id))
+            .await,
         client.subscribe(subjects::sim_controls_all(&id)).await,
     ) {
         (Ok(c), Ok(s)) => (c, s),

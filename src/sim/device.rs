@@ -21,6 +21,11 @@ impl SimDevice {
         }
     }
 
+    /// The connection the cabinet speaks on (its own, when it has a NATS identity).
+    pub fn client(&self) -> async_nats::Client {
+        self.js.client()
+    }
+
     fn wire(&self, kind: &str) -> WireTelemetry {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         WireTelemetry {

@@ -89,6 +89,8 @@ pub struct SimConfig {
     pub units_per_slot: u32,
     /// What a shopper does when no one-shot script is armed (default: takes nothing).
     pub shopper: ShopperScript,
+    /// Each cabinet's own NATS login (authorization on); `None`: all share the given client.
+    pub logins: Option<DeviceLogins>,
 }
 
 impl Default for SimConfig {
@@ -101,6 +103,7 @@ impl Default for SimConfig {
             store: None,
             units_per_slot: DEFAULT_UNITS_PER_SLOT,
             shopper: ShopperScript::default(),
+            logins: None,
         }
     }
 }
@@ -115,12 +118,14 @@ impl fmt::Debug for SimConfig {
             .field("store", &self.store.as_ref().map(|_| "Store"))
             .field("units_per_slot", &self.units_per_slot)
             .field("shopper", &self.shopper)
+            .field("logins", &self.logins)
             .finish()
     }
 }
 
 mod cabinet;
 mod device;
+mod identity;
 mod script;
 mod stock;
 #[cfg(test)]
@@ -128,5 +133,6 @@ mod tests;
 
 pub use cabinet::run;
 pub use device::SimDevice;
+pub use identity::{issue_logins, DeviceLogins};
 pub use script::{parse_take, Foreign, ShopperScript, Take};
 pub use stock::{Applied, Moved, Stock};

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Starts `latch dev` on `db` / `nats` with `data` as its data folder; returns it and its banner.
-async fn start_dev(
+pub(crate) async fn start_dev(
     db: &TestDb,
     nats: &NatsServer,
     data: &std::path::Path,
@@ -62,7 +62,7 @@ async fn start_dev(
 }
 
 /// The first word after `label` on a banner line.
-fn field(banner: &[String], label: &str) -> String {
+pub(crate) fn field(banner: &[String], label: &str) -> String {
     banner
         .iter()
         .find_map(|l| {

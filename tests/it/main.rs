@@ -6,6 +6,7 @@ mod browser;
 mod common;
 mod crash;
 mod dev;
+mod dev_auth;
 mod devices_api;
 mod edge_site;
 mod event_store;
