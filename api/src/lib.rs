@@ -106,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .merge(kiosk_pages::router())
         .merge(tokens::router())
         .merge(metrics::router())
+        .merge(nats_identities::router())
         .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(|method: axum::http::Method| async move {
             metrics::unmatched(method.as_str());

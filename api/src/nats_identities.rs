@@ -210,3 +210,76 @@ pub async fn issue_and_publish(
     }
     Ok(creds)
 }
+
+/// Operators rotate or revoke an identity by its NATS user (`device-<id>`,
+/// `authorizer-<number>`): a leaked password is replaced, a decommissioned cabinet is shut out.
+/// Either takes effect when the server has reloaded the rendered file (at once here).
+pub fn router() -> axum::Router<crate::AppState> {
+    use axum::routing::{delete, post};
+    axum::Router::new()
+        .route("/nats-identities/{nats_user}", delete(revoke))
+        .route("/nats-identities/{nats_user}/rotate", post(rotate_handler))
+}
+
+/// The issued identity named `nats_user`, or 404.
+async fn issued(pool: &PgPool, nats_user: &str) -> Result<Principal, ApiError> {
+    let found: Option<(String, String)> =
+        sqlx::query_as("SELECT kind, principal FROM nats_identities WHERE nats_user = $1")
+            .bind(nats_user)
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| ApiError::Internal(format!("nats identity: {e}")))?;
+    match found {
+        Some((kind, id)) if kind == "authorizer" => Ok(Principal::Authorizer(id)),
+        Some((_, id)) => Ok(Principal::Device(id)),
+        None => Err(ApiError::NotFound {
+            code: "unknown_nats_user",
+            message: format!("nats_user: no identity {nats_user:?} was issued"),
+        }),
+    }
+}
+
+/// Gives the identity a new password (the old one stops working) and returns it, once.
+#[utoipa::path(post, path = "/nats-identities/{nats_user}/rotate", tag = "devices",
+    params(("nats_user" = String, Path, description = "`device-<id>` or `authorizer-<number>`")),
+    responses((status = 200, body = NatsCredentials), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rotate_handler(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    actor: crate::auth::Actor,
+    axum::extract::Path(nats_user): axum::extract::Path<String>,
+) -> Result<axum::Json<NatsCredentials>, ApiError> {
+    actor.require(crate::auth::Role::Operator)?;
+    let principal = issued(&state.pool, &nats_user).await?;
+    let credentials = rotate(&state.pool, &principal).await?;
+    if let Err(e) = render_and_reload(&state.pool, &state.nats_auth).await {
+        tracing::error!(error = %e, "NATS authorization not rendered after a rotation");
+    }
+    Ok(axum::Json(credentials))
+}
+
+/// Removes the identity: once the server has reloaded, it can no longer connect.
+#[utoipa::path(delete, path = "/nats-identities/{nats_user}", tag = "devices",
+    params(("nats_user" = String, Path, description = "`device-<id>` or `authorizer-<number>`")),
+    responses((status = 204), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn revoke(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    actor: crate::auth::Actor,
+    axum::extract::Path(nats_user): axum::extract::Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    actor.require(crate::auth::Role::Operator)?;
+    issued(&state.pool, &nats_user).await?;
+    sqlx::query("DELETE FROM nats_identities WHERE nats_user = $1")
+        .bind(&nats_user)
+        .execute(&state.pool)
+        .await
+        .map_err(|e| ApiError::Internal(format!("nats identity: {e}")))?;
+    tracing::info!(%nats_user, actor = %actor, "NATS identity revoked");
+    if let Err(e) = render_and_reload(&state.pool, &state.nats_auth).await {
+        tracing::error!(error = %e, "NATS authorization not rendered after a revocation");
+    }
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}

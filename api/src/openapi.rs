@@ -13,6 +13,8 @@ use utoipa::{Modify, OpenApi};
         crate::health::healthz,
         crate::health::readyz,
         crate::metrics::scrape,
+        crate::nats_identities::rotate_handler,
+        crate::nats_identities::revoke,
         crate::devices::register,
         crate::devices::list,
         crate::devices::show,

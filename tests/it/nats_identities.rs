@@ -435,3 +435,97 @@ async fn an_authorizer_reads_its_own_grant_feed_and_not_anothers() {
     );
     violation(&mut a1).await;
 }
+
+/// Waits until `user` with `password` is refused (the reload is asynchronous).
+async fn refused(url: &str, user: &str, password: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt =
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+                .connect(url)
+                .await;
+        match attempt {
+            Err(_) => return,
+            Ok(client) if tokio::time::Instant::now() < deadline => {
+                drop(client);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(_) => panic!("{user} still connects with a rotated or revoked password"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_rotate_and_revoke_an_identity_and_the_server_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth_file = dir.path().join("auth.conf");
+    let pid_file = dir.path().join("nats.pid");
+    std::fs::write(&auth_file, identities_config("latch", SVC_PW, &[])).unwrap();
+    let secured = NatsServer::start_in(dir.path(), Some("include \"auth.conf\"\n"))
+        .await
+        .unwrap();
+    std::fs::write(&pid_file, secured.pid().unwrap().to_string()).unwrap();
+    let url = secured.url();
+    let (af, pf) = (auth_file.clone(), pid_file.clone());
+    let app = spawn_app_with(move |s| {
+        s.nats_auth.auth_file = Some(af);
+        s.nats_auth.pid_file = Some(pf);
+        s.nats_auth.service_user = "latch".into();
+        s.nats_auth.service_password = SVC_PW.into();
+    })
+    .await;
+    let res = app
+        .post(
+            "/devices",
+            &app.operator,
+            Some(json!({"kind": "locker", "site": "610091A01", "label": "L"})),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    let id = body["device_id"].as_str().unwrap().to_owned();
+    let user = body["nats"]["user"].as_str().unwrap().to_owned();
+    let first = body["nats"]["password"].as_str().unwrap().to_owned();
+    connect(&url, &user, &first, subjects::device_inbox_prefix(&id)).await;
+
+    // Only operators; an unknown name is a clear 404.
+    let rotate = format!("/nats-identities/{user}/rotate");
+    assert_eq!(app.post(&rotate, &app.user, None).await.status(), 403);
+    let res = app
+        .post("/nats-identities/device-nobody/rotate", &app.operator, None)
+        .await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "unknown_nats_user"
+    );
+
+    // Rotated: the old password is refused, the new one connects.
+    let res = app.post(&rotate, &app.operator, None).await;
+    assert_eq!(res.status(), 200);
+    let rotated: Value = res.json().await.unwrap();
+    assert_eq!(rotated["user"], user.as_str());
+    let second = rotated["password"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    refused(&url, &user, &first).await;
+    connect(&url, &user, &second, subjects::device_inbox_prefix(&id)).await;
+
+    // Revoked: nothing connects as it any more, and it is gone.
+    let res = app
+        .http
+        .delete(format!("{}/nats-identities/{user}", app.address))
+        .bearer_auth(&app.operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    refused(&url, &user, &second).await;
+    let res = app
+        .http
+        .delete(format!("{}/nats-identities/{user}", app.address))
+        .bearer_auth(&app.operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
