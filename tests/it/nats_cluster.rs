@@ -13,8 +13,35 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// Three nodes named n1..n3, each routing to the others.
-async fn cluster() -> Vec<NatsServer> {
+/// Three nodes named n1..n3, each routing to the others, formed and holding the R3 streams;
+/// with the URL listing all three and a JetStream context on it.
+async fn cluster() -> (Vec<NatsServer>, String, async_nats::jetstream::Context) {
+    let nodes = start_nodes().await;
+    let urls = nodes
+        .iter()
+        .map(NatsServer::url)
+        .collect::<Vec<_>>()
+        .join(",");
+    // The cluster needs a moment to form and elect its meta leader before streams can be made.
+    let probe = latch_nats::connect(&urls, "probe").await.unwrap();
+    let js = latch_nats::jetstream(probe);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while latch_nats::streams::ensure_streams_replicated(
+            &js,
+            latch_nats::streams::TELEMETRY_LIMITS,
+            latch_nats::streams::DEADLETTER_LIMITS,
+            3,
+        )
+        .await
+        .is_err()
+        {}
+    })
+    .await
+    .expect("the cluster formed and took the R3 streams");
+    (nodes, urls, js)
+}
+
+async fn start_nodes() -> Vec<NatsServer> {
     let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let all = routes
         .iter()
@@ -50,28 +77,7 @@ async fn stream_last(js: &async_nats::jetstream::Context) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_events_leader_loses_and_doubles_nothing() {
-    let mut nodes = cluster().await;
-    let urls = nodes
-        .iter()
-        .map(NatsServer::url)
-        .collect::<Vec<_>>()
-        .join(",");
-    // The cluster needs a moment to form and elect its meta leader before streams can be made.
-    let probe = latch_nats::connect(&urls, "probe").await.unwrap();
-    let probe_js = latch_nats::jetstream(probe);
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while latch_nats::streams::ensure_streams_replicated(
-            &probe_js,
-            latch_nats::streams::TELEMETRY_LIMITS,
-            latch_nats::streams::DEADLETTER_LIMITS,
-            3,
-        )
-        .await
-        .is_err()
-        {}
-    })
-    .await
-    .expect("the cluster formed and took the R3 streams");
+    let (mut nodes, urls, _) = cluster().await;
 
     let first = nodes.remove(0);
     let app = spawn_app_on(first, |s| {
@@ -301,27 +307,8 @@ async fn register_anywhere(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_fail_over_when_the_relay_holder_then_the_events_leader_die() {
-    let mut nodes: Vec<Option<NatsServer>> = cluster().await.into_iter().map(Some).collect();
-    let urls = nodes
-        .iter()
-        .map(|n| n.as_ref().unwrap().url())
-        .collect::<Vec<_>>()
-        .join(",");
-    let probe = latch_nats::connect(&urls, "probe").await.unwrap();
-    let js = latch_nats::jetstream(probe);
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while latch_nats::streams::ensure_streams_replicated(
-            &js,
-            latch_nats::streams::TELEMETRY_LIMITS,
-            latch_nats::streams::DEADLETTER_LIMITS,
-            3,
-        )
-        .await
-        .is_err()
-        {}
-    })
-    .await
-    .expect("the cluster formed and took the R3 streams");
+    let (nodes, urls, js) = cluster().await;
+    let mut nodes: Vec<Option<NatsServer>> = nodes.into_iter().map(Some).collect();
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let token = latch_api::auth::issue_token(&pool, latch_api::auth::Role::Operator, "ops")

@@ -47,6 +47,45 @@ async fn connect(url: &str, user: &str, password: &str, inbox: String) -> Connec
     }
 }
 
+/// A nats-server that starts with only the service user and includes the file Latch renders,
+/// and an app that renders it and reloads the server.
+struct Secured {
+    app: crate::common::TestApp,
+    url: String,
+    auth_file: std::path::PathBuf,
+    // Dropped after the app.
+    _server: NatsServer,
+    _dir: tempfile::TempDir,
+}
+
+impl Secured {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let auth_file = dir.path().join("auth.conf");
+        let pid_file = dir.path().join("nats.pid");
+        std::fs::write(&auth_file, identities_config("latch", SVC_PW, &[])).unwrap();
+        let server = NatsServer::start_in(dir.path(), Some("include \"auth.conf\"\n"))
+            .await
+            .unwrap();
+        std::fs::write(&pid_file, server.pid().unwrap().to_string()).unwrap();
+        let (af, pf) = (auth_file.clone(), pid_file);
+        let app = spawn_app_with(move |s| {
+            s.nats_auth.auth_file = Some(af);
+            s.nats_auth.pid_file = Some(pf);
+            s.nats_auth.service_user = "latch".into();
+            s.nats_auth.service_password = SVC_PW.into();
+        })
+        .await;
+        Self {
+            app,
+            url: server.url(),
+            auth_file,
+            _server: server,
+            _dir: dir,
+        }
+    }
+}
+
 async fn violation(c: &mut Connected) {
     c.client.flush().await.unwrap();
     let v = tokio::time::timeout(Duration::from_secs(5), c.errors.recv())
@@ -58,25 +97,9 @@ async fn violation(c: &mut Connected) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registered_identities_connect_and_are_confined_after_a_reload() {
-    let dir = tempfile::tempdir().unwrap();
-    let auth_file = dir.path().join("auth.conf");
-    let pid_file = dir.path().join("nats.pid");
     // The server starts with only the service user; identities arrive by reload.
-    std::fs::write(&auth_file, identities_config("latch", SVC_PW, &[])).unwrap();
-    let secured = NatsServer::start_in(dir.path(), Some("include \"auth.conf\"\n"))
-        .await
-        .unwrap();
-    std::fs::write(&pid_file, secured.pid().unwrap().to_string()).unwrap();
-    let url = secured.url();
-
-    let (af, pf) = (auth_file.clone(), pid_file.clone());
-    let app = spawn_app_with(move |s| {
-        s.nats_auth.auth_file = Some(af);
-        s.nats_auth.pid_file = Some(pf);
-        s.nats_auth.service_user = "latch".into();
-        s.nats_auth.service_password = SVC_PW.into();
-    })
-    .await;
+    let secured = Secured::start().await;
+    let (app, url, auth_file) = (&secured.app, secured.url.clone(), secured.auth_file.clone());
 
     let register = |label: &'static str| {
         let app = &app;
@@ -173,23 +196,8 @@ async fn registered_identities_connect_and_are_confined_after_a_reload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authorizer_cannot_read_or_answer_for_another() {
-    let dir = tempfile::tempdir().unwrap();
-    let auth_file = dir.path().join("auth.conf");
-    let pid_file = dir.path().join("nats.pid");
-    std::fs::write(&auth_file, identities_config("latch", SVC_PW, &[])).unwrap();
-    let secured = NatsServer::start_in(dir.path(), Some("include \"auth.conf\"\n"))
-        .await
-        .unwrap();
-    std::fs::write(&pid_file, secured.pid().unwrap().to_string()).unwrap();
-    let url = secured.url();
-    let (af, pf) = (auth_file.clone(), pid_file.clone());
-    let app = spawn_app_with(move |s| {
-        s.nats_auth.auth_file = Some(af);
-        s.nats_auth.pid_file = Some(pf);
-        s.nats_auth.service_user = "latch".into();
-        s.nats_auth.service_password = SVC_PW.into();
-    })
-    .await;
+    let secured = Secured::start().await;
+    let (app, url) = (&secured.app, secured.url.clone());
     let secret = format!(
         "whsec_{}",
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32])
@@ -457,23 +465,8 @@ async fn refused(url: &str, user: &str, password: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_rotate_and_revoke_an_identity_and_the_server_follows() {
-    let dir = tempfile::tempdir().unwrap();
-    let auth_file = dir.path().join("auth.conf");
-    let pid_file = dir.path().join("nats.pid");
-    std::fs::write(&auth_file, identities_config("latch", SVC_PW, &[])).unwrap();
-    let secured = NatsServer::start_in(dir.path(), Some("include \"auth.conf\"\n"))
-        .await
-        .unwrap();
-    std::fs::write(&pid_file, secured.pid().unwrap().to_string()).unwrap();
-    let url = secured.url();
-    let (af, pf) = (auth_file.clone(), pid_file.clone());
-    let app = spawn_app_with(move |s| {
-        s.nats_auth.auth_file = Some(af);
-        s.nats_auth.pid_file = Some(pf);
-        s.nats_auth.service_user = "latch".into();
-        s.nats_auth.service_password = SVC_PW.into();
-    })
-    .await;
+    let secured = Secured::start().await;
+    let (app, url) = (&secured.app, secured.url.clone());
     let res = app
         .post(
             "/devices",
