@@ -120,6 +120,25 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     )
 }
 
+/// Test support: a page's HTML has nothing inline that its Content-Security-Policy would block,
+/// no absolute URL, and its script never builds DOM from markup strings.
+#[cfg(test)]
+pub(crate) fn assert_nothing_inline(html: &str, js: &str) {
+    for (i, _) in html.match_indices("<script") {
+        let tag = &html[i..i + html[i..].find('>').unwrap()];
+        assert!(tag.contains(" src=\"/web/"), "inline script: {tag}");
+    }
+    assert!(!html.contains(" style="), "inline style attribute");
+    assert!(!html.contains("<style"), "inline style element");
+    for tag in html.split('<').skip(1).filter(|t| !t.starts_with("!--")) {
+        let tag = &tag[..tag.find('>').unwrap_or(tag.len())];
+        let handler = tag.split_whitespace().skip(1).find(|a| a.starts_with("on"));
+        assert!(handler.is_none(), "inline event handler in <{tag}>");
+    }
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    assert!(!js.contains("innerHTML"));
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
