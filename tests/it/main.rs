@@ -8,6 +8,7 @@ mod crash;
 mod dev;
 mod dev_auth;
 mod devices_api;
+mod docs;
 mod edge_site;
 mod event_store;
 mod facts;
