@@ -11,6 +11,7 @@
 //! 6. idle RSS of a `latch serve` process, and this process's peak RSS.
 
 use crate::app::Application;
+use crate::bench_cpu as cpu;
 use crate::config::{Role, Settings};
 use async_nats::jetstream::message::PublishMessage;
 use clap::{Args, Subcommand};
@@ -321,6 +322,12 @@ async fn phases(
     sqlx::query("CREATE TABLE bench_raw (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
         .execute(&pool)
         .await?;
+    let in_process = cpu::Processes {
+        latch: "self".into(),
+        latch_includes_clients: true,
+        nats: nats.pid(),
+    };
+    let cpu_before = cpu::sample(&pool, &in_process).await;
     let raw = {
         let pool = pool.clone();
         closed_loop(args.concurrency, args.seconds, move |i| {
@@ -335,6 +342,12 @@ async fn phases(
         })
         .await
     };
+    let raw_cpu = cpu::spent(
+        &cpu_before,
+        &cpu::sample(&pool, &in_process).await,
+        raw.hist.len(),
+        &in_process,
+    );
     tracing::info!(rate = raw.per_sec, "raw insert measured");
     // The same single-row INSERT, but of an event row like a command's into a copy of the events
     // table (its indexes, checks and stamping trigger): the database write a command cannot
@@ -388,7 +401,19 @@ async fn phases(
     api_task.await??;
     let (port, stop_app, app_task) = start_app(settings.clone()).await?;
     let url = format!("http://127.0.0.1:{port}/devices");
+    let (cpu_before, events_before) = (
+        cpu::sample(&pool, &in_process).await,
+        cpu::events(&pool).await,
+    );
     let commands = http_phase(&http, port, &token, args).await;
+    // The whole path: until the relay and the read models have done what the commands caused.
+    let drained = cpu::drained(&pool, Duration::from_secs(60)).await;
+    let full_cpu = cpu::spent(
+        &cpu_before,
+        &cpu::sample(&pool, &in_process).await,
+        cpu::events(&pool).await - events_before,
+        &in_process,
+    );
     tracing::info!(
         alone = alone.per_sec,
         full = commands.per_sec,
@@ -424,6 +449,20 @@ async fn phases(
             });
         }
     }
+
+    report.rows.push(cpu::row(
+        &format!(
+            "HTTP commands through the full serve to the read models{}",
+            if drained {
+                ""
+            } else {
+                " (not drained in 60 s)"
+            }
+        ),
+        &full_cpu,
+        &raw_cpu,
+        ">= 2x lower than before issue 16",
+    ));
 
     // 5. Lag at a fixed rate, while the full serve is still up.
     let lag = lag_phase(&pool, &http, &url, &token, args.lag_rate, args.seconds).await?;

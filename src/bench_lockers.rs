@@ -23,7 +23,8 @@ use crate::authorizer_sandbox::{AuthorizerSandbox, AuthorizerSandboxSettings, Co
 use crate::bench::{
     closed_loop, hist, in_scratch_database, machine_note, mib, rss_kib, Rate, Report, Row,
 };
-use crate::bench_vending::{cpu_split, free_port};
+use crate::bench_cpu::{self as cpu, cpu_split};
+use crate::bench_vending::free_port;
 use crate::config::Settings;
 use clap::Args;
 use futures::StreamExt;
@@ -100,6 +101,8 @@ pub async fn run(args: LockersArgs) -> Result<Report, Error> {
 struct Baselines {
     bare: Rate,
     insert: Rate,
+    /// CPU per row of the raw INSERTs (this process and the Postgres backends).
+    insert_cpu: cpu::Spent,
     sandbox: Rate,
 }
 
@@ -108,7 +111,19 @@ struct Env {
     http: reqwest::Client,
     base: String,
     pid: String,
+    nats_pid: Option<u32>,
     operator: String,
+}
+
+impl Env {
+    /// The processes on the path, for CPU readings.
+    fn processes(&self) -> cpu::Processes {
+        cpu::Processes {
+            latch: self.pid.clone(),
+            latch_includes_clients: false,
+            nats: self.nats_pid,
+        }
+    }
 }
 
 async fn phases(args: &LockersArgs, db_url: &str, report: &mut Report) -> Result<(), Error> {
@@ -124,13 +139,26 @@ async fn phases(args: &LockersArgs, db_url: &str, report: &mut Report) -> Result
     // 1. Baselines, while nothing else runs.
     let bare = bare_grant_phase(&http, args).await?;
     tracing::info!(rate = bare.per_sec, "bare handler measured");
+    let bench_only = cpu::Processes {
+        latch: "self".into(),
+        latch_includes_clients: true,
+        nats: None,
+    };
+    let cpu_before = cpu::sample(&pool, &bench_only).await;
     let insert = raw_insert_phase(&pool, args).await?;
+    let insert_cpu = cpu::spent(
+        &cpu_before,
+        &cpu::sample(&pool, &bench_only).await,
+        insert.hist.len(),
+        &bench_only,
+    );
     tracing::info!(rate = insert.per_sec, "raw insert measured");
     let sandbox = sandbox_receive_phase(&http, args).await?;
     tracing::info!(rate = sandbox.per_sec, "sandbox receive measured");
     let base = Baselines {
         bare,
         insert,
+        insert_cpu,
         sandbox,
     };
 
@@ -143,6 +171,7 @@ async fn phases(args: &LockersArgs, db_url: &str, report: &mut Report) -> Result
         http,
         base: format!("http://127.0.0.1:{port}"),
         pid: pid.clone(),
+        nats_pid: nats.pid(),
     };
     let result = against_serve(&env, &mut child, args, &base, report).await;
     crate::bench::stop_serve(&mut child, &pid, "", report).await?;
@@ -557,6 +586,8 @@ struct Direct {
     errors: u64,
     first_error: Option<String>,
     cpu: String,
+    /// CPU of latch serve, its Postgres backends and nats-server per event, drained.
+    path_cpu: cpu::Spent,
 }
 
 /// One grant from `from` to `to` of `compartment`: (to 201, to holder changed), microseconds.
@@ -618,6 +649,7 @@ async fn direct_phase(
         http: env.http.clone(),
         base: env.base.clone(),
         pid: env.pid.clone(),
+        nats_pid: env.nats_pid,
         operator: env.operator.clone(),
     });
     let tokens: Arc<[String]> = tokens.into();
@@ -680,6 +712,11 @@ async fn direct_phase(
     // One unmeasured round per pair opens connections and warms caches.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = cpu_split(&env.pid);
+    let procs = env.processes();
+    let (path_before, events_before) = (
+        cpu::sample(&env.pool, &procs).await,
+        cpu::events(&env.pool).await,
+    );
     let started = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
@@ -698,6 +735,13 @@ async fn direct_phase(
             first_error = f;
         }
     }
+    cpu::drained(&env.pool, Duration::from_secs(60)).await;
+    let path_cpu = cpu::spent(
+        &path_before,
+        &cpu::sample(&env.pool, &procs).await,
+        cpu::events(&env.pool).await - events_before,
+        &procs,
+    );
     Ok(Direct {
         answered,
         changed,
@@ -705,6 +749,7 @@ async fn direct_phase(
         errors,
         first_error,
         cpu,
+        path_cpu,
     })
 }
 
@@ -778,6 +823,12 @@ fn report_direct(d: &Direct, base: &Baselines, args: &LockersArgs, report: &mut 
         ratio: "-".into(),
         target: "-".into(),
     });
+    report.rows.push(cpu::row(
+        "direct grants (request to read model)",
+        &d.path_cpu,
+        &base.insert_cpu,
+        "-",
+    ));
     report.notes.push(format!(
         "direct grants: CPU while measured (100% = one core): {}",
         d.cpu
@@ -795,6 +846,7 @@ struct Webhook {
     errors: usize,
     first_error: Option<String>,
     cpu: String,
+    path_cpu: cpu::Spent,
 }
 
 async fn webhook_phase(
@@ -827,6 +879,11 @@ async fn webhook_phase(
     );
     let next = Arc::new(AtomicUsize::new(0));
     let before = cpu_split(&env.pid);
+    let procs = env.processes();
+    let (path_before, events_before) = (
+        cpu::sample(&env.pool, &procs).await,
+        cpu::events(&env.pool).await,
+    );
     let started = Instant::now();
     let senders = (0..args.holders).map(|_| {
         let (jobs, next, waiting) = (jobs.clone(), next.clone(), waiting.clone());
@@ -883,6 +940,13 @@ async fn webhook_phase(
     }
     let elapsed = last.duration_since(started);
     let cpu = cpu_share(&before, &cpu_split(&env.pid), elapsed);
+    cpu::drained(&env.pool, Duration::from_secs(60)).await;
+    let path_cpu = cpu::spent(
+        &path_before,
+        &cpu::sample(&env.pool, &procs).await,
+        cpu::events(&env.pool).await - events_before,
+        &procs,
+    );
     stop_sandbox.cancel();
     sandbox.await.ok();
     Ok(Webhook {
@@ -892,6 +956,7 @@ async fn webhook_phase(
         errors,
         first_error,
         cpu,
+        path_cpu,
     })
 }
 
@@ -925,6 +990,12 @@ fn report_webhook(w: &Webhook, base: &Baselines, args: &LockersArgs, report: &mu
         ratio: "-".into(),
         target: "-".into(),
     });
+    report.rows.push(cpu::row(
+        "grants via the authorizer (the sandbox's own CPU not counted)",
+        &w.path_cpu,
+        &base.insert_cpu,
+        "-",
+    ));
     report.notes.push(format!(
         "webhook grants: CPU from first request to last holder change (100% = one core): {}",
         w.cpu

@@ -13,6 +13,7 @@ use crate::bench::{
     closed_loop, hist, in_scratch_database, machine_note, mib, rss_kib, start_app, Rate, Report,
     Row,
 };
+use crate::bench_cpu::cpu_secs;
 use crate::config::{Role, Settings};
 use clap::Args;
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -389,23 +390,6 @@ fn listen_overflows() -> Option<u64> {
         .split_whitespace()
         .position(|n| n == "ListenOverflows")?;
     values.split_whitespace().nth(at)?.parse().ok()
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_secs(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let hz = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(100);
-    Some(ticks as f64 / hz as f64)
 }
 
 /// Opens one push channel and reads its first frame, which must be a waiting login.

@@ -23,6 +23,7 @@
 use crate::bench::{
     closed_loop, hist, in_scratch_database, machine_note, mib, rss_kib, Rate, Report, Row,
 };
+use crate::bench_cpu::cpu_split;
 use crate::config::Settings;
 use crate::sim::SimDevice;
 use clap::Args;
@@ -103,12 +104,15 @@ struct Env {
     http: reqwest::Client,
     base: String,
     pid: String,
+    nats_pid: Option<u32>,
 }
 
 /// Baselines measured before the child starts, on the same machine.
 struct Baselines {
     bare: Rate,
     insert: Rate,
+    /// CPU per row of the raw INSERTs (this process and the Postgres backends).
+    insert_cpu: crate::bench_cpu::Spent,
     publish_acked: Rate,
     publish_pipelined: f64,
     pool_size: u32,
@@ -130,7 +134,19 @@ async fn phases(args: &VendingArgs, db_url: &str, report: &mut Report) -> Result
     // 1. Baselines, while nothing else runs.
     let bare = bare_open_phase(&http, args).await?;
     tracing::info!(rate = bare.per_sec, "bare handler measured");
+    let bench_only = crate::bench_cpu::Processes {
+        latch: "self".into(),
+        latch_includes_clients: true,
+        nats: None,
+    };
+    let cpu_before = crate::bench_cpu::sample(&pool, &bench_only).await;
     let insert = raw_insert_phase(&pool, args).await?;
+    let insert_cpu = crate::bench_cpu::spent(
+        &cpu_before,
+        &crate::bench_cpu::sample(&pool, &bench_only).await,
+        insert.hist.len(),
+        &bench_only,
+    );
     tracing::info!(rate = insert.per_sec, "raw insert measured");
     let (publish_acked, publish_pipelined) = raw_publish_phase(&js, args).await?;
     tracing::info!(
@@ -141,6 +157,7 @@ async fn phases(args: &VendingArgs, db_url: &str, report: &mut Report) -> Result
     let baselines = Baselines {
         bare,
         insert,
+        insert_cpu,
         publish_acked,
         publish_pipelined,
         pool_size,
@@ -156,6 +173,7 @@ async fn phases(args: &VendingArgs, db_url: &str, report: &mut Report) -> Result
         http,
         base: format!("http://127.0.0.1:{port}"),
         pid: pid.clone(),
+        nats_pid: nats.pid(),
     };
     let result = against_serve(&env, &mut child, args, &baselines, report).await;
     crate::bench::stop_serve(&mut child, &pid, "", report).await?;
@@ -675,6 +693,8 @@ struct Shopping {
     first_error: Option<String>,
     /// CPU used meanwhile, per process, in % of one core.
     cpu: String,
+    /// CPU of latch serve, its Postgres backends and nats-server per event, drained.
+    path_cpu: Option<crate::bench_cpu::Spent>,
 }
 
 async fn shopping_phase(
@@ -694,6 +714,7 @@ async fn shopping_phase(
         http: env.http.clone(),
         base: env.base.clone(),
         pid: env.pid.clone(),
+        nats_pid: env.nats_pid,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(tokio::sync::Barrier::new(cabinets.len() + 1));
@@ -733,6 +754,15 @@ async fn shopping_phase(
     }
     start.wait().await;
     let cpu_before = cpu_split(&env.pid);
+    let procs = crate::bench_cpu::Processes {
+        latch: env.pid.clone(),
+        latch_includes_clients: false,
+        nats: env.nats_pid,
+    };
+    let (path_before, events_before) = (
+        crate::bench_cpu::sample(&env.pool, &procs).await,
+        crate::bench_cpu::events(&env.pool).await,
+    );
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stop.store(true, Ordering::Relaxed);
@@ -746,6 +776,7 @@ async fn shopping_phase(
         errors: 0,
         first_error: None,
         cpu: String::new(),
+        path_cpu: None,
     };
     for task in tasks {
         let (cab, [http, command, cycle, reports, settle], errors, first_error) = task.await?;
@@ -768,6 +799,13 @@ async fn shopping_phase(
         .map(|((who, after), (_, before))| format!("{who} {:.0}%", (after - before) / secs * 100.0))
         .collect::<Vec<_>>()
         .join(", ");
+    crate::bench_cpu::drained(&env.pool, Duration::from_secs(60)).await;
+    shopping.path_cpu = Some(crate::bench_cpu::spent(
+        &path_before,
+        &crate::bench_cpu::sample(&env.pool, &procs).await,
+        crate::bench_cpu::events(&env.pool).await - events_before,
+        &procs,
+    ));
     Ok(shopping)
 }
 
@@ -799,6 +837,14 @@ fn percentiles(h: &Histogram<u64>) -> String {
 
 fn report_shopping(s: &Shopping, base: &Baselines, args: &VendingArgs, report: &mut Report) {
     let n = args.cabinets;
+    if let Some(spent) = &s.path_cpu {
+        report.rows.push(crate::bench_cpu::row(
+            "whole visits (open, door, weights, settlement, read models)",
+            spent,
+            &base.insert_cpu,
+            "-",
+        ));
+    }
     let openings = s.cycle.len() as f64 / s.elapsed.as_secs_f64();
     report.rows.push(Row {
         what: format!(
@@ -1100,48 +1146,4 @@ async fn sanity_notes(env: &Env, report: &mut Report) -> Result<(), Error> {
 pub(crate) fn free_port() -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
-}
-
-/// CPU seconds used so far by the `latch serve` child, by every `postgres` process, by every
-/// `nats-server` and by this process (which includes the bench's own NATS and HTTP clients).
-pub(crate) fn cpu_split(serve: &str) -> Vec<(&'static str, f64)> {
-    let by_name = |name: &str| -> f64 {
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
-            })
-            .filter_map(|pid| cpu_secs(&pid))
-            .sum()
-    };
-    vec![
-        ("latch serve", cpu_secs(serve).unwrap_or(0.0)),
-        ("postgres", by_name("postgres")),
-        ("nats-server", by_name("nats-server")),
-        ("bench", cpu_secs("self").unwrap_or(0.0)),
-    ]
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_secs(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let hz = *HZ.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(100)
-    });
-    Some(ticks as f64 / hz as f64)
 }

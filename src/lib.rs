@@ -13,6 +13,7 @@ pub mod audit_cli;
 pub mod authorizer_sandbox;
 pub mod bench;
 pub mod bench_audit;
+pub mod bench_cpu;
 pub mod bench_lockers;
 pub mod bench_qr;
 pub mod bench_streams;
