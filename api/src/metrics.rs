@@ -29,6 +29,13 @@ const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Finer buckets for the per-stage timings (`latch_stage_*`, see `latch_workers::stages`):
+/// each stage adds milliseconds, and the benches read percentiles off these buckets.
+const STAGE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15,
+    0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process's recorder, installed on first call (later calls, and a process that already
@@ -36,6 +43,8 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Prefix("latch_stage_".into()), STAGE_BUCKETS)
+            .expect("static buckets are valid")
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
             .expect("static buckets are valid")
             .build_recorder();
@@ -57,6 +66,18 @@ fn describe() {
     describe_histogram!(
         "latch_http_request_duration_seconds",
         "HTTP request latency by route and method"
+    );
+    describe_histogram!(
+        "latch_stage_delay_seconds",
+        "Age of an event (since its commit) when a stage (sequence, publish, apply) finished it"
+    );
+    describe_histogram!(
+        "latch_stage_batch_seconds",
+        "Time one batch of a stage took, by stage and projector"
+    );
+    describe_counter!(
+        "latch_stage_events_total",
+        "Events through each stage, by stage and projector"
     );
     describe_counter!(
         "latch_commands_total",

@@ -189,6 +189,28 @@ async fn metrics_move_under_load_and_gauges_match_the_system() {
         "EVENTS consumers' pending counts are shown:\n{after}"
     );
     assert!(sample(&after, "latch_stream_messages", &[("stream", "DEADLETTER")]).unwrap() >= 1.0);
+
+    // Per-stage timings: the relay's sequencing and publishing counted the new events and
+    // timed how old each batch's last event was when the stage was done with it.
+    let through = |t: &str, stage: &str| {
+        sample(t, "latch_stage_events_total", &[("stage", stage)]).unwrap_or(0.0)
+    };
+    for stage in ["sequence", "publish"] {
+        assert!(
+            through(&after, stage) - through(&before, stage) >= 3.0,
+            "{stage}: events counted"
+        );
+        assert!(
+            sample(
+                &after,
+                "latch_stage_delay_seconds_bucket",
+                &[("stage", stage), ("le", "+Inf")]
+            )
+            .unwrap_or(0.0)
+                >= 1.0,
+            "{stage}: delay histogram"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

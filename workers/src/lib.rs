@@ -23,6 +23,7 @@
 //! - [`authorizer_answers`]: authorizers' signed answers over NATS -> the API's callback check.
 //! - [`event_consumer`]: the durable EVENTS consumer loop the process managers share.
 //! - [`consume`]: the batching loop shared by the JetStream consumers.
+//! - [`stages`]: per-stage timings (sequence, publish, apply) as metrics.
 //! - [`roles`]: the registry: each role `latch serve` can run, and the tasks it spawns.
 
 pub mod authorizer_answers;
@@ -40,6 +41,7 @@ pub mod projector;
 pub mod reconcile;
 pub mod relay;
 pub mod roles;
+pub mod stages;
 pub mod sweeper;
 pub mod vending;
 

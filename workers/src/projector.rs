@@ -92,8 +92,16 @@ async fn consume<P: Projection>(
         // Nothing wanted: acknowledge without a transaction; the checkpoint catches up with
         // the next wanted batch (or when idle).
         if !(passed.absorb(projection, &events) && passed.pending() < PASS_AT_MOST) {
+            let started = std::time::Instant::now();
             let position = apply_batch(pool, projection, &events, passed).await?;
             passed = Passed::at(position);
+            crate::stages::finished(
+                "apply",
+                projection.name(),
+                started.elapsed(),
+                events.len(),
+                events.last().map(|e| e.recorded_at),
+            );
         }
         if let Some(last) = batch.last() {
             if let Err(e) = last.ack().await {

@@ -313,6 +313,13 @@ pub async fn sequence_batch(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    crate::stages::finished(
+        "sequence",
+        "",
+        started.elapsed(),
+        n,
+        logged.last().map(|e: &LogRow| e.recorded_at),
+    );
     tracing::debug!(
         count = n,
         head = position,
@@ -437,6 +444,7 @@ pub async fn publish_pending(
         }
         return Ok(0);
     }
+    let started = std::time::Instant::now();
     let mut acks = Vec::with_capacity(events.len());
     for event in &events {
         let subject = subjects::event(
@@ -481,6 +489,13 @@ pub async fn publish_pending(
             }
         }
     }
+    crate::stages::finished(
+        "publish",
+        "",
+        started.elapsed(),
+        done,
+        events.last().map(|e| e.recorded_at),
+    );
     tracing::debug!(count = done, "published");
     Ok(done)
 }
