@@ -39,6 +39,8 @@ pub enum Which {
     Lockers(crate::bench_lockers::LockersArgs),
     /// Streams: a command on a device with 0, 10k, 100k and 1M events, beside a fresh one.
     Streams(crate::bench_streams::StreamsArgs),
+    /// Soak: minutes of sustained full load; read-model lag, memory and CPU per event.
+    Soak(crate::bench_soak::SoakArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -68,6 +70,7 @@ pub async fn run(which: Which) -> Result<Report, Box<dyn std::error::Error>> {
         Which::Audit(args) => crate::bench_audit::run(args).await,
         Which::Lockers(args) => crate::bench_lockers::run(args).await,
         Which::Streams(args) => crate::bench_streams::run(args).await,
+        Which::Soak(args) => crate::bench_soak::run(args).await,
     }
 }
 

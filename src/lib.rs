@@ -16,6 +16,7 @@ pub mod bench_audit;
 pub mod bench_cpu;
 pub mod bench_lockers;
 pub mod bench_qr;
+pub mod bench_soak;
 pub mod bench_streams;
 pub mod bench_vending;
 pub mod config;
