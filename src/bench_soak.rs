@@ -121,7 +121,10 @@ async fn phases(args: &SoakArgs, db_url: &str, report: &mut Report) -> Result<()
             latch_includes_clients: false,
             nats: nats.pid(),
         };
-        soak(args, &pool, &http, &base, &operator, &nats, &procs, &raw, &raw_cpu, report).await
+        soak(
+            args, &pool, &http, &base, &operator, &nats, &procs, &raw, &raw_cpu, report,
+        )
+        .await
     }
     .await;
     crate::bench::stop_serve(&mut child, &pid, "", report).await?;
@@ -218,7 +221,13 @@ async fn soak(
     while started.elapsed() < total {
         let next = Duration::from_secs(args.report_secs).min(total - started.elapsed());
         tokio::time::sleep(next).await;
-        let r = read(pool, &procs.latch, started.elapsed(), answered.load(Ordering::Relaxed)).await;
+        let r = read(
+            pool,
+            &procs.latch,
+            started.elapsed(),
+            answered.load(Ordering::Relaxed),
+        )
+        .await;
         tracing::info!(
             secs = r.at.as_secs(),
             commands = r.commands,
@@ -234,7 +243,13 @@ async fn soak(
     stop.store(true, Ordering::Relaxed);
     let load_ended = started.elapsed();
     while tasks.join_next().await.is_some() {}
-    let end = read(pool, &procs.latch, load_ended, answered.load(Ordering::Relaxed)).await;
+    let end = read(
+        pool,
+        &procs.latch,
+        load_ended,
+        answered.load(Ordering::Relaxed),
+    )
+    .await;
     let drain_started = Instant::now();
     let drained = cpu::drained(pool, Duration::from_secs(300)).await;
     let drain = drain_started.elapsed();
@@ -272,7 +287,11 @@ async fn soak(
             end.behind_secs,
             end.unpublished,
             drain.as_secs_f64(),
-            if drained { "" } else { " (NOT drained in 300 s)" }
+            if drained {
+                ""
+            } else {
+                " (NOT drained in 300 s)"
+            }
         ),
         baseline: "-".into(),
         ratio: "-".into(),
@@ -292,7 +311,12 @@ async fn soak(
         ratio: "-".into(),
         target: "flat after warm-up".into(),
     });
-    report.rows.push(cpu::row("the soak (all of it, drained)", &spent, raw_cpu, "-"));
+    report.rows.push(cpu::row(
+        "the soak (all of it, drained)",
+        &spent,
+        raw_cpu,
+        "-",
+    ));
     let metrics = http
         .get(format!("{base}/metrics"))
         .bearer_auth(operator)
@@ -432,10 +456,9 @@ async fn read(pool: &PgPool, latch_pid: &str, at: Duration, commands: u64) -> Re
     let (head, unpublished) = latch_projections::log::relay_figures(pool)
         .await
         .unwrap_or((0, 0));
-    let lags =
-        latch_projections::projector::lags(pool, latch_projections::audit::rebuild::NAMES)
-            .await
-            .unwrap_or_default();
+    let lags = latch_projections::projector::lags(pool, latch_projections::audit::rebuild::NAMES)
+        .await
+        .unwrap_or_default();
     let (behind_model, checkpoint, behind) = lags
         .into_iter()
         .max_by_key(|(_, _, lag)| *lag)

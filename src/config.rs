@@ -124,6 +124,10 @@ pub struct LimitArgs {
     /// Milliseconds a request may take to be answered (503 request_timeout after).
     #[arg(long, env = "LATCH_HTTP_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub http_request_timeout_ms: u64,
+    /// Positions the slowest read model may be behind the log before commands are refused
+    /// (503 read_models_behind); 0: never refuse.
+    #[arg(long, env = "LATCH_MAX_READ_MODEL_LAG", default_value_t = latch_api::backpressure::DEFAULT_MAX_LAG)]
+    pub max_read_model_lag: i64,
     /// Largest request body in bytes (413 body_too_large beyond, before it is buffered).
     #[arg(long, env = "LATCH_HTTP_BODY_LIMIT_BYTES", default_value_t = latch_api::edge::DEFAULT_BODY_LIMIT)]
     pub http_body_limit_bytes: usize,
@@ -260,6 +264,7 @@ impl LimitArgs {
         s.http.header_read_timeout = Duration::from_millis(self.http_header_timeout_ms.max(1));
         s.edge.request_timeout = Duration::from_millis(self.http_request_timeout_ms.max(1));
         s.edge.body_limit = self.http_body_limit_bytes;
+        s.edge.max_read_model_lag = self.max_read_model_lag;
         s.edge.trusted_proxies = self.trusted_proxies.clone().unwrap_or_default();
         s.qr.mint_per_minute_global = self.qr_mint_per_minute_global;
         s.qr.sockets_per_login = self.qr_sockets_per_login.max(1);

@@ -28,6 +28,9 @@ pub struct EdgeConfig {
     /// Longest a handler may take to answer (the response head; a WebSocket's life is not
     /// counted, it has its own limits).
     pub request_timeout: Duration,
+    /// Positions the slowest read model may be behind before commands are refused
+    /// ([`crate::backpressure`]); 0: never.
+    pub max_read_model_lag: i64,
 }
 
 impl Default for EdgeConfig {
@@ -36,6 +39,7 @@ impl Default for EdgeConfig {
             trusted_proxies: TrustedProxies::default(),
             body_limit: DEFAULT_BODY_LIMIT,
             request_timeout: Duration::from_secs(30),
+            max_read_model_lag: crate::backpressure::DEFAULT_MAX_LAG,
         }
     }
 }

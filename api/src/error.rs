@@ -56,6 +56,10 @@ pub enum ApiError {
     /// The request took longer than the configured request timeout.
     #[error("the request took longer than {millis} ms and was stopped; try again")]
     Timeout { millis: u64 },
+    /// The read models are further behind the log than the configured limit: commands wait
+    /// until they catch up, so the lag cannot grow without bound.
+    #[error("the read models are {behind} events behind the log (limit {limit}); nothing was written, try again shortly")]
+    ReadModelsBehind { behind: i64, limit: i64 },
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -106,6 +110,9 @@ impl ApiError {
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None),
             Self::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "request_timeout", None),
+            Self::ReadModelsBehind { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "read_models_behind", None)
+            }
         }
     }
 }
@@ -147,7 +154,10 @@ impl ApiError {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }
-        if matches!(self, Self::Unavailable(_) | Self::Timeout { .. }) {
+        if matches!(
+            self,
+            Self::Unavailable(_) | Self::Timeout { .. } | Self::ReadModelsBehind { .. }
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

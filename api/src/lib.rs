@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backpressure;
 pub mod devices;
 pub mod edge;
 pub mod error;
@@ -93,6 +94,11 @@ pub fn router(state: AppState) -> Router {
         tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
     });
     let edge = state.edge.clone();
+    let lag = backpressure::ReadModelLag::watch(
+        state.pool.clone(),
+        edge.max_read_model_lag,
+        state.shutdown.clone(),
+    );
     Router::new()
         .merge(health::router())
         .merge(devices::router())
@@ -118,6 +124,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         // Extractors stop reading a body at the limit (a chunked one has no length to check).
         .layer(axum::extract::DefaultBodyLimit::max(edge.body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            lag,
+            backpressure::push_back,
+        ))
         .layer(axum::middleware::from_fn_with_state(edge, edge::guard))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(trace)

@@ -76,6 +76,10 @@ fn describe() {
         "Time one batch of a stage took, by stage and projector"
     );
     describe_counter!(
+        "latch_commands_pushed_back_total",
+        "Commands refused (503 read_models_behind) while the read models were too far behind"
+    );
+    describe_counter!(
         "latch_stage_events_total",
         "Events through each stage, by stage and projector"
     );

@@ -26,6 +26,7 @@ mod nats_cluster;
 mod nats_identities;
 mod openapi;
 mod outages;
+mod push_back;
 mod qr_api;
 mod qr_pages;
 mod relay;
