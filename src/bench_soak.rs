@@ -361,8 +361,15 @@ async fn soak(
     Ok(())
 }
 
+/// A stage row: what it is called, the histogram series, and the labels that pick it.
+type Stage = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 /// What the stages rows read from `/metrics`.
-const STAGES: &[(&str, &str, &[(&str, &str)])] = &[
+const STAGES: &[Stage] = &[
     (
         "HTTP request (POST /devices)",
         "latch_http_request_duration_seconds_bucket",
