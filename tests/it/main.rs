@@ -24,6 +24,7 @@ mod metrics;
 mod nats_auth;
 mod nats_cluster;
 mod nats_identities;
+mod ops_pages;
 mod openapi;
 mod outages;
 mod push_back;
