@@ -116,6 +116,24 @@ function fill(id, rows, emptyId) {
   if (emptyId) $(emptyId).hidden = rows.length > 0;
 }
 
+// Redraws a list from `items`, keeping the element of an item whose version is unchanged, so
+// a re-read never wipes what an operator is typing into a row that did not change.
+function fillKeyed(id, items, key, version, build, emptyId) {
+  const kept = new Map();
+  for (const e of $(id).children) kept.set(e.dataset.key, e);
+  const rows = items.map((item) => {
+    const old = kept.get(key(item));
+    if (old && old.dataset.version === String(version(item))) return old;
+    const e = build(item);
+    e.dataset.key = key(item);
+    e.dataset.version = String(version(item));
+    return e;
+  });
+  const same = rows.length === $(id).children.length && rows.every((r, i) => $(id).children[i] === r);
+  if (!same) $(id).replaceChildren(...rows);
+  if (emptyId) $(emptyId).hidden = rows.length > 0;
+}
+
 // ---- the screens ----
 
 function deviceState(d) {
@@ -142,15 +160,13 @@ async function loadFleet() {
 }
 
 function reasonText(reason) {
-  // {"OutOfTolerance": {"shelf": 1, "delta": 170}} -> "OutOfTolerance shelf 1 (170 g)"
+  // {"reason": "out_of_tolerance", "shelf": 1, "delta": 170} -> "out_of_tolerance: shelf 1, 170 g"
   if (reason === null || typeof reason !== "object") return String(reason);
-  return Object.entries(reason).map(([kind, v]) => {
-    if (!v || typeof v !== "object") return kind;
-    let t = kind;
-    if (v.shelf !== undefined) t += " shelf " + v.shelf;
-    if (v.delta !== undefined) t += " (" + v.delta + " g)";
-    return t;
-  }).join(", ");
+  const facts = [];
+  if (reason.shelf !== undefined) facts.push("shelf " + reason.shelf);
+  if (reason.delta !== undefined) facts.push(reason.delta + " g");
+  if (reason.grams !== undefined) facts.push(reason.grams + " g");
+  return (reason.reason || "review") + (facts.length ? ": " + facts.join(", ") : "");
 }
 
 function lineEditor(line) {
@@ -227,8 +243,10 @@ async function loadOrders() {
   ]);
   if (review.status !== 200) return failed(review);
   if (paid.status !== 200) return failed(paid);
-  fill("review-rows", review.body.map(reviewCard), "review-empty");
-  fill("paid-rows", paid.body.map(paidRow), "paid-empty");
+  const key = (o) => o.session_id;
+  const version = (o) => o.last_position;
+  fillKeyed("review-rows", review.body, key, version, reviewCard, "review-empty");
+  fillKeyed("paid-rows", paid.body, key, version, paidRow, "paid-empty");
 }
 
 function siteBlock(s) {

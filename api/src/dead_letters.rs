@@ -101,11 +101,8 @@ pub async fn list(
                 reason: header("Latch-Reason").unwrap_or_else(|| "unknown".into()),
                 detail: header("Latch-Detail"),
                 subject: header("Latch-Subject"),
-                kept_at: DateTime::from_timestamp(
-                    m.time.unix_timestamp(),
-                    m.time.nanosecond(),
-                )
-                .unwrap_or_default(),
+                kept_at: DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
+                    .unwrap_or_default(),
                 payload: String::from_utf8_lossy(&m.payload[..keep]).into_owned(),
             });
         }

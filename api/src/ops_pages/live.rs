@@ -110,8 +110,13 @@ pub async fn live(
         }
     }
     // Listen first, then tell the page to read: a change between the two is not lost.
-    let unavailable = |e: async_nats::SubscribeError| ApiError::Unavailable(format!("push channel: {e}"));
-    let events = state.nats.subscribe(EVENTS_ALL).await.map_err(unavailable)?;
+    let unavailable =
+        |e: async_nats::SubscribeError| ApiError::Unavailable(format!("push channel: {e}"));
+    let events = state
+        .nats
+        .subscribe(EVENTS_ALL)
+        .await
+        .map_err(unavailable)?;
     let dead = state
         .nats
         .subscribe(DEADLETTER_ALL)

@@ -16,10 +16,10 @@ pub mod shop;
 pub mod sticker;
 
 use crate::auth::{Actor, Role, SessionActor};
-use crate::ops_pages::OpsCaller;
 use crate::error::{from_command_error, ApiError, ErrorBody};
 use crate::extract::{JsonBody, RequestMeta};
 use crate::kazaya::{Kazaya, KazayaError};
+use crate::ops_pages::OpsCaller;
 use crate::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
