@@ -197,7 +197,7 @@ pub async fn show(
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
-    _actor: Actor,
+    _caller: crate::ops_pages::OpsCaller,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest {

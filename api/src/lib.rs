@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod auth;
 pub mod backpressure;
+pub mod dead_letters;
 pub mod devices;
 pub mod edge;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod login_events;
 pub mod metrics;
 pub mod nats_identities;
 pub mod openapi;
+pub mod ops_pages;
 pub mod pages;
 pub mod qr;
 pub mod tokens;
@@ -110,6 +112,8 @@ pub fn router(state: AppState) -> Router {
         .merge(lockers::router())
         .merge(locker_pages::router())
         .merge(kiosk_pages::router())
+        .merge(ops_pages::router())
+        .merge(dead_letters::router())
         .merge(tokens::router())
         .merge(metrics::router())
         .merge(nats_identities::router())

@@ -1181,7 +1181,7 @@ async fn start_delivery_worker(
 }
 
 /// Zheng reserves 01 and hands it to authorizer 0001; the grant id.
-async fn request_via_company_a(app: &TestApp) -> String {
+pub(crate) async fn request_via_company_a(app: &TestApp) -> String {
     let zheng = token(app, "13488888888").await;
     reserve(app, &zheng).await;
     app.clock.advance(chrono::Duration::minutes(1));

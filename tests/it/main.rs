@@ -25,6 +25,7 @@ mod nats_auth;
 mod nats_cluster;
 mod nats_identities;
 mod openapi;
+mod ops_pages;
 mod outages;
 mod push_back;
 mod qr_api;

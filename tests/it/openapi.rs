@@ -30,6 +30,8 @@ const BROWSER_PAGES: &[&str] = &[
     "/m/cabinet/{device_id}",
     "/m/orders/{session_id}",
     "/web/shop.js",
+    "/ops",
+    "/web/ops.js",
 ];
 
 const METHODS: &[&str] = &["get", "post", "put", "delete", "patch"];

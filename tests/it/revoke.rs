@@ -297,7 +297,7 @@ async fn logging_out_revokes_the_web_session_and_an_old_cookie_is_refused() {
 // Refunds
 
 /// A paid order of ¥9.00 (2 colas, 1 water): its session id and Kazaya's payment id.
-async fn paid_order(world: &World, phone: &str) -> (Uuid, String) {
+pub(crate) async fn paid_order(world: &World, phone: &str) -> (Uuid, String) {
     let cabinet = world.cabinet().await;
     let token = member_token(world, cabinet.id, phone).await;
     let serve = cabinet

@@ -253,3 +253,21 @@ pub async fn show_grant(
     }
     Ok(Json(row))
 }
+
+/// Open grant requests read at most, per request.
+const OPEN_GRANTS_SHOWN: i64 = 500;
+
+/// Grant requests not settled yet (`requested` or `accepted`), oldest first, at most 500
+/// (operators).
+#[utoipa::path(get, path = "/lockers/grants", tag = "lockers",
+    responses((status = 200, body = [GrantRow]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn open_grants(
+    State(state): State<AppState>,
+    crate::ops_pages::OpsCaller(actor): crate::ops_pages::OpsCaller,
+) -> Result<Json<Vec<GrantRow>>, ApiError> {
+    actor.require(Role::Operator)?;
+    Ok(Json(
+        queries::open_grants(&state.pool, OPEN_GRANTS_SHOWN).await?,
+    ))
+}

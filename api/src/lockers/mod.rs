@@ -167,7 +167,7 @@ impl Lockers {
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/lockers/sites", post(register_site))
+        .route("/lockers/sites", post(register_site).get(list_sites))
         .route("/lockers/compartments", post(install_compartment))
         .route("/lockers/users", post(register_user))
         .route("/lockers/users/{number}/disable", post(disable_user))
@@ -192,7 +192,7 @@ pub fn router() -> Router<AppState> {
         .route("/lockers/reservations", post(reserve))
         .route("/lockers/me/compartments", get(my_compartments))
         .route("/lockers/me/inbox", get(my_inbox))
-        .route("/lockers/grants", post(grant_direct))
+        .route("/lockers/grants", post(grant_direct).get(open_grants))
         .route("/lockers/grants/via-authorizer", post(grant_via_authorizer))
         .route("/lockers/grants/{grant_id}", get(show_grant))
         .route("/lockers/compartments/{id}/holder", get(holder_at))

@@ -245,3 +245,41 @@ pub async fn holder_at(
         json!({ "compartment_id": id.to_string(), "at": at, "holder": holder }),
     ))
 }
+
+/// A site with its compartments, their holders and doors, as operators see it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SiteView {
+    #[serde(flatten)]
+    pub site: model::SiteRow,
+    pub compartments: Vec<CompartmentRow>,
+}
+
+/// Sites read at most, per request.
+const SITES_SHOWN: i64 = 200;
+
+/// Every site (up to 200, by site code) with its compartments, who holds each and its door
+/// (operators).
+#[utoipa::path(get, path = "/lockers/sites", tag = "lockers",
+    responses((status = 200, body = [SiteView]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_sites(
+    State(state): State<AppState>,
+    crate::ops_pages::OpsCaller(actor): crate::ops_pages::OpsCaller,
+) -> Result<Json<Vec<SiteView>>, ApiError> {
+    actor.require(Role::Operator)?;
+    let sites = model::sites(&state.pool, SITES_SHOWN).await?;
+    let codes: Vec<String> = sites.iter().map(|s| s.site.clone()).collect();
+    let mut by_site: std::collections::HashMap<String, Vec<CompartmentRow>> =
+        std::collections::HashMap::new();
+    for c in model::compartments_at(&state.pool, &codes).await? {
+        by_site.entry(c.site.clone()).or_default().push(c);
+    }
+    let views = sites
+        .into_iter()
+        .map(|site| SiteView {
+            compartments: by_site.remove(&site.site).unwrap_or_default(),
+            site,
+        })
+        .collect();
+    Ok(Json(views))
+}

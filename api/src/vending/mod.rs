@@ -19,6 +19,7 @@ use crate::auth::{Actor, Role, SessionActor};
 use crate::error::{from_command_error, ApiError, ErrorBody};
 use crate::extract::{JsonBody, RequestMeta};
 use crate::kazaya::{Kazaya, KazayaError};
+use crate::ops_pages::OpsCaller;
 use crate::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -337,7 +338,7 @@ pub(crate) fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
     security(("bearer" = [])))]
 pub async fn list_orders(
     State(state): State<AppState>,
-    actor: Actor,
+    OpsCaller(actor): OpsCaller,
     query: Result<Query<OrderQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<OrderRow>>, ApiError> {
     actor.require(Role::Operator)?;
@@ -412,7 +413,7 @@ pub struct RawReviewLine {
     security(("bearer" = [])))]
 pub async fn resolve_review(
     State(state): State<AppState>,
-    actor: Actor,
+    OpsCaller(actor): OpsCaller,
     meta: RequestMeta,
     Path(session_id): Path<String>,
     body: JsonBody<ResolveReview>,
@@ -487,7 +488,7 @@ pub struct RefundDone {
     security(("bearer" = [])))]
 pub async fn refund(
     State(state): State<AppState>,
-    actor: Actor,
+    OpsCaller(actor): OpsCaller,
     meta: RequestMeta,
     Path(session_id): Path<String>,
     body: JsonBody<RefundRequest>,

@@ -195,3 +195,45 @@ pub async fn grant(pool: &PgPool, grant_id: Uuid) -> Result<Option<GrantRow>, sq
     .fetch_optional(pool)
     .await
 }
+
+/// A site as operators see it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct SiteRow {
+    pub site: String,
+    pub name: String,
+    pub registered_at: DateTime<Utc>,
+}
+
+/// Up to `limit` sites, by site code.
+pub async fn sites(pool: &PgPool, limit: i64) -> Result<Vec<SiteRow>, sqlx::Error> {
+    sqlx::query_as("SELECT site, name, registered_at FROM locker_sites ORDER BY site LIMIT $1")
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// The compartments at `sites` (with their holders and doors), by site and number.
+pub async fn compartments_at(
+    pool: &PgPool,
+    sites: &[String],
+) -> Result<Vec<CompartmentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{COMPARTMENT_ROW} WHERE c.site = ANY($1) ORDER BY c.site, c.number"
+    ))
+    .bind(sites)
+    .fetch_all(pool)
+    .await
+}
+
+/// Grant requests not settled yet (`requested` or `accepted`), oldest first, at most `limit`.
+pub async fn open_grants(pool: &PgPool, limit: i64) -> Result<Vec<GrantRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT grant_id, compartment_id, size, requester, kind, authorizer, receiver, status, reason,
+                deadline, requested_at, updated_at
+           FROM grant_requests WHERE status IN ('requested', 'accepted')
+          ORDER BY requested_at, grant_id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
