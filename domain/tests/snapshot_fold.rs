@@ -1038,7 +1038,14 @@ fn compartment_command(
     use CompartmentCommand as C;
     use CompartmentStep as S;
     let at = now.at;
-    let holder_or = |by_holder: bool, i: u8| match (&compartment.holder, by_holder) {
+    // The holder of the window now falls in, else of the first booked one.
+    let holder = compartment
+        .windows
+        .iter()
+        .find(|w| w.contains(at))
+        .or(compartment.windows.first())
+        .map(|w| &w.holder);
+    let holder_or = |by_holder: bool, i: u8| match (holder, by_holder) {
         (Some(holder), true) => holder.clone(),
         _ => user_number(pick(&USERS, i)),
     };
@@ -1068,6 +1075,13 @@ fn compartment_command(
             from: holder_or(*by_holder, to.wrapping_add(1)),
             to: user_number(pick(&USERS, *to)),
             via: via.map(|a| authorizer_number(pick(&AUTHORIZERS, a))),
+            // Now and then only the second half of the window in use.
+            window: compartment
+                .windows
+                .iter()
+                .find(|w| w.contains(at))
+                .filter(|_| to % 3 == 0)
+                .map(|w| (w.start + (w.end - w.start) / 2, w.end)),
             at,
         },
         S::Deposit { by_holder, parcel } => C::Deposit {
