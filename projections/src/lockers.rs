@@ -1,6 +1,10 @@
-//! Shared parcel lockers: sites, compartment ownership (current holder, per-user listing and the
-//! full holder history, so the holder at any past moment is a query), users, authorizers, each
-//! grant request's state, and the notification inbox.
+//! Shared parcel lockers: sites, compartment ownership (current holder, every booked window, per-user
+//! listing and the full holder history, so the holder at any past moment is a query), users,
+//! authorizers, each grant request's state, and the notification inbox.
+//!
+//! `locker_windows` holds every compartment's booked windows; `locker_compartments` shows the
+//! earliest of them (the current or next holder) beside the status, recomputed from the windows
+//! after each change to them ([`Change::CurrentWindow`]), so the two never disagree.
 //!
 //! [`evolve`] is the whole projection as a pure function of one event: it names the changes,
 //! and [`LockersProjection`] writes them in the projector's transaction, beside the checkpoint.
@@ -21,6 +25,7 @@ use write::write;
 
 mod batch;
 pub mod queries;
+pub mod windows;
 mod write;
 
 pub const NAME: &str = "lockers";
@@ -30,11 +35,23 @@ pub const TABLES: &[&str] = &[
     "locker_sites",
     "locker_compartments",
     "compartment_holders",
+    "locker_windows",
     "locker_users",
     "locker_authorizers",
     "grant_requests",
     "locker_inbox",
 ];
+
+/// Which of a holder's open holdings a [`Change::HoldingEnded`] ends, by when they began.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Began {
+    /// Any (events recorded before windows: the holder had one).
+    Any,
+    /// At or before this moment (the holding in use then; later windows begin after it).
+    By(DateTime<Utc>),
+    /// Before this moment (a lapsed window's end).
+    Before(DateTime<Utc>),
+}
 
 /// One change to the lockers read models.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,16 +74,40 @@ pub enum Change {
         door: Uuid,
         at: DateTime<Utc>,
     },
-    Reserved {
+    /// `holder` booked [starts_at, ends_at).
+    WindowBooked {
         id: String,
         holder: String,
-        window_start: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
+        starts_at: DateTime<Utc>,
+        ends_at: DateTime<Utc>,
         at: DateTime<Utc>,
     },
-    HolderSet {
+    /// `to` now holds [starts_at, ends_at) of `from`'s window, `from` the rest. Without a
+    /// range (events recorded before windows) the window [`windows::pick`] finds passes whole.
+    WindowHandedOn {
+        id: String,
+        from: String,
+        to: String,
+        range: Option<(DateTime<Utc>, DateTime<Utc>)>,
+        at: DateTime<Utc>,
+    },
+    /// `holder`'s window [starts_at, ends_at) lapsed; without a range (recorded before
+    /// windows) all of `holder`'s windows did.
+    WindowLapsed {
         id: String,
         holder: String,
+        range: Option<(DateTime<Utc>, DateTime<Utc>)>,
+        at: DateTime<Utc>,
+    },
+    /// A deposit used `holder`'s window (the one [`windows::pick`] finds) up.
+    WindowUsed {
+        id: String,
+        holder: String,
+        at: DateTime<Utc>,
+    },
+    /// The compartment row shows its earliest window again (unless a parcel is in).
+    CurrentWindow {
+        id: String,
         at: DateTime<Utc>,
     },
     Deposited {
@@ -79,11 +120,22 @@ pub enum Change {
         id: String,
         at: DateTime<Utc>,
     },
-    /// Ends the open holding of `id` at `at`.
+    /// Ends `holder`'s open holdings of `id` that began by `began_by` (inclusive) or, for a
+    /// lapsed window, before `began_before`: at `at`, or earlier if one was to end earlier.
     HoldingEnded {
         id: String,
+        holder: String,
+        began: Began,
         ended_by: &'static str,
         at: DateTime<Utc>,
+    },
+    /// After a grant of part of a window: `holder` holds again from `from`, if a window of
+    /// theirs starts there (the rest of the window they granted from).
+    HoldingResumed {
+        id: String,
+        holder: String,
+        grant_id: Uuid,
+        from: DateTime<Utc>,
     },
     HoldingBegan {
         id: String,
@@ -290,90 +342,140 @@ fn compartment(id: String, event: CompartmentEvent) -> Vec<Change> {
             expires_at,
             at,
         } => vec![
-            Change::Reserved {
+            Change::WindowBooked {
                 id: id.clone(),
                 holder: holder.to_string(),
-                window_start,
-                expires_at,
+                starts_at: window_start,
+                ends_at: expires_at,
                 at,
             },
+            Change::CurrentWindow { id: id.clone(), at },
+            // A future window's holding begins with it.
             Change::HoldingBegan {
                 id: id.clone(),
                 holder: holder.to_string(),
                 grant_id: None,
                 authorizer: None,
-                at,
+                at: window_start.max(at),
             },
             Change::Notify {
                 recipient: format!("user:{holder}"),
                 kind: "reserved",
                 grant_id: None,
-                message: format!(
-                    "您已成功预约格口 {id}，请在 {} 前使用",
-                    expires_at.format("%Y-%m-%d %H:%M UTC")
-                ),
+                message: reserved_message(&id, window_start, expires_at),
                 compartment: id,
                 at,
             },
         ],
-        E::ReservationExpired { holder, at } => vec![
-            Change::Freed { id: id.clone(), at },
-            Change::HoldingEnded {
-                id: id.clone(),
-                ended_by: "expired",
-                at,
-            },
-            Change::Notify {
-                recipient: format!("user:{holder}"),
-                kind: "reservation_expired",
-                grant_id: None,
-                compartment: id.clone(),
-                message: format!("您预约的格口 {id} 已过期，已释放"),
-                at,
-            },
-        ],
+        E::ReservationExpired {
+            holder,
+            window_start,
+            window_end,
+            at,
+        } => {
+            let range = window_start.zip(window_end);
+            vec![
+                Change::WindowLapsed {
+                    id: id.clone(),
+                    holder: holder.to_string(),
+                    range,
+                    at,
+                },
+                Change::CurrentWindow { id: id.clone(), at },
+                Change::HoldingEnded {
+                    id: id.clone(),
+                    holder: holder.to_string(),
+                    began: range.map_or(Began::Any, |(_, end)| Began::Before(end)),
+                    ended_by: "expired",
+                    // A window's holding ends at the window's end, not at the sweep.
+                    at: range.map_or(at, |(_, end)| end.min(at)),
+                },
+                Change::Notify {
+                    recipient: format!("user:{holder}"),
+                    kind: "reservation_expired",
+                    grant_id: None,
+                    compartment: id.clone(),
+                    message: match range {
+                        Some((start, end)) => format!(
+                            "您预约的格口 {id}（{} 至 {}）已过期，已释放",
+                            start.format("%Y-%m-%d %H:%M"),
+                            end.format("%Y-%m-%d %H:%M UTC")
+                        ),
+                        None => format!("您预约的格口 {id} 已过期，已释放"),
+                    },
+                    at,
+                },
+            ]
+        }
         E::HolderChanged {
             grant_id,
             from,
             to,
             via,
+            window_start,
+            window_end,
             at,
         } => {
+            let range = window_start.zip(window_end);
+            // The hand-over moment: now, or the start of a later part handed on.
+            let handover = range.map_or(at, |(start, _)| start.max(at));
             let mut changes = vec![
-                Change::HolderSet {
+                Change::WindowHandedOn {
                     id: id.clone(),
-                    holder: to.to_string(),
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    range,
                     at,
                 },
+                Change::CurrentWindow { id: id.clone(), at },
                 Change::HoldingEnded {
                     id: id.clone(),
+                    holder: from.to_string(),
+                    began: Began::By(at),
                     ended_by: "granted",
-                    at,
+                    at: handover,
                 },
                 Change::HoldingBegan {
                     id: id.clone(),
                     holder: to.to_string(),
                     grant_id: Some(grant_id),
                     authorizer: via.as_ref().map(|a| a.to_string()),
-                    at,
-                },
-                Change::Notify {
-                    recipient: format!("user:{to}"),
-                    kind: "come_use",
-                    grant_id: Some(grant_id),
-                    compartment: id.clone(),
-                    message: format!("{from} 已将格口 {id} 的使用权授予您，请前往投递"),
-                    at,
-                },
-                Change::Notify {
-                    recipient: format!("user:{from}"),
-                    kind: "grant_confirmed",
-                    grant_id: Some(grant_id),
-                    compartment: id.clone(),
-                    message: format!("格口 {id} 已授予 {to}"),
-                    at,
+                    at: handover,
                 },
             ];
+            if let Some((_, end)) = range {
+                changes.push(Change::HoldingResumed {
+                    id: id.clone(),
+                    holder: from.to_string(),
+                    grant_id,
+                    from: end,
+                });
+            }
+            let part = range
+                .map(|(start, end)| {
+                    format!(
+                        "（{} 至 {}）",
+                        start.format("%Y-%m-%d %H:%M"),
+                        end.format("%Y-%m-%d %H:%M UTC")
+                    )
+                })
+                .unwrap_or_default();
+            changes.push(Change::Notify {
+                recipient: format!("user:{to}"),
+                kind: "come_use",
+                grant_id: Some(grant_id),
+                compartment: id.clone(),
+                message: format!("{from} 已将格口 {id}{part} 的使用权授予您，请前往投递"),
+                at,
+            });
+            changes.push(Change::Notify {
+                recipient: format!("user:{from}"),
+                kind: "grant_confirmed",
+                grant_id: Some(grant_id),
+                compartment: id.clone(),
+                message: format!("格口 {id}{part} 已授予 {to}"),
+                at,
+            });
             if via.is_none() {
                 changes.push(Change::DirectGrant {
                     grant_id,
@@ -407,14 +509,33 @@ fn compartment(id: String, event: CompartmentEvent) -> Vec<Change> {
                 parcel: parcel.as_str().to_owned(),
                 at,
             },
+            Change::WindowUsed {
+                id: id.clone(),
+                holder: depositor.to_string(),
+                at,
+            },
             Change::HoldingEnded {
                 id,
+                holder: depositor.to_string(),
+                began: Began::By(at),
                 ended_by: "deposited",
                 at,
             },
         ],
-        E::ParcelCollected { at, .. } => vec![Change::Freed { id, at }],
+        E::ParcelCollected { at, .. } => vec![
+            Change::Freed { id: id.clone(), at },
+            Change::CurrentWindow { id, at },
+        ],
     }
+}
+
+/// What a reservation's holder is told: the window they booked.
+pub fn reserved_message(id: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> String {
+    format!(
+        "您已成功预约格口 {id}，使用时段 {} 至 {}",
+        start.format("%Y-%m-%d %H:%M"),
+        end.format("%Y-%m-%d %H:%M UTC")
+    )
 }
 
 fn grant(event: &LoggedEvent, parsed: GrantEvent) -> Result<Vec<Change>, ProjectionError> {
@@ -575,13 +696,17 @@ mod tests {
                 from,
                 to,
                 via: None,
+                window_start: None,
+                window_end: None,
                 at: t(5),
             },
         );
         let changes = evolve(&e).unwrap();
-        assert!(changes.contains(&Change::HolderSet {
+        assert!(changes.contains(&Change::WindowHandedOn {
             id: "610091A01:01".into(),
-            holder: "13499996666".into(),
+            from: "13455555555".into(),
+            to: "13499996666".into(),
+            range: None,
             at: t(5),
         }));
         assert!(

@@ -104,6 +104,8 @@ impl GrantProcess {
             from,
             to,
             via,
+            // An authorizer's grant hands on the requester's whole current window.
+            window: None,
             at: self.clock.now(),
         };
         let ctx = context_for(ACCEPTED_CONSUMER, event, "");

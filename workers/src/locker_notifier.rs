@@ -102,8 +102,8 @@ pub fn notices(event: &LoggedEvent) -> (Vec<Notice>, Option<(String, String)>) {
     }) = serde_json::from_value::<CompartmentEvent>(event.payload.clone())
     {
         let id = &event.aggregate_id;
-        let until = expires_at.format("%Y-%m-%d %H:%M UTC");
-        let message = format!("您已成功预约格口 {id}，请在 {until} 前使用");
+        let message =
+            latch_projections::lockers::reserved_message(id, window_start, expires_at);
         let notice = (
             subjects::locker_notifications(holder.as_str()),
             json!({ "kind": "reserved", "event_id": event.event_id, "compartment_id": id,
@@ -118,6 +118,8 @@ pub fn notices(event: &LoggedEvent) -> (Vec<Notice>, Option<(String, String)>) {
         from,
         to,
         via,
+        window_start,
+        window_end,
         ..
     }) = serde_json::from_value::<CompartmentEvent>(event.payload.clone())
     else {
@@ -130,6 +132,7 @@ pub fn notices(event: &LoggedEvent) -> (Vec<Notice>, Option<(String, String)>) {
             subjects::locker_notifications(to.as_str()),
             json!({ "kind": "come_use", "event_id": event_id, "grant_id": grant_id,
                     "compartment_id": id, "from": from.as_str(),
+                    "window_start": window_start, "window_end": window_end,
                     "message": format!("{from} 已将格口 {id} 的使用权授予您，请前往投递") }),
         ),
         (
@@ -226,6 +229,8 @@ mod tests {
             from: UserNumber::parse("u", "13488888888").unwrap(),
             to: UserNumber::parse("u", "13466666666").unwrap(),
             via: via.map(|a| AuthorizerNumber::parse("a", a).unwrap()),
+            window_start: Some(at),
+            window_end: Some(at + chrono::Duration::hours(2)),
             at,
         };
         LoggedEvent {
@@ -267,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reservation_tells_its_holder_until_when() {
+    fn a_reservation_tells_its_holder_the_window() {
         let mut event = holder_changed(None);
         event.payload = json!({"CompartmentReserved": {"holder": "13455555555",
             "window_start": "2026-12-03T08:00:00Z", "expires_at": "2026-12-03T10:00:00Z",
@@ -279,8 +284,11 @@ mod tests {
         assert_eq!(messages[0].1["event_id"], event.event_id.to_string());
         let (phone, text) = sms.unwrap();
         assert_eq!(phone, "13455555555");
+        // The window booked, both ends.
         assert!(
-            text.contains("610091A01:01") && text.contains("2026-12-03 10:00 UTC"),
+            text.contains("610091A01:01")
+                && text.contains("2026-12-03 08:00")
+                && text.contains("2026-12-03 10:00 UTC"),
             "{text}"
         );
     }

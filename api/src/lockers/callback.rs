@@ -189,7 +189,7 @@ pub async fn handle_answer(
                 .load(&id.to_string())
                 .await?
                 .unwrap_or_default();
-            if !compartment.held_by(&requester) || compartment.status != Status::Reserved {
+            if !compartment.held_by(&requester, now) || compartment.status != Status::Reserved {
                 return Err(ApiError::Conflict {
                     code: "compartment_changed_hands",
                     message: format!("{requester} no longer holds compartment {id}"),

@@ -1,7 +1,7 @@
 //! Handing a compartment on: directly to another user, or through an authorizer; and each grant's
 //! state.
 
-use super::{me, unprocessable};
+use super::{me, parse_time, unprocessable};
 use crate::auth::Role;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, RequestMeta};
@@ -11,11 +11,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use latch_domain::device::SiteCode;
+use chrono::{DateTime, Utc};
+use latch_domain::locker::compartment::Status;
 use latch_domain::locker::{
-    Authorizer, AuthorizerNumber, Compartment, CompartmentCommand, CompartmentEvent, CompartmentId,
-    CompartmentNumber, GrantCommand, GrantTarget, LockerUser, Size, UserNumber,
+    Authorizer, AuthorizerNumber, Compartment, CompartmentCommand, CompartmentError,
+    CompartmentEvent, CompartmentId, CompartmentNumber, GrantCommand, GrantTarget, LockerUser,
+    Size, UserNumber,
 };
-use latch_domain::store::Store;
+use latch_domain::store::{CommandError, Store};
 use latch_projections::lockers::queries::{self, GrantRow};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -28,6 +31,11 @@ pub struct GrantDirect {
     pub compartment: String,
     /// The receiver's user number.
     pub receiver: String,
+    /// RFC 3339, with `window_end`: hand on only [window_start, window_end), a part of the
+    /// window the caller holds now; they keep the rest. Default: the whole current window.
+    pub window_start: Option<String>,
+    /// RFC 3339 (exclusive), with `window_start`.
+    pub window_end: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -36,6 +44,9 @@ pub struct GrantOutcome {
     pub compartment_id: String,
     pub status: String,
     pub holder: String,
+    /// The part of the window handed on.
+    pub window_start: Option<DateTime<Utc>>,
+    pub window_end: Option<DateTime<Utc>>,
 }
 
 /// The receiver must exist and be active.
@@ -59,11 +70,12 @@ pub(super) async fn active_receiver(
     }
 }
 
-/// The compartment, which `holder` must hold now.
+/// The compartment, which `holder` must hold at `now` (inside a window of theirs).
 async fn held(
     store: &Store,
     id: &CompartmentId,
     holder: &UserNumber,
+    now: DateTime<Utc>,
 ) -> Result<Compartment, ApiError> {
     let compartment = store
         .compartments
@@ -73,7 +85,16 @@ async fn held(
             code: "compartment_not_found",
             message: format!("no compartment {id}"),
         })?;
-    if !compartment.held_by(holder) {
+    if !compartment.held_by(holder, now)
+        && compartment.status != Status::Occupied
+        && compartment.booked_later(holder, now)
+    {
+        return Err(ApiError::Conflict {
+            code: "outside_window",
+            message: format!("{holder}'s window on compartment {id} has not begun"),
+        });
+    }
+    if !compartment.held_by(holder, now) {
         return Err(ApiError::Conflict {
             code: "not_the_holder",
             message: format!("{holder} does not hold compartment {id}"),
@@ -96,6 +117,21 @@ pub async fn grant_direct(
         CompartmentNumber::parse("compartment", &body.value.compartment)?,
     );
     let receiver = UserNumber::parse("receiver", &body.value.receiver)?;
+    let window = match (
+        parse_time("window_start", &body.value.window_start)?,
+        parse_time("window_end", &body.value.window_end)?,
+    ) {
+        (Some(start), Some(end)) => Some((start, end)),
+        (None, None) => None,
+        (start, _) => {
+            let missing = if start.is_some() { "window_end" } else { "window_start" };
+            return Err(unprocessable(
+                "invalid_grant_window",
+                missing,
+                "window_start and window_end go together",
+            ));
+        }
+    };
     state.lockers.limits.grant(&holder, &id)?;
     if receiver == holder {
         return Err(unprocessable(
@@ -112,9 +148,10 @@ pub async fn grant_direct(
         from: holder.clone(),
         to: receiver.clone(),
         via: None,
+        window,
         at: state.clock.now(),
     };
-    let done = state
+    let done = match state
         .store
         .compartments
         .execute(
@@ -123,12 +160,23 @@ pub async fn grant_direct(
             command,
             &meta.context(&actor, &body.raw),
         )
-        .await?;
-    let grant_id = done
+        .await
+    {
+        Err(CommandError::Rejected(e @ CompartmentError::BadGrantWindow)) => {
+            return Err(unprocessable(e.code(), "window_start", e.to_string()))
+        }
+        other => other?,
+    };
+    let (grant_id, window_start, window_end) = done
         .events
         .iter()
         .find_map(|e| match e {
-            CompartmentEvent::HolderChanged { grant_id, .. } => Some(*grant_id),
+            CompartmentEvent::HolderChanged {
+                grant_id,
+                window_start,
+                window_end,
+                ..
+            } => Some((*grant_id, *window_start, *window_end)),
             _ => None,
         })
         .ok_or_else(|| ApiError::Internal("grant produced no holder change".into()))?;
@@ -139,6 +187,8 @@ pub async fn grant_direct(
             compartment_id: id.to_string(),
             status: "completed".into(),
             holder: receiver.to_string(),
+            window_start,
+            window_end,
         }),
     ))
 }
@@ -168,8 +218,8 @@ pub async fn grant_via_authorizer(
     let number = AuthorizerNumber::parse("authorizer", &body.value.authorizer)?;
     state.lockers.limits.grant(&holder, &id)?;
     active_authorizer(&state.store, &number, "authorizer").await?;
-    let compartment = held(&state.store, &id, &holder).await?;
     let now = state.clock.now();
+    let compartment = held(&state.store, &id, &holder, now).await?;
     let grant_id = Uuid::now_v7();
     let deadline = now + state.lockers.settings.grant_timeout;
     let command = GrantCommand::Request {

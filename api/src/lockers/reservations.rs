@@ -1,4 +1,5 @@
-//! A user's own side: reserving a compartment by size, what they hold, their inbox.
+//! A user's own side: reserving a compartment by size for a time window, what they hold (now and
+//! later), their inbox.
 
 use super::{me, parse_time, unprocessable};
 use crate::error::{ApiError, ErrorBody};
@@ -22,9 +23,12 @@ use serde_json::json;
 pub struct Reserve {
     pub site: String,
     pub size: String,
-    /// RFC 3339; default now.
+    /// RFC 3339: when the window begins; default now. The compartment is held (grantable,
+    /// depositable) only from then on.
     pub window_start: Option<String>,
-    /// RFC 3339; default now + the configured reservation length.
+    /// RFC 3339: when the window ends (exclusive); default window_start + the configured
+    /// reservation length. Windows on one compartment never overlap; one may end exactly where
+    /// the next begins.
     pub expires_at: Option<String>,
 }
 
@@ -62,8 +66,18 @@ pub async fn reserve(
             message: format!("no site {}", site.as_str()),
         });
     }
-    let candidates =
-        model::free_compartments(&state.pool, site.as_str(), size.as_str(), 20).await?;
+    // Compartments of the size with no window overlapping this one; the aggregate has the last
+    // word (a race may have booked one since the read model saw it).
+    let window = (window_start.unwrap_or(now), expires_at);
+    let candidates = model::free_compartments(
+        &state.pool,
+        site.as_str(),
+        size.as_str(),
+        window,
+        now,
+        20,
+    )
+    .await?;
     let ctx = meta.context(&actor, &body.raw);
     // A retry of a reservation that went through names the compartment it reserved then.
     if let Some(key) = &ctx.idempotency {
@@ -87,6 +101,7 @@ pub async fn reserve(
                 .await?;
             if let Some(latch_domain::locker::CompartmentEvent::CompartmentReserved {
                 holder,
+                window_start,
                 expires_at,
                 ..
             }) = done.events.first()
@@ -97,6 +112,7 @@ pub async fn reserve(
                         "compartment_id": id,
                         "size": size.as_str(),
                         "holder": holder.as_str(),
+                        "window_start": window_start,
                         "expires_at": expires_at,
                     })),
                 ));
@@ -137,11 +153,14 @@ pub async fn reserve(
                         "compartment_id": id,
                         "size": size.as_str(),
                         "holder": user.as_str(),
+                        "window_start": window.0,
                         "expires_at": expires_at,
                     })),
                 ));
             }
-            Err(CommandError::Rejected(CompartmentError::NotFree)) => continue,
+            Err(CommandError::Rejected(
+                CompartmentError::NotFree | CompartmentError::WindowTaken,
+            )) => continue,
             Err(CommandError::Rejected(CompartmentError::BadWindow)) => {
                 return Err(unprocessable(
                     "invalid_window",
@@ -151,6 +170,19 @@ pub async fn reserve(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    // Compartments of the size without a parcel in were all booked for part of this window.
+    if model::bookable_compartments(&state.pool, site.as_str(), size.as_str()).await? > 0 {
+        return Err(ApiError::Conflict {
+            code: "window_taken",
+            message: format!(
+                "every {} compartment at {} is booked for part of the window from window_start {} to expires_at {}",
+                size.as_str(),
+                site.as_str(),
+                window.0.to_rfc3339(),
+                expires_at.to_rfc3339()
+            ),
+        });
     }
     Err(ApiError::Conflict {
         code: "no_free_compartment",

@@ -206,16 +206,27 @@ pub async fn show_compartment(
         code: "compartment_not_found",
         message: format!("no compartment {id}"),
     };
-    let row = model::compartment(&state.pool, &id)
+    // Operators see every booked window; a user only their own.
+    let user = match actor.role {
+        Role::Operator => None,
+        _ => Some(me(&actor)?),
+    };
+    let mut row = model::compartment(&state.pool, &id, user.as_ref().map(|u| u.as_str()))
         .await?
         .ok_or_else(not_found)?;
-    if actor.role != Role::Operator {
-        let user = me(&actor)?;
+    if let Some(user) = &user {
         // Someone else's compartment is answered as absent, so ids cannot be probed.
         if row.holder.as_deref() != Some(user.as_str())
             && row.depositor.as_deref() != Some(user.as_str())
+            && row.windows.is_empty()
         {
             return Err(not_found());
+        }
+        // Whose window comes first is not theirs to know unless it is theirs.
+        if row.holder.as_deref() != Some(user.as_str()) {
+            row.holder = None;
+            row.window_start = None;
+            row.expires_at = None;
         }
     }
     Ok(Json(row))

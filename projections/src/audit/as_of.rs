@@ -7,6 +7,7 @@
 //! order.
 
 use crate::device_status::{self, DeviceStatus};
+use crate::lockers::windows::{self, WindowRow};
 use crate::lockers::{self, Change};
 use crate::orders::{self, OrderRow};
 use crate::qr_login_status::{self, QrLoginStatus};
@@ -53,6 +54,8 @@ pub struct CompartmentAsOf {
     pub depositor: Option<String>,
     pub parcel: Option<String>,
     pub door_device: Option<Uuid>,
+    /// Its booked windows (`locker_windows`), by start.
+    pub windows: Vec<WindowRow>,
 }
 
 /// The lockers projection's changes to a compartment row, in memory: the same `evolve` the
@@ -79,6 +82,7 @@ fn fold_compartment(rows: &mut BTreeMap<String, CompartmentAsOf>, change: Change
                 depositor: None,
                 parcel: None,
                 door_device: door,
+                windows: Vec::new(),
             });
         }
         Change::DoorWired { id, door, .. } => {
@@ -86,25 +90,24 @@ fn fold_compartment(rows: &mut BTreeMap<String, CompartmentAsOf>, change: Change
                 row.door_device = Some(door);
             }
         }
-        Change::Reserved {
-            id,
-            holder,
-            window_start,
-            expires_at,
-            ..
-        } => {
-            if let Some(row) = rows.get_mut(&id) {
-                row.status = "reserved".into();
-                row.holder = Some(holder);
-                row.window_start = Some(window_start);
-                row.expires_at = Some(expires_at);
-                row.depositor = None;
-                row.parcel = None;
+        Change::WindowBooked { ref id, .. }
+        | Change::WindowHandedOn { ref id, .. }
+        | Change::WindowLapsed { ref id, .. }
+        | Change::WindowUsed { ref id, .. } => {
+            if let Some(row) = rows.get_mut(id) {
+                windows::apply(&mut row.windows, &change);
             }
         }
-        Change::HolderSet { id, holder, .. } => {
+        // As the SQL does: the earliest window shows, unless a parcel is in.
+        Change::CurrentWindow { id, .. } => {
             if let Some(row) = rows.get_mut(&id) {
-                row.holder = Some(holder);
+                if row.status != "occupied" {
+                    let first = row.windows.first().cloned();
+                    row.status = if first.is_some() { "reserved" } else { "free" }.into();
+                    row.holder = first.as_ref().map(|w| w.holder.clone());
+                    row.window_start = first.as_ref().map(|w| w.starts_at);
+                    row.expires_at = first.map(|w| w.ends_at);
+                }
             }
         }
         Change::Deposited {

@@ -5,10 +5,13 @@
 //! change that is six round trips per grant inside the projector's transaction, and the
 //! projector is one task. Two shapes let a batch go in with a handful of statements instead:
 //! - inbox rows only ever insert, keyed by (recipient, position, kind);
-//! - holder changes on distinct compartments touch distinct rows (compartment, holding and
-//!   grant rows are all per compartment or per grant), so within such a run they commute, and
-//!   each kind can be written for the whole run in the order one event writes them.
+//! - holder changes on distinct compartments touch distinct rows (compartment, window, holding
+//!   and grant rows are all per compartment or per grant), so within such a run they commute:
+//!   the window and holding-end writes (which read what the event before them wrote) go one by
+//!   one in log order, and the new holdings and grant rows, which only insert, go in one
+//!   statement each for the whole run.
 
+use super::write::write;
 use super::Change;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -85,7 +88,9 @@ impl HolderRun {
         let mut compartment = None;
         for change in changes {
             let id = match change {
-                Change::HolderSet { id, .. }
+                Change::WindowHandedOn { id, .. }
+                | Change::CurrentWindow { id, .. }
+                | Change::HoldingResumed { id, .. }
                 | Change::HoldingEnded { id, .. }
                 | Change::HoldingBegan { id, .. } => id,
                 Change::DirectGrant { compartment, .. } => compartment,
@@ -100,7 +105,7 @@ impl HolderRun {
 
     pub(super) fn push(&mut self, position: i64, changes: Vec<Change>) {
         for change in changes {
-            if let Change::HolderSet { id, .. } = &change {
+            if let Change::WindowHandedOn { id, .. } | Change::HoldingBegan { id, .. } = &change {
                 self.compartments.insert(id.clone());
             }
             self.changes.push((position, change));
@@ -114,16 +119,10 @@ impl HolderRun {
         }
         let changes = std::mem::take(&mut self.changes);
         self.compartments.clear();
-        let mut set = Columns::default();
-        let mut ended = Columns::default();
         let mut began = Columns::default();
         let mut direct = Columns::default();
         for (position, change) in changes {
             match change {
-                Change::HolderSet { id, holder, at } => set.push(position, id, holder, at),
-                Change::HoldingEnded { id, ended_by, at } => {
-                    ended.push(position, id, ended_by.to_owned(), at)
-                }
                 Change::HoldingBegan {
                     id,
                     holder,
@@ -146,36 +145,8 @@ impl HolderRun {
                     direct.grant_ids.push(Some(grant_id));
                     direct.others.push(Some(receiver));
                 }
-                _ => unreachable!("HolderRun::takes admits only holder changes"),
+                single => write(&mut *conn, &single, position).await?,
             }
-        }
-        if !set.ids.is_empty() {
-            sqlx::query(
-                "UPDATE locker_compartments c SET holder = u.holder, updated_at = u.at,
-                        last_position = u.position
-                   FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[])
-                        AS u(id, holder, at, position)
-                  WHERE c.compartment_id = u.id",
-            )
-            .bind(&set.ids)
-            .bind(&set.texts)
-            .bind(&set.ats)
-            .bind(&set.positions)
-            .execute(&mut *conn)
-            .await?;
-        }
-        if !ended.ids.is_empty() {
-            sqlx::query(
-                "UPDATE compartment_holders h SET held_to = u.at, ended_by = u.ended_by
-                   FROM UNNEST($1::text[], $2::text[], $3::timestamptz[])
-                        AS u(id, ended_by, at)
-                  WHERE h.compartment_id = u.id AND h.held_to IS NULL",
-            )
-            .bind(&ended.ids)
-            .bind(&ended.texts)
-            .bind(&ended.ats)
-            .execute(&mut *conn)
-            .await?;
         }
         if !began.ids.is_empty() {
             sqlx::query(

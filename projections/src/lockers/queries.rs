@@ -1,7 +1,8 @@
 //! Reads of the lockers model for the API and the lockers sweeper: compartments and who holds
-//! them (now and at any past moment), free compartments to reserve, grant requests, users,
+//! them (now and at any past moment), their booked windows, compartments free for a window, grant requests, users,
 //! authorizers and the inbox. Nothing outside this crate writes SQL against these tables.
 
+pub use super::windows::WindowRow;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -27,6 +28,9 @@ pub struct CompartmentRow {
     /// `open`, `closed` or `unknown`.
     pub door: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// Its booked windows, by start (a locker user sees only their own).
+    #[sqlx(skip)]
+    pub windows: Vec<WindowRow>,
 }
 
 const COMPARTMENT_ROW: &str = "SELECT c.compartment_id, c.site, s.name AS site_name, c.number, c.size,
@@ -35,22 +39,54 @@ const COMPARTMENT_ROW: &str = "SELECT c.compartment_id, c.site, s.name AS site_n
    FROM locker_compartments c LEFT JOIN device_status d ON d.device_id = c.door_device
    LEFT JOIN locker_sites s ON s.site = c.site";
 
-/// The compartments `user` holds now.
+/// The compartments `user` holds a window of, now or later, each with `user`'s windows.
 pub async fn held_by(pool: &PgPool, user: &str) -> Result<Vec<CompartmentRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "{COMPARTMENT_ROW} WHERE c.holder = $1 ORDER BY c.compartment_id"
+    let mut rows: Vec<CompartmentRow> = sqlx::query_as(&format!(
+        "{COMPARTMENT_ROW} WHERE c.holder = $1 OR EXISTS
+           (SELECT 1 FROM locker_windows w WHERE w.compartment_id = c.compartment_id AND w.holder = $1)
+         ORDER BY c.compartment_id"
     ))
     .bind(user)
     .fetch_all(pool)
-    .await
+    .await?;
+    for row in &mut rows {
+        row.windows = windows_of(pool, &row.compartment_id, Some(user)).await?;
+    }
+    Ok(rows)
 }
 
-/// One compartment.
-pub async fn compartment(pool: &PgPool, id: &str) -> Result<Option<CompartmentRow>, sqlx::Error> {
-    sqlx::query_as(&format!("{COMPARTMENT_ROW} WHERE c.compartment_id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+/// One compartment, with its windows (only `user`'s, if given).
+pub async fn compartment(
+    pool: &PgPool,
+    id: &str,
+    user: Option<&str>,
+) -> Result<Option<CompartmentRow>, sqlx::Error> {
+    let row: Option<CompartmentRow> =
+        sqlx::query_as(&format!("{COMPARTMENT_ROW} WHERE c.compartment_id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    let Some(mut row) = row else {
+        return Ok(None);
+    };
+    row.windows = windows_of(pool, id, user).await?;
+    Ok(Some(row))
+}
+
+/// The booked windows of `compartment` (only `user`'s, if given), by start.
+pub async fn windows_of(
+    pool: &PgPool,
+    compartment: &str,
+    user: Option<&str>,
+) -> Result<Vec<WindowRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT holder, starts_at, ends_at FROM locker_windows
+          WHERE compartment_id = $1 AND ($2::text IS NULL OR holder = $2) ORDER BY starts_at",
+    )
+    .bind(compartment)
+    .bind(user)
+    .fetch_all(pool)
+    .await
 }
 
 /// Who held `compartment` at `at` (None: nobody).
@@ -71,34 +107,60 @@ pub async fn holder_at(
     Ok(row.map(|(h,)| h))
 }
 
-/// Up to `limit` free compartments of `size` at `site`, in compartment-number order: the
-/// candidates a reservation tries in turn.
+/// Up to `limit` compartments of `size` at `site` free for [start, end) as of `now` (no parcel
+/// in, no window still running that overlaps), in compartment-number order: the candidates a
+/// reservation tries in turn.
 pub async fn free_compartments(
     pool: &PgPool,
     site: &str,
     size: &str,
+    window: (DateTime<Utc>, DateTime<Utc>),
+    now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT compartment_id FROM locker_compartments
-          WHERE site = $1 AND size = $2 AND status = 'free' ORDER BY number LIMIT $3",
+        "SELECT c.compartment_id FROM locker_compartments c
+          WHERE c.site = $1 AND c.size = $2 AND c.status <> 'occupied'
+            AND NOT EXISTS (SELECT 1 FROM locker_windows w
+                             WHERE w.compartment_id = c.compartment_id AND w.ends_at > $5
+                               AND w.starts_at < $4 AND $3 < w.ends_at)
+          ORDER BY c.number LIMIT $6",
     )
     .bind(site)
     .bind(size)
+    .bind(window.0)
+    .bind(window.1)
+    .bind(now)
     .bind(limit)
     .fetch_all(pool)
     .await
 }
 
-/// Reserved compartments whose reservation ran out by `now` (at most `limit`).
+/// How many compartments of `size` at `site` have no parcel in (so a reservation that found
+/// none free for its window was refused for the window, not for the size).
+pub async fn bookable_compartments(
+    pool: &PgPool,
+    site: &str,
+    size: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM locker_compartments
+          WHERE site = $1 AND size = $2 AND status <> 'occupied'",
+    )
+    .bind(site)
+    .bind(size)
+    .fetch_one(pool)
+    .await
+}
+
+/// Compartments with a booked window that ended by `now` (at most `limit`).
 pub async fn expired_reservations(
     pool: &PgPool,
     now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT compartment_id FROM locker_compartments
-          WHERE status = 'reserved' AND expires_at <= $1 LIMIT $2",
+        "SELECT DISTINCT compartment_id FROM locker_windows WHERE ends_at <= $1 LIMIT $2",
     )
     .bind(now)
     .bind(limit)

@@ -1,7 +1,9 @@
 //! The lockers projection's writes, one change at a time: each [`Change`] the pure `evolve`
 //! decided becomes its SQL here (runs that can go in one statement are in `batch`).
 
-use super::Change;
+use super::windows::{self, WindowRow};
+use super::{Began, Change};
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 pub(super) async fn write(
@@ -59,34 +61,114 @@ pub(super) async fn write(
             .execute(conn)
             .await?;
         }
-        Change::Reserved {
+        Change::WindowBooked {
             id,
             holder,
-            window_start,
-            expires_at,
+            starts_at,
+            ends_at,
             at,
         } => {
             sqlx::query(
-                "UPDATE locker_compartments SET status = 'reserved', holder = $2, window_start = $3,
-                   expires_at = $4, depositor = NULL, parcel = NULL, updated_at = $5, last_position = $6
-                 WHERE compartment_id = $1",
+                "INSERT INTO locker_windows (compartment_id, starts_at, ends_at, holder, position, booked_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
             )
             .bind(id)
+            .bind(starts_at)
+            .bind(ends_at)
             .bind(holder)
-            .bind(window_start)
-            .bind(expires_at)
-            .bind(at)
             .bind(position)
+            .bind(at)
             .execute(conn)
             .await?;
         }
-        Change::HolderSet { id, holder, at } => {
+        Change::WindowHandedOn {
+            id,
+            from,
+            to,
+            range,
+            at,
+        } => {
+            // The window cut is chosen as `windows::granted` chooses it in memory.
+            let old: Option<(String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+                "DELETE FROM locker_windows WHERE compartment_id = $1 AND starts_at = (
+                   SELECT starts_at FROM locker_windows
+                    WHERE compartment_id = $1 AND holder = $2
+                      AND ($3::timestamptz IS NULL OR (starts_at <= $3 AND ends_at >= $4))
+                    ORDER BY ($3::timestamptz IS NOT NULL) DESC,
+                             NOT (starts_at <= $5 AND $5 < ends_at), ends_at <= $5, starts_at
+                    LIMIT 1)
+                 RETURNING holder, starts_at, ends_at, booked_at",
+            )
+            .bind(id)
+            .bind(from)
+            .bind(range.map(|r| r.0))
+            .bind(range.map(|r| r.1))
+            .bind(at)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some((holder, starts_at, ends_at, booked_at)) = old {
+                let old = WindowRow {
+                    holder,
+                    starts_at,
+                    ends_at,
+                };
+                for piece in windows::cut(&old, to, *range) {
+                    sqlx::query(
+                        "INSERT INTO locker_windows
+                           (compartment_id, starts_at, ends_at, holder, position, booked_at)
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(id)
+                    .bind(piece.starts_at)
+                    .bind(piece.ends_at)
+                    .bind(&piece.holder)
+                    .bind(position)
+                    .bind(booked_at)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+        }
+        Change::WindowLapsed {
+            id, holder, range, ..
+        } => {
             sqlx::query(
-                "UPDATE locker_compartments SET holder = $2, updated_at = $3, last_position = $4
-                 WHERE compartment_id = $1",
+                "DELETE FROM locker_windows WHERE compartment_id = $1 AND holder = $2
+                   AND ($3::timestamptz IS NULL OR (starts_at = $3 AND ends_at = $4))",
             )
             .bind(id)
             .bind(holder)
+            .bind(range.map(|r| r.0))
+            .bind(range.map(|r| r.1))
+            .execute(conn)
+            .await?;
+        }
+        Change::WindowUsed { id, holder, at } => {
+            // As `windows::pick` chooses.
+            sqlx::query(
+                "DELETE FROM locker_windows WHERE compartment_id = $1 AND starts_at = (
+                   SELECT starts_at FROM locker_windows WHERE compartment_id = $1 AND holder = $2
+                    ORDER BY NOT (starts_at <= $3 AND $3 < ends_at), ends_at <= $3, starts_at
+                    LIMIT 1)",
+            )
+            .bind(id)
+            .bind(holder)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+        Change::CurrentWindow { id, at } => {
+            sqlx::query(
+                "UPDATE locker_compartments c
+                    SET holder = w.holder, window_start = w.starts_at, expires_at = w.ends_at,
+                        status = CASE WHEN w.holder IS NULL THEN 'free' ELSE 'reserved' END,
+                        updated_at = $2, last_position = $3
+                   FROM (SELECT 1) one
+                   LEFT JOIN LATERAL (SELECT holder, starts_at, ends_at FROM locker_windows
+                                       WHERE compartment_id = $1 ORDER BY starts_at LIMIT 1) w ON true
+                  WHERE c.compartment_id = $1 AND c.status <> 'occupied'",
+            )
+            .bind(id)
             .bind(at)
             .bind(position)
             .execute(conn)
@@ -123,14 +205,53 @@ pub(super) async fn write(
             .execute(conn)
             .await?;
         }
-        Change::HoldingEnded { id, ended_by, at } => {
+        Change::HoldingEnded {
+            id,
+            holder,
+            began,
+            ended_by,
+            at,
+        } => {
+            let (by, before) = match began {
+                Began::Any => (None, None),
+                Began::By(t) => (Some(*t), None),
+                Began::Before(t) => (None, Some(*t)),
+            };
+            // A holding cut short by a grant of a later part already has its end: an earlier
+            // one (a deposit before it) moves it forward.
             sqlx::query(
                 "UPDATE compartment_holders SET held_to = $2, ended_by = $3
-                 WHERE compartment_id = $1 AND held_to IS NULL",
+                 WHERE compartment_id = $1 AND holder = $4 AND (held_to IS NULL OR held_to > $2)
+                   AND ($5::timestamptz IS NULL OR held_from <= $5)
+                   AND ($6::timestamptz IS NULL OR held_from < $6)",
             )
             .bind(id)
             .bind(at)
             .bind(ended_by)
+            .bind(holder)
+            .bind(by)
+            .bind(before)
+            .execute(conn)
+            .await?;
+        }
+        Change::HoldingResumed {
+            id,
+            holder,
+            grant_id,
+            from,
+        } => {
+            sqlx::query(
+                "INSERT INTO compartment_holders
+                   (compartment_id, position, holder, held_from, grant_id, authorizer)
+                 SELECT $1, $2, holder, starts_at, $4, NULL FROM locker_windows
+                  WHERE compartment_id = $1 AND holder = $3 AND starts_at = $5
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(position)
+            .bind(holder)
+            .bind(grant_id)
+            .bind(from)
             .execute(conn)
             .await?;
         }
