@@ -20,6 +20,7 @@ mod locker_history;
 mod locker_pages;
 mod locker_process;
 mod lockers;
+mod lockers_windows;
 mod metrics;
 mod nats_auth;
 mod nats_cluster;
