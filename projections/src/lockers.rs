@@ -451,21 +451,14 @@ fn compartment(id: String, event: CompartmentEvent) -> Vec<Change> {
                     from: end,
                 });
             }
-            let part = range
-                .map(|(start, end)| {
-                    format!(
-                        "（{} 至 {}）",
-                        start.format("%Y-%m-%d %H:%M"),
-                        end.format("%Y-%m-%d %H:%M UTC")
-                    )
-                })
-                .unwrap_or_default();
+            // The worked examples' texts stay as they were; the part handed on is in the
+            // NATS notice and the windows.
             changes.push(Change::Notify {
                 recipient: format!("user:{to}"),
                 kind: "come_use",
                 grant_id: Some(grant_id),
                 compartment: id.clone(),
-                message: format!("{from} 已将格口 {id}{part} 的使用权授予您，请前往投递"),
+                message: format!("{from} 已将格口 {id} 的使用权授予您，请前往投递"),
                 at,
             });
             changes.push(Change::Notify {
@@ -473,7 +466,7 @@ fn compartment(id: String, event: CompartmentEvent) -> Vec<Change> {
                 kind: "grant_confirmed",
                 grant_id: Some(grant_id),
                 compartment: id.clone(),
-                message: format!("格口 {id}{part} 已授予 {to}"),
+                message: format!("格口 {id} 已授予 {to}"),
                 at,
             });
             if via.is_none() {
