@@ -70,12 +70,7 @@ async fn windows(app: &TestApp, id: &str) -> Vec<(String, DateTime<Utc>, DateTim
         .collect()
 }
 
-async fn windows_become(
-    app: &TestApp,
-    id: &str,
-    want: &[(&str, i64, i64)],
-    what: &str,
-) {
+async fn windows_become(app: &TestApp, id: &str, want: &[(&str, i64, i64)], what: &str) {
     let want: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = want
         .iter()
         .map(|(h, s, e)| (h.to_string(), at(*s), at(*e)))
@@ -128,15 +123,19 @@ async fn one_medium_compartment(app: &TestApp) -> String {
     )
     .await;
     let id = format!("{SITE}:03");
-    eventually(Duration::from_secs(10), "compartment 03 projected", || async {
-        (count(
-            &app.pool,
-            "SELECT count(*) FROM locker_compartments WHERE size = 'medium'",
-        )
-        .await
-            == 1)
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "compartment 03 projected",
+        || async {
+            (count(
+                &app.pool,
+                "SELECT count(*) FROM locker_compartments WHERE size = 'medium'",
+            )
+            .await
+                == 1)
+                .then_some(())
+        },
+    )
     .await;
     id
 }
@@ -154,12 +153,30 @@ async fn adjacent_windows_are_booked_used_only_inside_handed_on_in_part_and_free
     let first = created(reserve_medium(&app, &li, 60, 120).await, "li's window").await;
     assert_eq!(first["compartment_id"], id.as_str());
     assert_eq!(
-        first["window_start"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap(),
+        first["window_start"]
+            .as_str()
+            .unwrap()
+            .parse::<DateTime<Utc>>()
+            .unwrap(),
         at(60)
     );
-    let second = created(reserve_medium(&app, &zhang, 120, 180).await, "zhang's window").await;
-    assert_eq!(second["compartment_id"], id.as_str(), "adjacent: the same compartment");
-    windows_become(&app, &id, &[(LI, 60, 120), (ZHANG, 120, 180)], "two windows").await;
+    let second = created(
+        reserve_medium(&app, &zhang, 120, 180).await,
+        "zhang's window",
+    )
+    .await;
+    assert_eq!(
+        second["compartment_id"],
+        id.as_str(),
+        "adjacent: the same compartment"
+    );
+    windows_become(
+        &app,
+        &id,
+        &[(LI, 60, 120), (ZHANG, 120, 180)],
+        "two windows",
+    )
+    .await;
 
     // Overlapping either by a minute: 409 window_taken, naming the window's fields.
     for (from, to) in [(90, 150), (119, 121), (0, 61)] {
@@ -179,7 +196,12 @@ async fn adjacent_windows_are_booked_used_only_inside_handed_on_in_part_and_free
     assert_eq!(third["compartment_id"], id.as_str());
 
     // Each user sees their future window on their own list, and only their own windows.
-    let mine: Value = app.get("/lockers/me/compartments", &li).await.json().await.unwrap();
+    let mine: Value = app
+        .get("/lockers/me/compartments", &li)
+        .await
+        .json()
+        .await
+        .unwrap();
     let row = mine
         .as_array()
         .unwrap()
@@ -234,7 +256,11 @@ async fn adjacent_windows_are_booked_used_only_inside_handed_on_in_part_and_free
     .await;
     assert_eq!(granted["holder"], WANG);
     assert_eq!(
-        granted["window_start"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap(),
+        granted["window_start"]
+            .as_str()
+            .unwrap()
+            .parse::<DateTime<Utc>>()
+            .unwrap(),
         at(90)
     );
     windows_become(
@@ -253,8 +279,13 @@ async fn adjacent_windows_are_booked_used_only_inside_handed_on_in_part_and_free
 
     // Li's half ends unused: the sweeper prunes it and the compartment shows wang's part next.
     clock_to(&app, 90);
-    windows_become(&app, &id, &[(WANG, 90, 120), (ZHANG, 120, 180)], "li's half expired")
-        .await;
+    windows_become(
+        &app,
+        &id,
+        &[(WANG, 90, 120), (ZHANG, 120, 180)],
+        "li's half expired",
+    )
+    .await;
     eventually(Duration::from_secs(10), "wang shown as holder", || async {
         (holder_of(&app, &id).await.as_deref() == Some(WANG)).then_some(())
     })
@@ -268,7 +299,11 @@ async fn adjacent_windows_are_booked_used_only_inside_handed_on_in_part_and_free
     );
     // Wang's part ends unused too; at its end, which is zhang's start, zhang deposits.
     clock_to(&app, 120);
-    created(deposit(&app, &zhang, &id).await, "zhang deposits at the start").await;
+    created(
+        deposit(&app, &zhang, &id).await,
+        "zhang deposits at the start",
+    )
+    .await;
     windows_become(&app, &id, &[], "wang's part expired, zhang's used").await;
     eventually(Duration::from_secs(10), "occupied", || async {
         let (status,): (String,) =
@@ -309,10 +344,20 @@ async fn a_deposit_inside_the_window_and_a_whole_window_grant_keep_later_windows
     )
     .await;
     assert_eq!(
-        granted["window_end"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap(),
+        granted["window_end"]
+            .as_str()
+            .unwrap()
+            .parse::<DateTime<Utc>>()
+            .unwrap(),
         at(60)
     );
-    windows_become(&app, &id, &[(WANG, 0, 60), (ZHANG, 60, 120)], "whole window passed").await;
+    windows_become(
+        &app,
+        &id,
+        &[(WANG, 0, 60), (ZHANG, 60, 120)],
+        "whole window passed",
+    )
+    .await;
     let wang = token(&app, WANG).await;
     clock_to(&app, 59);
     created(deposit(&app, &wang, &id).await, "wang deposits inside").await;

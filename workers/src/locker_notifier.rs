@@ -102,8 +102,7 @@ pub fn notices(event: &LoggedEvent) -> (Vec<Notice>, Option<(String, String)>) {
     }) = serde_json::from_value::<CompartmentEvent>(event.payload.clone())
     {
         let id = &event.aggregate_id;
-        let message =
-            latch_projections::lockers::reserved_message(id, window_start, expires_at);
+        let message = latch_projections::lockers::reserved_message(id, window_start, expires_at);
         let notice = (
             subjects::locker_notifications(holder.as_str()),
             json!({ "kind": "reserved", "event_id": event.event_id, "compartment_id": id,

@@ -10,8 +10,8 @@ use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use latch_domain::device::SiteCode;
 use chrono::{DateTime, Utc};
+use latch_domain::device::SiteCode;
 use latch_domain::locker::compartment::Status;
 use latch_domain::locker::{
     Authorizer, AuthorizerNumber, Compartment, CompartmentCommand, CompartmentError,
@@ -124,7 +124,11 @@ pub async fn grant_direct(
         (Some(start), Some(end)) => Some((start, end)),
         (None, None) => None,
         (start, _) => {
-            let missing = if start.is_some() { "window_end" } else { "window_start" };
+            let missing = if start.is_some() {
+                "window_end"
+            } else {
+                "window_start"
+            };
             return Err(unprocessable(
                 "invalid_grant_window",
                 missing,

@@ -69,15 +69,9 @@ pub async fn reserve(
     // Compartments of the size with no window overlapping this one; the aggregate has the last
     // word (a race may have booked one since the read model saw it).
     let window = (window_start.unwrap_or(now), expires_at);
-    let candidates = model::free_compartments(
-        &state.pool,
-        site.as_str(),
-        size.as_str(),
-        window,
-        now,
-        20,
-    )
-    .await?;
+    let candidates =
+        model::free_compartments(&state.pool, site.as_str(), size.as_str(), window, now, 20)
+            .await?;
     let ctx = meta.context(&actor, &body.raw);
     // A retry of a reservation that went through names the compartment it reserved then.
     if let Some(key) = &ctx.idempotency {

@@ -321,7 +321,9 @@ impl Compartment {
 
     /// Whether `user` has a window that begins after `at`.
     pub fn booked_later(&self, user: &UserNumber, at: DateTime<Utc>) -> bool {
-        self.windows.iter().any(|w| &w.holder == user && w.start > at)
+        self.windows
+            .iter()
+            .any(|w| &w.holder == user && w.start > at)
     }
 
     /// Why `user` may not use the compartment at `at`, if they may not.
@@ -1174,7 +1176,11 @@ mod tests {
         let c = fold(events.clone());
         assert_eq!(
             c.windows,
-            vec![w(li(), 100, 140), w(receiver(), 140, 160), w(li(), 160, 200)]
+            vec![
+                w(li(), 100, 140),
+                w(receiver(), 140, 160),
+                w(li(), 160, 200)
+            ]
         );
         assert!(c.held_by(&li(), t(139)));
         assert!(!c.held_by(&li(), t(140)));
@@ -1193,7 +1199,13 @@ mod tests {
             vec![w(li(), 100, 150), w(receiver(), 150, 200)]
         );
         // Parts outside the current window, empty, backwards or already over are refused.
-        for (start, end, at) in [(90, 150, 120), (150, 201, 120), (150, 150, 120), (160, 150, 120), (100, 110, 120)] {
+        for (start, end, at) in [
+            (90, 150, 120),
+            (150, 201, 120),
+            (150, 150, 120),
+            (160, 150, 120),
+            (100, 110, 120),
+        ] {
             CompartmentTest::with(())
                 .given(li_books_100_to_200())
                 .when(part(start, end, at))
@@ -1208,7 +1220,11 @@ mod tests {
         let event: CompartmentEvent = serde_json::from_value(old).unwrap();
         assert!(matches!(
             event,
-            CompartmentEvent::ReservationExpired { window_start: None, window_end: None, .. }
+            CompartmentEvent::ReservationExpired {
+                window_start: None,
+                window_end: None,
+                ..
+            }
         ));
         let mut c = fold(reserved_by_li());
         c.apply(event);
@@ -1220,7 +1236,11 @@ mod tests {
         let event: CompartmentEvent = serde_json::from_value(old).unwrap();
         assert!(matches!(
             event,
-            CompartmentEvent::HolderChanged { window_start: None, window_end: None, .. }
+            CompartmentEvent::HolderChanged {
+                window_start: None,
+                window_end: None,
+                ..
+            }
         ));
     }
 }

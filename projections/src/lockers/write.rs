@@ -6,6 +6,9 @@ use super::{Began, Change};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
+/// A window a grant cuts, as deleted: holder, start, end, when it was booked.
+type CutWindow = (String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
+
 pub(super) async fn write(
     conn: &mut PgConnection,
     change: &Change,
@@ -89,7 +92,7 @@ pub(super) async fn write(
             at,
         } => {
             // The window cut is chosen as `windows::granted` chooses it in memory.
-            let old: Option<(String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+            let old: Option<CutWindow> = sqlx::query_as(
                 "DELETE FROM locker_windows WHERE compartment_id = $1 AND starts_at = (
                    SELECT starts_at FROM locker_windows
                     WHERE compartment_id = $1 AND holder = $2
