@@ -6,6 +6,7 @@
 //! read model).
 
 use crate::common::*;
+use latch_nats::cluster::Cluster;
 use latch_nats::server::NatsServer;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,63 +17,24 @@ use uuid::Uuid;
 /// Three nodes named n1..n3, each routing to the others, formed and holding the R3 streams;
 /// with the URL listing all three and a JetStream context on it.
 async fn cluster() -> (Vec<NatsServer>, String, async_nats::jetstream::Context) {
-    let nodes = start_nodes().await;
-    let urls = nodes
-        .iter()
-        .map(NatsServer::url)
-        .collect::<Vec<_>>()
-        .join(",");
+    let cluster = Cluster::start(3).await.expect("nats-server on PATH");
+    let urls = cluster.urls();
     // The cluster needs a moment to form and elect its meta leader before streams can be made.
     let probe = latch_nats::connect(&urls, "probe").await.unwrap();
     let js = latch_nats::jetstream(probe);
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while latch_nats::streams::ensure_streams_replicated(
-            &js,
-            latch_nats::streams::TELEMETRY_LIMITS,
-            latch_nats::streams::DEADLETTER_LIMITS,
-            3,
-        )
+    latch_nats::cluster::form(&js, 3, Duration::from_secs(60))
         .await
-        .is_err()
-        {}
-    })
-    .await
-    .expect("the cluster formed and took the R3 streams");
-    (nodes, urls, js)
-}
-
-async fn start_nodes() -> Vec<NatsServer> {
-    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let all = routes
-        .iter()
-        .map(|p| format!("nats-route://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut nodes = Vec::new();
-    for (i, port) in routes.iter().enumerate() {
-        let config = format!(
-            "server_name: n{}\ncluster {{\n  name: latch\n  listen: 127.0.0.1:{port}\n  routes: [ {all} ]\n}}\n",
-            i + 1
-        );
-        nodes.push(
-            NatsServer::start_with_config(Some(&config))
-                .await
-                .expect("nats-server on PATH"),
-        );
-    }
-    nodes
+        .expect("the cluster formed and took the R3 streams");
+    (cluster.into_nodes(), urls, js)
 }
 
 /// The server name of the `EVENTS` stream's leader, once there is one.
 async fn events_leader(js: &async_nats::jetstream::Context) -> Option<String> {
-    let mut stream = js.get_stream("EVENTS").await.ok()?;
-    let info = stream.info().await.ok()?;
-    info.cluster.clone()?.leader
+    latch_nats::cluster::stream_leader(js, "EVENTS").await
 }
 
 async fn stream_last(js: &async_nats::jetstream::Context) -> Option<u64> {
-    let mut stream = js.get_stream("EVENTS").await.ok()?;
-    Some(stream.info().await.ok()?.state.last_sequence)
+    latch_nats::cluster::stream_last(js, "EVENTS").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,7 +351,7 @@ async fn two_instances_fail_over_when_the_relay_holder_then_the_events_leader_di
         events_leader(&js)
     })
     .await;
-    let index = leader.trim_start_matches('n').parse::<usize>().unwrap() - 1;
+    let index = latch_nats::cluster::node_index(&leader).unwrap();
     let before = stream_last(&js).await.unwrap_or(0);
     let killed = Instant::now();
     drop(nodes[index].take());
