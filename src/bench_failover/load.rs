@@ -62,8 +62,19 @@ async fn register_once(
             r.text().await.unwrap_or_default()
         )),
         Ok(r) => Outcome::Failed(format!("{}", r.status())),
-        Err(e) => Outcome::Failed(e.to_string()),
+        Err(e) => Outcome::Failed(chain(&e)),
     }
+}
+
+/// An error with its causes: reqwest's own text ("error sending request") names none.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// One command, tried on each instance in turn with the same key until one answers.
@@ -126,6 +137,7 @@ pub(super) struct Tally {
     pub(super) retried: u64,
     pub(super) unanswered: u64,
     pub(super) refused: u64,
+    pub(super) held_back: u64,
     /// Microseconds from the first attempt to the answer, over the whole run.
     pub(super) latency: Histogram<u64>,
     /// The same, during the baseline window only.
@@ -134,26 +146,83 @@ pub(super) struct Tally {
     pub(super) elapsed: Duration,
 }
 
-#[derive(Default)]
 struct Shared {
     answered: AtomicU64,
     retried: AtomicU64,
     unanswered: AtomicU64,
     refused: AtomicU64,
+    /// Sends that waited because `MAX_IN_FLIGHT` commands were still unanswered.
+    held_back: AtomicU64,
     quiet: AtomicBool,
     first_refusal: Mutex<Option<String>>,
     acknowledged: Mutex<Vec<Uuid>>,
+    latency: Mutex<Histogram<u64>>,
+    quiet_latency: Mutex<Histogram<u64>>,
 }
+
+impl Shared {
+    fn new() -> Self {
+        Self {
+            answered: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            unanswered: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            held_back: AtomicU64::new(0),
+            quiet: AtomicBool::new(false),
+            first_refusal: Mutex::new(None),
+            acknowledged: Mutex::new(Vec::new()),
+            latency: Mutex::new(hist()),
+            quiet_latency: Mutex::new(hist()),
+        }
+    }
+
+    fn record(&self, outcome: Outcome, failed: usize, started: Instant, in_quiet: bool) {
+        match outcome {
+            Outcome::Answered(id) => {
+                let us = started.elapsed().as_micros() as u64;
+                self.latency.lock().expect("latency").saturating_record(us);
+                if in_quiet {
+                    self.quiet_latency
+                        .lock()
+                        .expect("latency")
+                        .saturating_record(us);
+                }
+                self.answered.fetch_add(1, Ordering::Relaxed);
+                if failed > 0 {
+                    self.retried.fetch_add(1, Ordering::Relaxed);
+                }
+                self.acknowledged.lock().expect("acknowledged").push(id);
+            }
+            Outcome::Refused(e) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                let mut first = self.first_refusal.lock().expect("refusal");
+                if first.is_none() {
+                    tracing::warn!(error = %e, "a command was refused");
+                    *first = Some(e);
+                }
+            }
+            Outcome::Failed(e) => {
+                tracing::warn!(error = %e, "a command went unanswered");
+                self.unanswered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Commands one client may have unanswered at once; past it, the client waits (and the
+/// offered rate is not met, which the report shows).
+pub(super) const MAX_IN_FLIGHT: usize = 32;
 
 pub(super) struct Commands {
     stop: Arc<AtomicBool>,
     shared: Arc<Shared>,
-    tasks: Vec<tokio::task::JoinHandle<(Histogram<u64>, Histogram<u64>)>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     started: Instant,
 }
 
 impl Commands {
-    /// `rate` registrations per second in all from `clients` loops, each on its own schedule.
+    /// `rate` registrations per second in all from `clients` loops, each on its own schedule
+    /// whatever the answers take (an open loop: a slow or dead instance does not slow the load).
     pub(super) fn start(
         http: &reqwest::Client,
         bases: &Bases,
@@ -162,53 +231,37 @@ impl Commands {
         clients: usize,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new());
         let every = Duration::from_secs_f64(clients as f64 / rate as f64);
         let tasks = (0..clients)
             .map(|c| {
                 let (http, bases, token) = (http.clone(), bases.clone(), token.to_owned());
                 let (stop, shared) = (stop.clone(), shared.clone());
                 tokio::spawn(async move {
-                    let (mut all, mut quiet) = (hist(), hist());
+                    let mut in_flight = tokio::task::JoinSet::new();
                     let mut ticker = tokio::time::interval(every);
                     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     let mut n = 0usize;
                     while !stop.load(Ordering::Relaxed) {
                         ticker.tick().await;
+                        while in_flight.try_join_next().is_some() {}
+                        if in_flight.len() >= MAX_IN_FLIGHT {
+                            shared.held_back.fetch_add(1, Ordering::Relaxed);
+                            in_flight.join_next().await;
+                        }
                         n += 1;
                         let key = format!("failover-{c}-{n}");
-                        let in_quiet = shared.quiet.load(Ordering::Relaxed);
-                        let t = Instant::now();
-                        let (outcome, failed) =
-                            register(&http, &bases, &token, &key, &key, c + n).await;
-                        match outcome {
-                            Outcome::Answered(id) => {
-                                let us = t.elapsed().as_micros() as u64;
-                                all.saturating_record(us);
-                                if in_quiet {
-                                    quiet.saturating_record(us);
-                                }
-                                shared.answered.fetch_add(1, Ordering::Relaxed);
-                                if failed > 0 {
-                                    shared.retried.fetch_add(1, Ordering::Relaxed);
-                                }
-                                shared.acknowledged.lock().expect("acknowledged").push(id);
-                            }
-                            Outcome::Refused(e) => {
-                                shared.refused.fetch_add(1, Ordering::Relaxed);
-                                let mut first = shared.first_refusal.lock().expect("refusal");
-                                if first.is_none() {
-                                    tracing::warn!(error = %e, "a command was refused");
-                                    *first = Some(e);
-                                }
-                            }
-                            Outcome::Failed(e) => {
-                                tracing::warn!(error = %e, key, "a command went unanswered");
-                                shared.unanswered.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
+                        let (http, bases, token, shared) =
+                            (http.clone(), bases.clone(), token.clone(), shared.clone());
+                        in_flight.spawn(async move {
+                            let in_quiet = shared.quiet.load(Ordering::Relaxed);
+                            let t = Instant::now();
+                            let (outcome, failed) =
+                                register(&http, &bases, &token, &key, &key, c + n).await;
+                            shared.record(outcome, failed, t, in_quiet);
+                        });
                     }
-                    (all, quiet)
+                    while in_flight.join_next().await.is_some() {}
                 })
             })
             .collect();
@@ -225,18 +278,14 @@ impl Commands {
         self.shared.quiet.store(on, Ordering::Relaxed);
     }
 
-    /// Stops the clients once their current command is done.
+    /// Stops sending and waits for the commands still unanswered.
     pub(super) async fn stop(self) -> Tally {
         self.stop.store(true, Ordering::Relaxed);
         let elapsed = self.started.elapsed();
-        let (mut latency, mut quiet) = (hist(), hist());
         for t in self.tasks {
             // A command retries for some seconds at most; a client stuck longer is a bench bug.
             match tokio::time::timeout(Duration::from_secs(120), t).await {
-                Ok(Ok((a, q))) => {
-                    latency.add(&a).expect("same bounds");
-                    quiet.add(&q).expect("same bounds");
-                }
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "a command client failed"),
                 Err(_) => tracing::warn!("a command client did not stop in 120 s"),
             }
@@ -247,8 +296,9 @@ impl Commands {
             retried: s.retried.load(Ordering::Relaxed),
             unanswered: s.unanswered.load(Ordering::Relaxed),
             refused: s.refused.load(Ordering::Relaxed),
-            latency,
-            quiet,
+            held_back: s.held_back.load(Ordering::Relaxed),
+            latency: s.latency.lock().expect("latency").clone(),
+            quiet: s.quiet_latency.lock().expect("latency").clone(),
             acknowledged: std::mem::take(&mut *s.acknowledged.lock().expect("acknowledged")),
             elapsed,
         }
