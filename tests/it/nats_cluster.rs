@@ -421,3 +421,66 @@ async fn two_instances_fail_over_when_the_relay_holder_then_the_events_leader_di
     );
     drop(second);
 }
+
+/// `latch bench failover` end to end with tiny settings: it forms its cluster, fails over the
+/// relay and the EVENTS leader once each, and reports every check passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failover_bench_runs_end_to_end() {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_latch"))
+        .args([
+            "bench",
+            "failover",
+            "--rounds",
+            "1",
+            "--leader-rounds",
+            "1",
+            "--seconds",
+            "2",
+            "--settle",
+            "1",
+            "--rate",
+            "20",
+            "--cabinets",
+            "5",
+        ])
+        .env("DATABASE_URL", ADMIN_URL)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the bench finished in 180 s")
+        .expect("latch binary runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |start: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no row {start:?} in\n{report}"))
+            .to_owned()
+    };
+    assert!(
+        row("| relay failover").contains("p50 ")
+            && row("| EVENTS leader failover").contains("p50 "),
+        "both failovers resumed:\n{report}"
+    );
+    let checks: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("| check:"))
+        .collect();
+    assert_eq!(checks.len(), 5, "five checks reported:\n{report}");
+    for check in checks {
+        assert!(check.contains("| pass ("), "check failed: {check}");
+    }
+    assert!(!report.contains("FAIL"), "nothing failed:\n{report}");
+    assert!(
+        row("| `latch serve` RSS").contains("MiB"),
+        "memory reported:\n{report}"
+    );
+}
