@@ -83,7 +83,14 @@ pub async fn run(args: FailoverArgs) -> Result<Report, Error> {
     in_scratch_database(
         &args.database_url,
         "latch_bench_failover",
-        |db| async move { phases(a, &db, r).await },
+        |db| async move {
+            // Interrupted (Ctrl-C, SIGTERM), the phases are dropped: the instances and nodes
+            // are killed with them and the database is dropped, instead of outliving the bench.
+            tokio::select! {
+                done = phases(a, &db, r) => done,
+                () = crate::app::shutdown_signal() => Err("interrupted".into()),
+            }
+        },
     )
     .await?;
     Ok(report)

@@ -446,12 +446,22 @@ async fn the_failover_bench_runs_end_to_end() {
         .env("DATABASE_URL", ADMIN_URL)
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("the bench finished in 180 s")
+        .spawn()
         .expect("latch binary runs");
+    // Stopped with SIGTERM if it overruns, so it takes its servers and database down with it.
+    let pid = run.id().expect("running") as i32;
+    let overrun = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(240)).await;
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    });
+    let out = tokio::time::timeout(Duration::from_secs(300), run.wait_with_output())
+        .await
+        .expect("the bench finished")
+        .expect("bench output");
+    overrun.abort();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
