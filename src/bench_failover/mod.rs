@@ -308,7 +308,9 @@ async fn phases(args: &FailoverArgs, db_url: &str, report: &mut Report) -> Resul
             .ok_or_else(|| format!("the relay lock is held by {holder}, not an instance"))?;
         let killed_at = Instant::now();
         instances[index].kill().await;
-        let before = stream_last(&node_js[0]).await.unwrap_or(0);
+        let before = wait_some(RESUME_LIMIT, || stream_last(&node_js[0]))
+            .await
+            .ok_or("EVENTS unreadable after the relay holder was killed")?;
         let resumed = until_published(&node_js[0], before, killed_at).await;
         let successor = relay_holder(&pool).await.unwrap_or_default();
         tracing::info!(round, %holder, %successor, resumed_ms = resumed.map(|d| d.as_millis() as u64), "relay failover");
@@ -341,7 +343,9 @@ async fn phases(args: &FailoverArgs, db_url: &str, report: &mut Report) -> Resul
         .await
         .ok_or("EVENTS has no leader in 30 s")?;
         let probe = &node_js[(index + 1) % node_js.len()];
-        let before = stream_last(probe).await.unwrap_or(0);
+        let before = wait_some(RESUME_LIMIT, || stream_last(probe))
+            .await
+            .ok_or("EVENTS unreadable before the leader was killed")?;
         let killed_at = Instant::now();
         nats.node_mut(index).stop();
         let resumed = until_published(probe, before, killed_at).await;
