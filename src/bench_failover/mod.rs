@@ -330,6 +330,7 @@ async fn phases(args: &FailoverArgs, db_url: &str, report: &mut Report) -> Resul
 
     // 3. EVENTS leader failovers.
     let mut leader_times = Vec::new();
+    let mut elections = Vec::new();
     let mut catch_up = Vec::new();
     for round in 1..=args.leader_rounds {
         let index = wait_some(Duration::from_secs(30), || async {
@@ -348,7 +349,29 @@ async fn phases(args: &FailoverArgs, db_url: &str, report: &mut Report) -> Resul
             .ok_or("EVENTS unreadable before the leader was killed")?;
         let killed_at = Instant::now();
         nats.node_mut(index).stop();
-        let resumed = until_published(probe, before, killed_at).await;
+        // Publishing cannot resume before the survivors have elected a leader: that moment,
+        // seen through the same node, splits the figure into election and relay.
+        let old_leader = cluster::node_name(index);
+        let elected_in = std::cell::Cell::new(None);
+        let resumed = wait_for(RESUME_LIMIT, || {
+            let elected = elected_in
+                .get()
+                .is_none()
+                .then(|| cluster::stream_leader(probe, EVENTS_STREAM));
+            let (elected_in, old_leader) = (&elected_in, &old_leader);
+            async move {
+                if let Some(leader) = elected {
+                    let leader = tokio::time::timeout(Duration::from_secs(1), leader).await;
+                    if leader.ok().flatten().is_some_and(|l| l != *old_leader) {
+                        elected_in.set(Some(killed_at.elapsed()));
+                    }
+                }
+                stream_last(probe).await.is_some_and(|last| last > before)
+            }
+        })
+        .await
+        .map(|_| killed_at.elapsed());
+        elections.push(elected_in.get().or(resumed));
         nats.node_mut(index).restart().await?;
         let current = wait_for(Duration::from_secs(120), || {
             cluster::stream_replicas_current(probe, EVENTS_STREAM, 3)
@@ -387,6 +410,7 @@ async fn phases(args: &FailoverArgs, db_url: &str, report: &mut Report) -> Resul
             baseline,
             relay_times,
             leader_times,
+            elections,
             catch_up,
             commands,
             beats,

@@ -13,6 +13,8 @@ pub(super) struct Figures {
     pub(super) baseline: Histogram<u64>,
     pub(super) relay_times: Vec<Option<Duration>>,
     pub(super) leader_times: Vec<Option<Duration>>,
+    /// From the kill until a surviving node named another EVENTS leader.
+    pub(super) elections: Vec<Option<Duration>>,
     pub(super) catch_up: Vec<Option<Duration>>,
     pub(super) commands: Tally,
     pub(super) beats: Beats,
@@ -49,6 +51,13 @@ pub(super) fn fill(report: &mut Report, args: &FailoverArgs, f: Figures) {
         value: spread(&f.leader_times, false),
         baseline: baseline_text,
         ratio: ratio(&f.leader_times, base_p50),
+        target: "-".into(),
+    });
+    report.rows.push(Row {
+        what: "of which: until a surviving node names a new EVENTS leader (raft election)".into(),
+        value: spread(&f.elections, false),
+        baseline: "-".into(),
+        ratio: "-".into(),
         target: "-".into(),
     });
     report.rows.push(Row {
