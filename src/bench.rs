@@ -41,6 +41,9 @@ pub enum Which {
     Streams(crate::bench_streams::StreamsArgs),
     /// Soak: minutes of sustained full load; read-model lag, memory and CPU per event.
     Soak(crate::bench_soak::SoakArgs),
+    /// Failover: a three-node NATS cluster and two `latch serve`; kill the relay's holder, then
+    /// the EVENTS leader, under load; time until publishing resumes; nothing lost or doubled.
+    Failover(crate::bench_failover::FailoverArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -71,6 +74,7 @@ pub async fn run(which: Which) -> Result<Report, Box<dyn std::error::Error>> {
         Which::Lockers(args) => crate::bench_lockers::run(args).await,
         Which::Streams(args) => crate::bench_streams::run(args).await,
         Which::Soak(args) => crate::bench_soak::run(args).await,
+        Which::Failover(args) => crate::bench_failover::run(args).await,
     }
 }
 

@@ -5,7 +5,7 @@
 //! one [`app::Application`] and provides the command-line tools around it:
 //! [`sim`] (simulated cabinets), [`authorizer_sandbox`] (a courier company as a third-party
 //! authorizer), [`dev`] (the one-command demo), [`bench`], [`bench_qr`],
-//! [`bench_vending`], [`bench_audit`] and [`bench_lockers`] (measurements), [`audit_cli`] (replay, verify, checkpoints, rebuilds),
+//! [`bench_vending`], [`bench_audit`], [`bench_lockers`] and [`bench_failover`] (measurements), [`audit_cli`] (replay, verify, checkpoints, rebuilds),
 //! [`production`] (what `LATCH_ENV=production` refuses to start on).
 
 pub mod app;
@@ -14,6 +14,7 @@ pub mod authorizer_sandbox;
 pub mod bench;
 pub mod bench_audit;
 pub mod bench_cpu;
+pub mod bench_failover;
 pub mod bench_lockers;
 pub mod bench_qr;
 pub mod bench_soak;

@@ -8,10 +8,13 @@
 //! - [`auth`]: the server-side permissions that confine each device to its own subtree.
 //! - [`server`]: a private nats-server (temp store, random port) behind a Drop guard, for tests
 //!   and for `latch dev` when nothing listens on the default port.
+//! - [`cluster`]: three such servers routed into a JetStream cluster on loopback, for the
+//!   failover test and benchmark.
 //!
 //! JetStream is transport, not truth: Postgres holds every event first (DESIGN.md section 1).
 
 pub mod auth;
+pub mod cluster;
 pub mod server;
 pub mod streams;
 pub mod subjects;

@@ -6,6 +6,7 @@
 //! read model).
 
 use crate::common::*;
+use latch_nats::cluster::Cluster;
 use latch_nats::server::NatsServer;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,63 +17,24 @@ use uuid::Uuid;
 /// Three nodes named n1..n3, each routing to the others, formed and holding the R3 streams;
 /// with the URL listing all three and a JetStream context on it.
 async fn cluster() -> (Vec<NatsServer>, String, async_nats::jetstream::Context) {
-    let nodes = start_nodes().await;
-    let urls = nodes
-        .iter()
-        .map(NatsServer::url)
-        .collect::<Vec<_>>()
-        .join(",");
+    let cluster = Cluster::start(3).await.expect("nats-server on PATH");
+    let urls = cluster.urls();
     // The cluster needs a moment to form and elect its meta leader before streams can be made.
     let probe = latch_nats::connect(&urls, "probe").await.unwrap();
     let js = latch_nats::jetstream(probe);
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while latch_nats::streams::ensure_streams_replicated(
-            &js,
-            latch_nats::streams::TELEMETRY_LIMITS,
-            latch_nats::streams::DEADLETTER_LIMITS,
-            3,
-        )
+    latch_nats::cluster::form(&js, 3, Duration::from_secs(60))
         .await
-        .is_err()
-        {}
-    })
-    .await
-    .expect("the cluster formed and took the R3 streams");
-    (nodes, urls, js)
-}
-
-async fn start_nodes() -> Vec<NatsServer> {
-    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let all = routes
-        .iter()
-        .map(|p| format!("nats-route://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut nodes = Vec::new();
-    for (i, port) in routes.iter().enumerate() {
-        let config = format!(
-            "server_name: n{}\ncluster {{\n  name: latch\n  listen: 127.0.0.1:{port}\n  routes: [ {all} ]\n}}\n",
-            i + 1
-        );
-        nodes.push(
-            NatsServer::start_with_config(Some(&config))
-                .await
-                .expect("nats-server on PATH"),
-        );
-    }
-    nodes
+        .expect("the cluster formed and took the R3 streams");
+    (cluster.into_nodes(), urls, js)
 }
 
 /// The server name of the `EVENTS` stream's leader, once there is one.
 async fn events_leader(js: &async_nats::jetstream::Context) -> Option<String> {
-    let mut stream = js.get_stream("EVENTS").await.ok()?;
-    let info = stream.info().await.ok()?;
-    info.cluster.clone()?.leader
+    latch_nats::cluster::stream_leader(js, "EVENTS").await
 }
 
 async fn stream_last(js: &async_nats::jetstream::Context) -> Option<u64> {
-    let mut stream = js.get_stream("EVENTS").await.ok()?;
-    Some(stream.info().await.ok()?.state.last_sequence)
+    latch_nats::cluster::stream_last(js, "EVENTS").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,7 +351,7 @@ async fn two_instances_fail_over_when_the_relay_holder_then_the_events_leader_di
         events_leader(&js)
     })
     .await;
-    let index = leader.trim_start_matches('n').parse::<usize>().unwrap() - 1;
+    let index = latch_nats::cluster::node_index(&leader).unwrap();
     let before = stream_last(&js).await.unwrap_or(0);
     let killed = Instant::now();
     drop(nodes[index].take());
@@ -458,4 +420,77 @@ async fn two_instances_fail_over_when_the_relay_holder_then_the_events_leader_di
         "each registration recorded and projected once (retries deduplicated by their key)"
     );
     drop(second);
+}
+
+/// `latch bench failover` end to end with tiny settings: it forms its cluster, fails over the
+/// relay and the EVENTS leader once each, and reports every check passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failover_bench_runs_end_to_end() {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_latch"))
+        .args([
+            "bench",
+            "failover",
+            "--rounds",
+            "1",
+            "--leader-rounds",
+            "1",
+            "--seconds",
+            "2",
+            "--settle",
+            "1",
+            "--rate",
+            "20",
+            "--cabinets",
+            "5",
+        ])
+        .env("DATABASE_URL", ADMIN_URL)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("latch binary runs");
+    // Stopped with SIGTERM if it overruns, so it takes its servers and database down with it.
+    let pid = run.id().expect("running") as i32;
+    let overrun = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(240)).await;
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    });
+    let out = tokio::time::timeout(Duration::from_secs(300), run.wait_with_output())
+        .await
+        .expect("the bench finished")
+        .expect("bench output");
+    overrun.abort();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |start: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no row {start:?} in\n{report}"))
+            .to_owned()
+    };
+    assert!(
+        row("| relay failover").contains("p50 ")
+            && row("| EVENTS leader failover").contains("p50 "),
+        "both failovers resumed:\n{report}"
+    );
+    let checks: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("| check:"))
+        .collect();
+    assert_eq!(checks.len(), 5, "five checks reported:\n{report}");
+    for check in checks {
+        assert!(check.contains("| pass ("), "check failed: {check}");
+    }
+    assert!(!report.contains("FAIL"), "nothing failed:\n{report}");
+    assert!(
+        row("| `latch serve` RSS").contains("MiB"),
+        "memory reported:\n{report}"
+    );
 }
