@@ -179,8 +179,8 @@ impl Cabinet {
             },
             "restock" => self.restock(&msg.payload).await,
             "holders" => {
-                let holders = serde_json::to_value(self.state().holders.entries())
-                    .unwrap_or_default();
+                let holders =
+                    serde_json::to_value(self.state().holders.entries()).unwrap_or_default();
                 let body = serde_json::json!({ "ok": true, "holders": holders });
                 return self.answer(&self.client, &msg, body).await;
             }

@@ -71,7 +71,10 @@ async fn agreement(app: &TestApp, wiring: &[(String, Uuid)]) -> Option<Vec<(Stri
     let mut agreed = Vec::new();
     for (compartment, door) in wiring {
         let shown: Value = app
-            .get(&format!("/lockers/compartments/{compartment}"), &app.operator)
+            .get(
+                &format!("/lockers/compartments/{compartment}"),
+                &app.operator,
+            )
             .await
             .json()
             .await
@@ -99,15 +102,22 @@ async fn agree(app: &TestApp, wiring: &[(String, Uuid)], what: &str) -> Vec<(Str
 
 /// The read model's holder of `compartment`, once it shows `expected`.
 async fn shown_holder(app: &TestApp, compartment: &str, expected: Value) {
-    eventually(WAIT, &format!("{compartment} held by {expected}"), || async {
-        let shown: Value = app
-            .get(&format!("/lockers/compartments/{compartment}"), &app.operator)
-            .await
-            .json()
-            .await
-            .ok()?;
-        (shown["holder"] == expected).then_some(())
-    })
+    eventually(
+        WAIT,
+        &format!("{compartment} held by {expected}"),
+        || async {
+            let shown: Value = app
+                .get(
+                    &format!("/lockers/compartments/{compartment}"),
+                    &app.operator,
+                )
+                .await
+                .json()
+                .await
+                .ok()?;
+            (shown["holder"] == expected).then_some(())
+        },
+    )
     .await
 }
 
@@ -131,7 +141,9 @@ async fn restart_serve(app: &mut TestApp) {
     app.stop().await;
     let mut settings = test_settings(&app.db, &app.nats_server, &app.clock);
     quick_holder_retries(&mut settings);
-    let serve = latch::Application::build(settings).await.expect("app builds");
+    let serve = latch::Application::build(settings)
+        .await
+        .expect("app builds");
     app.address = format!("http://127.0.0.1:{}", serve.port());
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -179,7 +191,10 @@ async fn the_locker_keeps_the_holder_and_agrees_with_the_read_model_across_resta
     .await;
     // Wired while the simulator was not yet there: each door still learns its compartment.
     let wired = agree(&app, &wiring, "each door knows its free compartment").await;
-    assert!(wired.iter().all(|(_, holder, _)| holder.is_null()), "{wired:?}");
+    assert!(
+        wired.iter().all(|(_, holder, _)| holder.is_null()),
+        "{wired:?}"
+    );
 
     // Li reserves and hands hers to 张; 郑 reserves the other.
     let li = token(&app, "13455555555").await;
@@ -249,14 +264,16 @@ async fn the_locker_keeps_the_holder_and_agrees_with_the_read_model_across_resta
         serde_json::from_slice(&std::fs::read(file).expect("the table is on disk")).unwrap()
     };
     assert!(on_disk(door_of(&first))[&first]["holder"].is_null());
-    assert_eq!(
-        on_disk(door_of(&second))[&second]["holder"],
-        "13488888888"
-    );
+    assert_eq!(on_disk(door_of(&second))[&second]["holder"], "13488888888");
 
     // Back with the same state directory: redelivery brings each door up to date.
     let sim = Sim::start(&app, &doors, state.path()).await;
-    let caught_up = agree(&app, &wiring, "doors caught up after the simulator's restart").await;
+    let caught_up = agree(
+        &app,
+        &wiring,
+        "doors caught up after the simulator's restart",
+    )
+    .await;
     assert_eq!(holder_of(&caught_up, &first), "13455555555");
     assert_eq!(holder_of(&caught_up, &second), "13466666666");
     assert_eq!(on_disk(door_of(&second))[&second]["holder"], "13466666666");
@@ -276,19 +293,25 @@ async fn the_locker_keeps_the_holder_and_agrees_with_the_read_model_across_resta
         sim_table(&app, doors[1]).await.unwrap(),
     );
     restart_serve(&mut app).await;
-    eventually(WAIT, "the holder consumer replayed the whole log", || async {
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = app
-            .js
-            .get_stream(subjects::EVENTS_STREAM)
-            .await
-            .ok()?
-            .get_consumer(latch_workers::locker_holder::CONSUMER)
-            .await
-            .ok()?;
-        let info = consumer.info().await.ok()?;
-        (info.num_pending == 0 && info.num_ack_pending == 0 && info.ack_floor.stream_sequence > 0)
-            .then_some(())
-    })
+    eventually(
+        WAIT,
+        "the holder consumer replayed the whole log",
+        || async {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = app
+                .js
+                .get_stream(subjects::EVENTS_STREAM)
+                .await
+                .ok()?
+                .get_consumer(latch_workers::locker_holder::CONSUMER)
+                .await
+                .ok()?;
+            let info = consumer.info().await.ok()?;
+            (info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.ack_floor.stream_sequence > 0)
+                .then_some(())
+        },
+    )
     .await;
     let after = (
         sim_table(&app, doors[0]).await.unwrap(),
@@ -305,7 +328,12 @@ async fn the_locker_keeps_the_holder_and_agrees_with_the_read_model_across_resta
     assert_eq!(holder_of(&last, &first), "13499996666");
     assert_eq!(holder_of(&last, &second), "13466666666");
 
-    let metrics = app.get("/metrics", &app.operator).await.text().await.unwrap();
+    let metrics = app
+        .get("/metrics", &app.operator)
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics
             .lines()
@@ -349,7 +377,10 @@ async fn a_compartment_without_a_door_is_skipped_and_an_unreadable_holder_comman
     // The device answers a bad command with a refusal, and keeps nothing.
     let reply = app
         .nats
-        .request(subjects::device_holder(&door.to_string()), "{\"position\":1}".into())
+        .request(
+            subjects::device_holder(&door.to_string()),
+            "{\"position\":1}".into(),
+        )
         .await
         .unwrap();
     let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
@@ -367,7 +398,10 @@ async fn a_compartment_without_a_door_is_skipped_and_an_unreadable_holder_comman
             )
             .await
             .unwrap();
-        assert_eq!(serde_json::from_slice::<Value>(&reply.payload).unwrap()["ok"], true);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&reply.payload).unwrap()["ok"],
+            true
+        );
     }
     let table = sim_table(&app, door).await.unwrap();
     assert_eq!(table[&id], json!({"holder": "13455555555", "position": 50}));

@@ -135,7 +135,9 @@ impl LockerHolder {
             Ok(b) => b,
             Err(e) => return Outcome::Later(format!("holder command not encoded: {e}")),
         };
-        let request = self.nats.request(subjects::device_holder(door), body.into());
+        let request = self
+            .nats
+            .request(subjects::device_holder(door), body.into());
         let reply = match tokio::time::timeout(self.config.reply_timeout, request).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => {
