@@ -145,7 +145,21 @@ async fn a_device_answers_a_request_on_its_command_subject_but_publishes_nowhere
     });
     let answer = tokio::time::timeout(
         Duration::from_secs(5),
-        service.request(subjects::device_holder(&a.device_id), "{}".into()),
+        // The device's subscription reaches the server a moment after its flush: retry
+        // while nobody listens yet.
+        async {
+            loop {
+                match service
+                    .request(subjects::device_holder(&a.device_id), "{}".into())
+                    .await
+                {
+                    Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    other => return other,
+                }
+            }
+        },
     )
     .await
     .expect("answered in time")

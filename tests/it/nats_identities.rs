@@ -212,7 +212,21 @@ async fn registered_identities_connect_and_are_confined_after_a_reload() {
     });
     let reply = tokio::time::timeout(
         Duration::from_secs(5),
-        service.request(subjects::device_holder(a_id), "{}".into()),
+        // The device's subscription reaches the server a moment after its flush: retry
+        // while nobody listens yet.
+        async {
+            loop {
+                match service
+                    .request(subjects::device_holder(a_id), "{}".into())
+                    .await
+                {
+                    Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    other => return other,
+                }
+            }
+        },
     )
     .await
     .expect("answered in time")
