@@ -84,11 +84,14 @@ pub fn change_of(event: &LoggedEvent) -> Option<Change> {
     }
 }
 
-/// The time an event payload records (`at`), or when it was logged.
+/// The time an event records (`at`, inside its one variant: `{"HolderChanged": {.., "at"}}`),
+/// or when it was logged.
 fn at_of(event: &LoggedEvent) -> chrono::DateTime<chrono::Utc> {
     event
         .payload
-        .get("at")
+        .as_object()
+        .and_then(|variant| variant.values().next())
+        .and_then(|fields| fields.get("at"))
         .and_then(|a| serde_json::from_value(a.clone()).ok())
         .unwrap_or(event.recorded_at)
 }
