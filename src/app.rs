@@ -179,6 +179,7 @@ impl Application {
                 store: self.store.clone(),
                 clock: s.clock.clone(),
             }),
+            holder: s.holder.clone(),
         }
     }
 

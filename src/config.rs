@@ -356,6 +356,14 @@ pub struct ServeArgs {
     /// 1000,2000,5000,10000,20000,30000,60000,120000.
     #[arg(long, env = "LATCH_GRANT_WEBHOOK_BACKOFF_MS", value_delimiter = ',')]
     pub grant_webhook_backoff_ms: Vec<u64>,
+    /// Milliseconds a locker device has to acknowledge a holder update before it is offered
+    /// again.
+    #[arg(long, env = "LATCH_HOLDER_REPLY_TIMEOUT_MS", default_value_t = 2000)]
+    pub holder_reply_timeout_ms: u64,
+    /// Longest pause, in milliseconds, between offers of a holder update a locker device has
+    /// not acknowledged (pauses double from 500 ms up to this).
+    #[arg(long, env = "LATCH_HOLDER_RETRY_MAX_MS", default_value_t = 30000)]
+    pub holder_retry_max_ms: u64,
     #[command(flatten)]
     pub audit: AuditKeyArgs,
     #[command(flatten)]
@@ -445,6 +453,8 @@ pub struct Settings {
     pub stream_replicas: usize,
     /// Edge sites' JetStream domains, sourced into TELEMETRY.
     pub edge_domains: Vec<String>,
+    /// Holder updates to locker devices: reply timeout and longest retry pause.
+    pub holder: latch_workers::locker_holder::HolderConfig,
 }
 
 impl Settings {
@@ -479,6 +489,7 @@ impl Settings {
             deadletter_limits: latch_nats::streams::DEADLETTER_LIMITS,
             stream_replicas: 1,
             edge_domains: Vec::new(),
+            holder: latch_workers::locker_holder::HolderConfig::default(),
         }
     }
 
@@ -558,6 +569,10 @@ impl From<ServeArgs> for Settings {
             },
             env: a.latch_env,
             extra_ca_file: a.extra_ca_file,
+            holder: latch_workers::locker_holder::HolderConfig {
+                reply_timeout: Duration::from_millis(a.holder_reply_timeout_ms.max(1)),
+                retry_max: Duration::from_millis(a.holder_retry_max_ms.max(500)),
+            },
             ..Self::new(a.connections.database_url, a.connections.nats_url)
         };
         limits.apply(&mut settings);

@@ -199,6 +199,8 @@ pub async fn run(
             faulty: vec![],
             store: Some(store.clone()),
             logins,
+            // The demo locker keeps who holds its compartments across restarts of dev.
+            state_dir: Some(opts.data_dir.join("sim")),
             ..SimConfig::default()
         },
         shutdown.clone(),

@@ -51,6 +51,10 @@ enum Cmd {
         /// Units of each product a cabinet holds at start and after a restock.
         #[arg(long, default_value_t = 10)]
         units: u32,
+        /// Where each simulated locker keeps its holder table (<dir>/<device-id>.holders.json)
+        /// across restarts; default: in memory only.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Migrate, seed demo data, serve everything and run the simulator.
     Dev {
@@ -140,6 +144,7 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
             fault,
             take,
             units,
+            state_dir,
         } => {
             let take = sim::parse_take(take.as_deref().unwrap_or(""))?;
             let pool =
@@ -173,6 +178,7 @@ async fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
                 units_per_slot: units,
                 shopper: sim::ShopperScript::taking(take),
                 logins: None,
+                state_dir,
             };
             sim::run(client, config, shutdown).await;
         }

@@ -96,6 +96,10 @@ fn describe() {
         "Outbound webhook delivery attempts by outcome"
     );
     describe_counter!(
+        "latch_locker_holder_updates_total",
+        "Holder updates sent to locker devices, by outcome (acked, unanswered, refused, no_door)"
+    );
+    describe_counter!(
         "latch_dead_letters_total",
         "Messages given up on and kept in DEADLETTER, by consumer and reason"
     );

@@ -267,6 +267,27 @@ pub struct OpenCommand {
     pub session_id: Option<Uuid>,
 }
 
+/// Sent as a request on `latch.cmd.<device_id>.holder` to the locker device that opens
+/// `compartment_id`: who holds it now (`None`: nobody, it is free or holds a parcel), as of log
+/// `position`. The device keeps it only if `position` is newer than what it has, so a
+/// redelivered or overtaken update changes nothing, and answers with a [`CommandReply`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HolderCommand {
+    pub compartment_id: String,
+    pub holder: Option<String>,
+    pub position: i64,
+    pub at: DateTime<Utc>,
+}
+
+/// A device's answer to a command it acknowledges: `{"ok":true}` once recorded, else
+/// `{"ok":false,"error":"..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandReply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,10 @@
 //!
 //! Each device has its own NATS user. It may publish only under `latch.dev.<its id>.>` and
 //! subscribe only to its command subtree and its own reply inbox; the service user may do
-//! anything. The server enforces this, so a compromised cabinet cannot speak for another one.
+//! anything. A device may also answer a request it received (`allow_responses`: one reply to
+//! the request's own reply subject, which the server grants per request), so it can
+//! acknowledge a command such as `latch.cmd.<id>.holder` without any right to publish
+//! elsewhere. The server enforces this, so a compromised cabinet cannot speak for another one.
 
 use crate::subjects;
 
@@ -32,7 +35,7 @@ pub fn authorization_config(
     )];
     for d in devices {
         users.push(format!(
-            "    {{ user: {user}, password: {pw}, permissions: {{ publish: {{ allow: [{pubs}] }}, subscribe: {{ allow: [{cmds}, {inbox}] }} }} }}",
+            "    {{ user: {user}, password: {pw}, permissions: {{ publish: {{ allow: [{pubs}] }}, subscribe: {{ allow: [{cmds}, {inbox}] }}, allow_responses: true }} }}",
             user = quote(&d.user()),
             pw = quote(&d.password),
             pubs = quote(&subjects::telemetry(&d.device_id, ">")),
@@ -96,6 +99,8 @@ pub fn identities_config(
         quote(service_password)
     )];
     for i in identities {
+        // Devices answer requests on their command subjects (the holder command).
+        let responds = matches!(i.principal, Principal::Device(_));
         let (pubs, subs) = match &i.principal {
             Principal::Device(id) => (
                 vec![subjects::telemetry(id, ">")],
@@ -125,11 +130,12 @@ pub fn identities_config(
         };
         let list = |v: Vec<String>| v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ");
         users.push(format!(
-            "    {{ user: {user}, password: {pw}, permissions: {{ publish: {{ allow: [{pubs}] }}, subscribe: {{ allow: [{subs}] }} }} }}",
+            "    {{ user: {user}, password: {pw}, permissions: {{ publish: {{ allow: [{pubs}] }}, subscribe: {{ allow: [{subs}] }}{responses} }} }}",
             user = quote(&i.user),
             pw = quote(&i.password_hash),
             pubs = list(pubs),
             subs = list(subs),
+            responses = if responds { ", allow_responses: true" } else { "" },
         ));
     }
     format!(

@@ -27,6 +27,15 @@ pub fn device_command(device_id: &str, command: &str) -> String {
     format!("latch.cmd.{device_id}.{command}")
 }
 
+/// The command that tells a locker device who holds one of its compartments (a request: the
+/// device answers `{"ok":true}` once it has recorded it).
+pub const HOLDER_COMMAND: &str = "holder";
+
+/// Where a locker device hears holder changes of the compartments it opens.
+pub fn device_holder(device_id: &str) -> String {
+    device_command(device_id, HOLDER_COMMAND)
+}
+
 pub fn device_commands_all(device_id: &str) -> String {
     format!("latch.cmd.{device_id}.>")
 }
@@ -119,6 +128,11 @@ pub fn locker_notifications(user_number: &str) -> String {
 /// simulated cabinet.
 pub fn sim_control(device_id: &str, what: &str) -> String {
     format!("latch.sim.{}.{}", token(device_id), token(what))
+}
+
+/// Where a simulated locker answers with its whole holder table (request/reply).
+pub fn sim_holders(device_id: &str) -> String {
+    sim_control(device_id, "holders")
 }
 
 /// Every control switch of one simulated cabinet.

@@ -1,5 +1,6 @@
 //! Running cabinets: the per-cabinet loop that answers commands and control subjects.
 
+use super::holder::HolderTable;
 use super::identity;
 use super::*;
 
@@ -43,6 +44,8 @@ struct State {
     stock: Option<Stock>,
     /// The one-shot script for the next shopper's opening.
     armed: Option<ShopperScript>,
+    /// A locker's record of who holds each compartment it opens.
+    holders: HolderTable,
 }
 
 /// What a cabinet's loop and its openings share.
@@ -106,15 +109,47 @@ impl Cabinet {
             Ok(()) => serde_json::json!({ "ok": true }),
             Err(e) => serde_json::json!({ "ok": false, "error": e }),
         };
+        self.answer(&self.client, msg, body).await
+    }
+
+    /// Publishes `body` to `msg`'s reply subject, if it has one, on `client`.
+    async fn answer(
+        &self,
+        client: &async_nats::Client,
+        msg: &async_nats::Message,
+        body: serde_json::Value,
+    ) {
         if let Some(reply) = &msg.reply {
-            if let Err(e) = self
-                .client
-                .publish(reply.clone(), body.to_string().into())
-                .await
-            {
-                tracing::warn!(error = %e, "control reply not sent");
+            if let Err(e) = client.publish(reply.clone(), body.to_string().into()).await {
+                tracing::warn!(error = %e, "reply not sent");
             }
         }
+    }
+
+    /// A `holder` command: kept if newer, answered on the device's own connection (a device
+    /// may answer the requests it hears, nothing more).
+    async fn holder(&self, msg: &async_nats::Message) {
+        let outcome = match serde_json::from_slice::<HolderCommand>(&msg.payload) {
+            Ok(update) => match self.state().holders.apply(&update) {
+                Ok(changed) => {
+                    tracing::info!(compartment = %update.compartment_id, holder = ?update.holder, position = update.position, changed, "holder command");
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "holder not kept");
+                    Err(e)
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable holder command refused");
+                Err(format!("unreadable holder command: {e}"))
+            }
+        };
+        let body = match outcome {
+            Ok(()) => serde_json::json!({ "ok": true }),
+            Err(e) => serde_json::json!({ "ok": false, "error": e }),
+        };
+        self.answer(&self.device.client(), msg, body).await
     }
 
     /// A message on `latch.sim.<id>.<what>`.
@@ -143,6 +178,12 @@ impl Cabinet {
                 Err(e) => Err(format!("shopper script refused: {e}")),
             },
             "restock" => self.restock(&msg.payload).await,
+            "holders" => {
+                let holders =
+                    serde_json::to_value(self.state().holders.entries()).unwrap_or_default();
+                let body = serde_json::json!({ "ok": true, "holders": holders });
+                return self.answer(&self.client, &msg, body).await;
+            }
             other => Err(format!("unknown control subject {other:?}")),
         };
         if let Err(e) = &outcome {
@@ -284,11 +325,22 @@ async fn cabinet(
         }
     };
     let heartbeat = config.heartbeat;
+    let holders = match HolderTable::open(config.state_dir.as_deref(), device.id) {
+        Ok(t) => t,
+        Err(e) => {
+            // Starting empty would overwrite what the locker acknowledged: refuse instead.
+            tracing::error!(error = %e, "holder table unreadable; not simulated");
+            return;
+        }
+    };
     let cab = Arc::new(Cabinet {
         client,
         device,
         config,
-        state: Mutex::new(State::default()),
+        state: Mutex::new(State {
+            holders,
+            ..State::default()
+        }),
         door: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
     });
@@ -321,6 +373,10 @@ async fn cabinet(
             }
             Some(msg) = control.next() => cab.control(msg, &mut faulty).await,
             Some(msg) = commands.next() => {
+                if msg.subject.as_str() == subjects::device_holder(&id) {
+                    cab.holder(&msg).await;
+                    continue;
+                }
                 if !msg.subject.ends_with(".open") {
                     tracing::warn!(subject = %msg.subject, "unknown command ignored");
                     continue;

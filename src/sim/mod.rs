@@ -43,13 +43,22 @@
 //!   [`SimConfig::shopper`] (empty by default: nothing taken).
 //! - `latch.sim.<id>.restock`: re-reads the planogram, refills every product to
 //!   `units_per_slot` (or `{"units":n}`) and removes foreign objects.
+//! - `latch.sim.<id>.holders`: answers `{"ok":true,"holders":{"<compartment>":{"holder":..,
+//!   "position":..}}}`, the locker's own record of who holds each compartment it opens.
+//!
+//! # Holders (lockers)
+//!
+//! A `holder` command (`latch.cmd.<id>.holder`, a [`HolderCommand`] request) updates the
+//! device's holder table when its log position is newer than the one it has, and is answered
+//! `{"ok":true}` once kept (also for a repeat, which changes nothing); see [`holder`]. With
+//! [`SimConfig::state_dir`] the table is kept in `<dir>/<id>.holders.json` across restarts.
 
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context;
 use chrono::Utc;
 use futures::StreamExt;
 use latch_domain::store::Store;
-use latch_domain::telemetry::{OpenCommand, WireTelemetry};
+use latch_domain::telemetry::{HolderCommand, OpenCommand, WireTelemetry};
 use latch_domain::vending::{Planogram, RawReading, ShelfNo, Sku, WeighingPhase};
 use latch_nats::subjects;
 use latch_workers::CancellationToken;
@@ -91,6 +100,9 @@ pub struct SimConfig {
     pub shopper: ShopperScript,
     /// Each cabinet's own NATS login (authorization on); `None`: all share the given client.
     pub logins: Option<DeviceLogins>,
+    /// Where each locker keeps its holder table (`<dir>/<id>.holders.json`); `None`: in memory
+    /// only, forgotten when the simulator stops.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -104,6 +116,7 @@ impl Default for SimConfig {
             units_per_slot: DEFAULT_UNITS_PER_SLOT,
             shopper: ShopperScript::default(),
             logins: None,
+            state_dir: None,
         }
     }
 }
@@ -119,12 +132,14 @@ impl fmt::Debug for SimConfig {
             .field("units_per_slot", &self.units_per_slot)
             .field("shopper", &self.shopper)
             .field("logins", &self.logins)
+            .field("state_dir", &self.state_dir)
             .finish()
     }
 }
 
 mod cabinet;
 mod device;
+pub mod holder;
 mod identity;
 mod script;
 mod stock;

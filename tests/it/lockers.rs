@@ -1453,12 +1453,18 @@ pub(crate) async fn locker_door(app: &TestApp, label: &str) -> (uuid::Uuid, latc
     (id, sim)
 }
 
-/// The next `open` command the device hears.
+/// The next `open` command the device hears (holder updates, its other command, pass by).
 async fn next_open(commands: &mut async_nats::Subscriber) -> uuid::Uuid {
-    let msg = tokio::time::timeout(Duration::from_secs(10), commands.next())
-        .await
-        .expect("an open command within 10 s")
-        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let msg = commands.next().await.unwrap();
+            if !msg.subject.ends_with(".holder") {
+                return msg;
+            }
+        }
+    })
+    .await
+    .expect("an open command within 10 s");
     assert!(msg.subject.ends_with(".open"), "{}", msg.subject);
     let command: latch_domain::telemetry::OpenCommand =
         serde_json::from_slice(&msg.payload).unwrap();

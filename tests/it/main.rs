@@ -17,6 +17,7 @@ mod kazaya;
 mod kiosk_pages;
 mod limits;
 mod locker_history;
+mod locker_holder;
 mod locker_pages;
 mod locker_process;
 mod lockers;

@@ -192,6 +192,47 @@ async fn registered_identities_connect_and_are_confined_after_a_reload() {
             .is_err(),
         "nothing forged got through"
     );
+
+    // It may answer a request on its own command subject (a holder update to a locker).
+    let mut holder = dev
+        .client
+        .subscribe(subjects::device_holder(a_id))
+        .await
+        .unwrap();
+    dev.client.flush().await.unwrap();
+    let answering = dev.client.clone();
+    let answer = tokio::spawn(async move {
+        let msg = holder.next().await.unwrap();
+        let reply = msg.reply.expect("a request has a reply subject");
+        answering
+            .publish(reply, "{\"ok\":true}".into())
+            .await
+            .unwrap();
+        answering.flush().await.unwrap();
+    });
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        // The device's subscription reaches the server a moment after its flush: retry
+        // while nobody listens yet.
+        async {
+            loop {
+                match service
+                    .request(subjects::device_holder(a_id), "{}".into())
+                    .await
+                {
+                    Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    other => return other,
+                }
+            }
+        },
+    )
+    .await
+    .expect("answered in time")
+    .expect("the device may answer");
+    assert_eq!(&reply.payload[..], b"{\"ok\":true}");
+    answer.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,20 @@ pub enum Outcome {
     Done,
     /// Cannot be done now (a third party refused, a conflict): try again after a pause.
     Later(String),
+    /// The party it is for did not answer (a device offline): redelivered after
+    /// [`EventHandler::unanswered_pause`] until it answers, not dead-lettered after
+    /// `MAX_DELIVER` attempts like [`Outcome::Later`] (only at the consumer's last delivery,
+    /// so that the server never drops it silently).
+    Unanswered(String),
+}
+
+/// The default pause before redelivering an unanswered event: doubling from half a second to
+/// `cap`.
+pub fn doubling_pause(attempt: i64, cap: Duration) -> Duration {
+    let doublings = attempt.clamp(1, 20) as u32 - 1;
+    Duration::from_millis(500)
+        .saturating_mul(2u32.saturating_pow(doublings))
+        .min(cap)
 }
 
 /// One event's handling. `Err` is a passing failure (Postgres away): the message stays unacked
@@ -28,7 +42,16 @@ pub trait EventHandler: Send + Sync {
         &self,
         event: &LoggedEvent,
     ) -> impl std::future::Future<Output = Result<Outcome, String>> + Send;
+
+    /// The pause before delivery `attempt + 1` of an event answered [`Outcome::Unanswered`].
+    fn unanswered_pause(&self, attempt: i64) -> Duration {
+        doubling_pause(attempt, Duration::from_secs(30))
+    }
 }
+
+/// Deliveries of one event before the server would stop offering it: an unanswered event is
+/// dead-lettered at the last one.
+pub const MAX_DELIVER_UNANSWERED: i64 = 10_000;
 
 /// Consumes `filter` on EVENTS as durable `name` with `handler` until `shutdown`.
 pub async fn run<H: EventHandler>(
@@ -60,7 +83,7 @@ async fn consume<H: EventHandler>(
     // backoff list). A handler that keeps answering "later" is dead-lettered below instead,
     // after `MAX_DELIVER` attempts.
     let config = async_nats::jetstream::consumer::pull::Config {
-        max_deliver: 10_000,
+        max_deliver: MAX_DELIVER_UNANSWERED,
         ..streams::durable(name, filter)
     };
     let consumer = streams::ensure_consumer(js, subjects::EVENTS_STREAM, config).await?;
@@ -94,6 +117,16 @@ async fn consume<H: EventHandler>(
                     }
                     let delay = Duration::from_millis(500 * attempt as u64);
                     tracing::info!(consumer = name, position = event.position, %why, ?delay, "retrying later");
+                    message.ack_with(AckKind::Nak(Some(delay))).await?;
+                }
+                Ok(Outcome::Unanswered(why)) => {
+                    let attempt = message.info().map_or(1, |i| i.delivered).max(1);
+                    if attempt >= MAX_DELIVER_UNANSWERED {
+                        dead_letter(js, name, &message, &why, attempt).await?;
+                        continue;
+                    }
+                    let delay = handler.unanswered_pause(attempt);
+                    tracing::info!(consumer = name, position = event.position, %why, attempt, ?delay, "unanswered; redelivering later");
                     message.ack_with(AckKind::Nak(Some(delay))).await?;
                 }
                 Err(e) => {

@@ -19,6 +19,8 @@
 //!   grant completed (or failed when the compartment refuses).
 //! - [`locker_notifier`]: a holder change -> SMS, NATS notices and authorizer confirmations,
 //!   each carrying the event id for dedup.
+//! - [`locker_holder`]: a holder change -> the compartment door's device, which keeps its own
+//!   record of who holds each compartment; acked only once the device has it.
 //! - [`locker_sweeper`]: unused reservations and unanswered grant requests expire.
 //! - [`authorizer_answers`]: authorizers' signed answers over NATS -> the API's callback check.
 //! - [`event_consumer`]: the durable EVENTS consumer loop the process managers share.
@@ -35,6 +37,7 @@ pub mod grant_feed;
 pub mod grant_process;
 pub mod ingest;
 pub mod locker_doors;
+pub mod locker_holder;
 pub mod locker_notifier;
 pub mod locker_sweeper;
 pub mod projector;

@@ -12,6 +12,7 @@ use crate::grant_delivery::{DeliveryConfig, GrantDelivery};
 use crate::grant_process::GrantProcess;
 use crate::ingest::Ingest;
 use crate::locker_doors::LockerDoors;
+use crate::locker_holder::{HolderConfig, LockerHolder};
 use crate::locker_notifier::{LockerNotifier, SmsSender};
 use crate::relay::{self, RelayConfig};
 use crate::sweeper::{Sweeper, SweeperConfig};
@@ -51,10 +52,13 @@ pub enum Role {
     LockerNotifier,
     /// Authorizers' signed answers over NATS (`latch.authorizers.{n}.answers`).
     AuthorizerAnswers,
+    /// Holder changes -> the compartment door's device (`latch.cmd.<device>.holder`), until it
+    /// acknowledges.
+    LockerHolder,
 }
 
 impl Role {
-    pub const ALL: [Role; 10] = [
+    pub const ALL: [Role; 11] = [
         Role::Api,
         Role::Relay,
         Role::Projector,
@@ -65,6 +69,7 @@ impl Role {
         Role::GrantProcess,
         Role::LockerNotifier,
         Role::AuthorizerAnswers,
+        Role::LockerHolder,
     ];
 
     /// The name `LATCH_ROLES` and `--roles` use.
@@ -80,6 +85,7 @@ impl Role {
             Role::GrantProcess => "grant-process",
             Role::LockerNotifier => "locker-notifier",
             Role::AuthorizerAnswers => "authorizer-answers",
+            Role::LockerHolder => "locker-holder",
         }
     }
 
@@ -112,6 +118,9 @@ pub struct Deps {
     pub sms: Arc<dyn SmsSender>,
     /// Checks and records an authorizer's answer (the API's callback logic).
     pub answers: Arc<dyn AnswerHandler>,
+    /// How long a locker device has to acknowledge a holder update, and the longest pause
+    /// between attempts.
+    pub holder: HolderConfig,
 }
 
 pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -246,6 +255,15 @@ pub fn tasks(role: Role, d: &Deps, shutdown: &CancellationToken) -> Vec<Task> {
             d.answers.clone(),
             stop,
         ))],
+        Role::LockerHolder => vec![Box::pin(
+            LockerHolder::new(
+                d.store.clone(),
+                d.nats.clone(),
+                d.js.clone(),
+                d.holder.clone(),
+            )
+            .run(stop),
+        )],
     }
 }
 
