@@ -64,24 +64,41 @@ pub struct LockerHolder {
 pub enum Change {
     /// The event sets this holder (`None`: nobody).
     Holder(Option<String>),
-    /// A door was wired: the new door learns the compartment's current holder.
-    DoorWired,
+    /// The event changed the booked windows (a reservation, a grant, a lapsed window) or wired
+    /// a door: the holder is the compartment's own, as the read model shows it (the holder of
+    /// the earliest booked window), read from its state.
+    FromState,
 }
 
 /// The holder `event` leaves its compartment with, or `None` for events that do not change it.
 pub fn change_of(event: &LoggedEvent) -> Option<Change> {
     use CompartmentEvent as E;
     match serde_json::from_value::<CompartmentEvent>(event.upcast().payload.clone()).ok()? {
-        E::CompartmentReserved { holder, .. } => Some(Change::Holder(Some(holder.to_string()))),
-        E::HolderChanged { to, .. } => Some(Change::Holder(Some(to.to_string()))),
-        // An expired reservation frees it; a deposit ends the empty-use right (the compartment
-        // holds a parcel, nobody holds it); a collection frees it.
-        E::ReservationExpired { .. } | E::ParcelDeposited { .. } | E::ParcelCollected { .. } => {
-            Some(Change::Holder(None))
-        }
-        E::DoorWired { .. } => Some(Change::DoorWired),
+        // With windows, a reservation may be for later than one already booked, a grant may
+        // hand on part of a window and a lapsed window may leave a later one: the holder the
+        // compartment shows comes from its windows, not from the event alone.
+        E::CompartmentReserved { .. }
+        | E::HolderChanged { .. }
+        | E::ReservationExpired { .. }
+        | E::DoorWired { .. } => Some(Change::FromState),
+        // A deposit ends the empty-use right (the compartment holds a parcel, nobody holds it);
+        // a collection frees it.
+        E::ParcelDeposited { .. } | E::ParcelCollected { .. } => Some(Change::Holder(None)),
         E::CompartmentInstalled { .. } => None,
     }
+}
+
+/// Who holds the compartment as its read model shows it: nobody while a parcel is in, else the
+/// holder of the earliest booked window.
+fn holder_now(compartment: &latch_domain::locker::Compartment) -> Option<String> {
+    if compartment.status == latch_domain::locker::compartment::Status::Occupied {
+        return None;
+    }
+    compartment
+        .windows
+        .iter()
+        .min_by_key(|w| w.start)
+        .map(|w| w.holder.to_string())
 }
 
 /// The time an event records (`at`, inside its one variant: `{"HolderChanged": {.., "at"}}`),
@@ -198,8 +215,9 @@ impl EventHandler for LockerHolder {
         let holder = match change {
             Change::Holder(holder) => holder,
             // The holder now, which is at least as new as this position: a later update of
-            // the same compartment (newer position) says the same or newer.
-            Change::DoorWired => compartment.holder.as_ref().map(ToString::to_string),
+            // the same compartment (newer position) says the same or newer, and the device
+            // keeps the newest position's word.
+            Change::FromState => holder_now(&compartment),
         };
         let command = HolderCommand {
             compartment_id: event.aggregate_id.clone(),
@@ -237,32 +255,26 @@ mod tests {
     }
 
     #[test]
-    fn holder_changes_name_the_new_holder_or_nobody() {
+    fn holder_changes_read_the_windows_or_name_nobody() {
         let at = "2026-11-21T08:00:00Z";
         let reserved = logged(
             "CompartmentReserved",
             json!({"CompartmentReserved": {"holder": "13455555555", "window_start": at,
                    "expires_at": at, "at": at}}),
         );
-        assert_eq!(
-            change_of(&reserved),
-            Some(Change::Holder(Some("13455555555".into())))
-        );
+        assert_eq!(change_of(&reserved), Some(Change::FromState));
         assert_eq!(at_of(&reserved).to_rfc3339(), "2026-11-21T08:00:00+00:00");
         let handed = logged(
             "HolderChanged",
             json!({"HolderChanged": {"grant_id": uuid::Uuid::now_v7(), "from": "13455555555",
                    "to": "13499996666", "via": null, "at": at}}),
         );
-        assert_eq!(
-            change_of(&handed),
-            Some(Change::Holder(Some("13499996666".into())))
-        );
+        assert_eq!(change_of(&handed), Some(Change::FromState));
         let expired = logged(
             "ReservationExpired",
             json!({"ReservationExpired": {"holder": "13455555555", "at": at}}),
         );
-        assert_eq!(change_of(&expired), Some(Change::Holder(None)));
+        assert_eq!(change_of(&expired), Some(Change::FromState));
         let collected = logged(
             "ParcelCollected",
             json!({"ParcelCollected": {"parcel": "SF1234567890", "at": at}}),
@@ -273,6 +285,33 @@ mod tests {
             json!({"CompartmentInstalled": {"id": "610091A01:01", "size": "large", "at": at}}),
         );
         assert_eq!(change_of(&installed), None);
+    }
+
+    #[test]
+    fn the_holder_is_the_earliest_windows_and_nobody_while_a_parcel_is_in() {
+        use latch_domain::locker::compartment::{Status, Window};
+        let t = |h: i64| {
+            chrono::DateTime::parse_from_rfc3339("2026-11-21T08:00:00Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+                + chrono::Duration::hours(h)
+        };
+        let window = |holder: &str, s: i64, e: i64| Window {
+            holder: latch_domain::locker::UserNumber::parse("holder", holder).unwrap(),
+            start: t(s),
+            end: t(e),
+        };
+        let mut compartment = Compartment {
+            status: Status::Reserved,
+            windows: vec![window("13499996666", 2, 3), window("13455555555", 0, 2)],
+            ..Default::default()
+        };
+        assert_eq!(holder_now(&compartment).as_deref(), Some("13455555555"));
+        compartment.status = Status::Occupied;
+        assert_eq!(holder_now(&compartment), None);
+        compartment.status = Status::Free;
+        compartment.windows.clear();
+        assert_eq!(holder_now(&compartment), None);
     }
 
     #[test]
