@@ -26,6 +26,8 @@ pub struct DeviceStatus {
     pub registered_at: DateTime<Utc>,
     pub online: bool,
     pub door: String,
+    /// When the door last opened or closed.
+    pub door_changed_at: Option<DateTime<Utc>>,
     pub fault_code: Option<String>,
     pub fault_message: Option<String>,
     pub pending_open_request: Option<Uuid>,
@@ -105,6 +107,7 @@ pub fn evolve(
                 registered_at: at,
                 online: false,
                 door: "unknown".to_owned(),
+                door_changed_at: None,
                 fault_code: None,
                 fault_message: None,
                 pending_open_request: None,
@@ -126,8 +129,14 @@ pub fn evolve(
                 E::DeviceRegistered { .. } => {}
                 E::DeviceCameOnline { .. } => row.online = true,
                 E::DeviceWentOffline { .. } => row.online = false,
-                E::DoorOpened { .. } => row.door = "open".to_owned(),
-                E::DoorClosed { .. } => row.door = "closed".to_owned(),
+                E::DoorOpened { at, .. } => {
+                    row.door = "open".to_owned();
+                    row.door_changed_at = Some(*at);
+                }
+                E::DoorClosed { at, .. } => {
+                    row.door = "closed".to_owned();
+                    row.door_changed_at = Some(*at);
+                }
                 E::FaultRaised { code, message, .. } => {
                     row.fault_code = Some(code.as_str().to_owned());
                     row.fault_message = Some(message.as_str().to_owned());
@@ -284,7 +293,7 @@ async fn upsert(
 ) -> Result<(), sqlx::Error> {
     let mut q = QueryBuilder::<Postgres>::new(format!(
         "INSERT INTO {table} (device_id, kind, site, label, registered_at, online, door,
-             fault_code, fault_message, pending_open_request, pending_open_deadline,
+             door_changed_at, fault_code, fault_message, pending_open_request, pending_open_deadline,
              last_open_request, last_open_outcome, last_event_at, last_position,
              current_session, current_session_request) "
     ));
@@ -296,6 +305,7 @@ async fn upsert(
             .push_bind(r.registered_at)
             .push_bind(r.online)
             .push_bind(&r.door)
+            .push_bind(r.door_changed_at)
             .push_bind(&r.fault_code)
             .push_bind(&r.fault_message)
             .push_bind(r.pending_open_request)
@@ -311,7 +321,8 @@ async fn upsert(
         " ON CONFLICT (device_id) DO UPDATE SET
              kind = EXCLUDED.kind, site = EXCLUDED.site, label = EXCLUDED.label,
              registered_at = EXCLUDED.registered_at, online = EXCLUDED.online,
-             door = EXCLUDED.door, fault_code = EXCLUDED.fault_code,
+             door = EXCLUDED.door, door_changed_at = EXCLUDED.door_changed_at,
+             fault_code = EXCLUDED.fault_code,
              fault_message = EXCLUDED.fault_message,
              pending_open_request = EXCLUDED.pending_open_request,
              pending_open_deadline = EXCLUDED.pending_open_deadline,

@@ -1116,7 +1116,16 @@ async fn a_cabinet_that_closes_without_weights_after_sends_the_order_to_review_a
     })
     .await;
     world.order_status(session, &token, "open").await;
-    clock.advance(chrono::Duration::seconds(121));
+    // The cabinet also falls silent and goes offline before the weights deadline: a later event
+    // on the device must not restart the wait for the weights after.
+    clock.advance(chrono::Duration::seconds(61));
+    eventually(WAIT, "cabinet offline", || async {
+        let d = world.app.device(cabinet.id).await?;
+        (d["online"] == false).then_some(())
+    })
+    .await;
+    world.order_status(session, &token, "open").await;
+    clock.advance(chrono::Duration::seconds(60));
     let order = world.order_status(session, &token, "needs_review").await;
     assert!(
         order["review_reasons"]

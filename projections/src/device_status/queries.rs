@@ -135,7 +135,7 @@ pub async fn quiet_after_close(
            JOIN device_status d ON d.device_id = o.device_id
           WHERE d.current_session = o.session_id
             AND d.door = 'closed' AND d.pending_open_request IS NULL
-            AND d.last_event_at < $1
+            AND coalesce(d.door_changed_at, d.last_event_at) < $1
           LIMIT $2",
     )
     .bind(before)
