@@ -8,7 +8,7 @@ use latch_nats::{streams, subjects};
 use latch_projections::projector::{apply_batch, catch_up, checkpoint, Passed};
 use latch_projections::{LoggedEvent, Projection};
 use sqlx::PgPool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -22,6 +22,10 @@ const LINGER: Duration = Duration::from_millis(10);
 /// Most positions passed over (other aggregates' events) before the checkpoint is written
 /// anyway, so a restart does not re-read a long run it has already seen.
 const PASS_AT_MOST: i64 = 1000;
+/// Longest a passed run waits before the checkpoint is written anyway. Readers of the
+/// checkpoint (the `Latch-Read-Model-Lag` header, `/readyz`, push-back) would otherwise see a
+/// projection that only skipped other aggregates' events as seconds behind under a slow stream.
+const PASS_FOR_AT_MOST: Duration = Duration::from_secs(1);
 
 pub async fn run<P: Projection>(
     pool: PgPool,
@@ -65,6 +69,7 @@ async fn consume<P: Projection>(
     let consumer = streams::ensure_consumer(js, subjects::EVENTS_STREAM, config).await?;
     let mut messages = consumer.messages().await?;
     let mut passed = Passed::at(from as i64 - 1);
+    let mut passing_since: Option<Instant> = None;
     loop {
         let batch = match next_batch_lingering(&mut messages, BATCH, IDLE, LINGER, shutdown).await {
             Next::Stop => return Ok(()),
@@ -74,6 +79,7 @@ async fn consume<P: Projection>(
                     apply_batch(pool, projection, &[], passed).await?;
                 }
                 passed = Passed::at(catch_up(pool, projection, BATCH as i64).await?);
+                passing_since = None;
                 continue;
             }
             Next::Batch(batch) => batch,
@@ -91,10 +97,16 @@ async fn consume<P: Projection>(
         }
         // Nothing wanted: acknowledge without a transaction; the checkpoint catches up with
         // the next wanted batch (or when idle).
-        if !(passed.absorb(projection, &events) && passed.pending() < PASS_AT_MOST) {
-            let started = std::time::Instant::now();
+        let absorbed = passed.absorb(projection, &events);
+        if absorbed && passed.pending() > 0 {
+            passing_since.get_or_insert_with(Instant::now);
+        }
+        let stale = passing_since.is_some_and(|since| since.elapsed() >= PASS_FOR_AT_MOST);
+        if !(absorbed && passed.pending() < PASS_AT_MOST && !stale) {
+            let started = Instant::now();
             let position = apply_batch(pool, projection, &events, passed).await?;
             passed = Passed::at(position);
+            passing_since = None;
             crate::stages::finished(
                 "apply",
                 projection.name(),
