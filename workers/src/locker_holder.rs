@@ -62,8 +62,8 @@ pub struct LockerHolder {
 /// What a holder-changing event says the compartment's holder is now.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    /// The event sets this holder (`None`: nobody).
-    Holder(Option<String>),
+    /// The event leaves nobody holding the compartment (a parcel went in or came out).
+    Nobody,
     /// The event changed the booked windows (a reservation, a grant, a lapsed window) or wired
     /// a door: the holder is the compartment's own, as the read model shows it (the holder of
     /// the earliest booked window), read from its state.
@@ -83,7 +83,7 @@ pub fn change_of(event: &LoggedEvent) -> Option<Change> {
         | E::DoorWired { .. } => Some(Change::FromState),
         // A deposit ends the empty-use right (the compartment holds a parcel, nobody holds it);
         // a collection frees it.
-        E::ParcelDeposited { .. } | E::ParcelCollected { .. } => Some(Change::Holder(None)),
+        E::ParcelDeposited { .. } | E::ParcelCollected { .. } => Some(Change::Nobody),
         E::CompartmentInstalled { .. } => None,
     }
 }
@@ -213,7 +213,7 @@ impl EventHandler for LockerHolder {
             return Ok(Outcome::Done);
         };
         let holder = match change {
-            Change::Holder(holder) => holder,
+            Change::Nobody => None,
             // The holder now, which is at least as new as this position: a later update of
             // the same compartment (newer position) says the same or newer, and the device
             // keeps the newest position's word.
@@ -279,7 +279,7 @@ mod tests {
             "ParcelCollected",
             json!({"ParcelCollected": {"parcel": "SF1234567890", "at": at}}),
         );
-        assert_eq!(change_of(&collected), Some(Change::Holder(None)));
+        assert_eq!(change_of(&collected), Some(Change::Nobody));
         let installed = logged(
             "CompartmentInstalled",
             json!({"CompartmentInstalled": {"id": "610091A01:01", "size": "large", "at": at}}),
