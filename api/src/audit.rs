@@ -11,10 +11,10 @@
 
 use crate::auth::{Actor, Role};
 use crate::error::ApiError;
+use crate::extract::Query;
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -44,14 +44,6 @@ const NDJSON: &str = "application/x-ndjson";
 
 fn auditor(actor: &Actor) -> Result<(), ApiError> {
     actor.require(Role::Auditor)
-}
-
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v).map_err(|e| ApiError::BadRequest {
-        code: "invalid_query",
-        message: e.body_text(),
-        field: None,
-    })
 }
 
 fn time(field: &'static str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
@@ -120,10 +112,10 @@ fn ndjson(rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, sqlx::Error>>) -> Resp
 pub async fn events(
     State(state): State<AppState>,
     actor: Actor,
-    params: Result<Query<EventsParams>, QueryRejection>,
+    params: Result<Query<EventsParams>, ApiError>,
 ) -> Result<Response, ApiError> {
     auditor(&actor)?;
-    let p = query(params)?;
+    let Query(p) = params?;
     let from = match p.from.as_deref() {
         None => 0,
         Some(raw) => raw.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
@@ -222,10 +214,10 @@ pub struct AsOfParams {
 pub async fn as_of_handler(
     State(state): State<AppState>,
     actor: Actor,
-    params: Result<Query<AsOfParams>, QueryRejection>,
+    params: Result<Query<AsOfParams>, ApiError>,
 ) -> Result<Json<as_of::AsOf>, ApiError> {
     auditor(&actor)?;
-    let p = query(params)?;
+    let Query(p) = params?;
     let at = time("at", p.at.as_deref())?
         .ok_or_else(|| ApiError::bad_request("missing_field", "at", "give the moment, RFC 3339"))?;
     let device = p

@@ -7,9 +7,10 @@
 
 use crate::auth::Role;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::Query;
 use crate::ops_pages::OpsCaller;
 use crate::AppState;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -56,14 +57,10 @@ pub struct DeadLetter {
 pub async fn list(
     State(state): State<AppState>,
     OpsCaller(actor): OpsCaller,
-    query: Result<Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<DeadLetterQuery>, ApiError>,
 ) -> Result<Json<Vec<DeadLetter>>, ApiError> {
     actor.require(Role::Operator)?;
-    let Query(q) = query.map_err(|e| ApiError::BadRequest {
-        code: "invalid_query",
-        message: e.body_text(),
-        field: None,
-    })?;
+    let Query(q) = query?;
     let limit = match q.limit.as_deref() {
         None => 100,
         Some(raw) => raw

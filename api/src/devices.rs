@@ -2,9 +2,9 @@
 
 use crate::auth::{Actor, Role};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{JsonBody, RequestMeta};
+use crate::extract::{JsonBody, Query, RequestMeta};
 use crate::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -198,13 +198,9 @@ pub async fn show(
 pub async fn list(
     State(state): State<AppState>,
     _caller: crate::ops_pages::OpsCaller,
-    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<ListParams>, ApiError>,
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::BadRequest {
-        code: "invalid_query",
-        message: e.body_text(),
-        field: None,
-    })?;
+    let Query(params) = params?;
     let site = params
         .site
         .as_deref()

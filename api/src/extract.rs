@@ -70,6 +70,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// A query string, parsed into `T`; a string that does not fit is refused as `invalid_query`
+/// with axum's account of what did not parse (it names the offending parameter). Handlers take
+/// it as `Result<Query<T>, ApiError>` when other checks (the caller's role) must be answered
+/// first, so the order of refusals stays the handler's choice.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|e| ApiError::BadRequest {
+                code: "invalid_query",
+                message: e.body_text(),
+                field: None,
+            })
+    }
+}
+
 /// A body as bytes, read only up to the router's body limit (`DefaultBodyLimit`): a longer one
 /// is refused with 413 as soon as it passes the limit. Webhooks take their body this way, so
 /// verifying a signature never means reading an unbounded body first.
@@ -176,5 +197,38 @@ impl RequestMeta {
             ctx.idempotency = Some(IdempotencyKey::new(&actor.to_string(), key, &fingerprint));
         }
         ctx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Limit {
+        #[allow(dead_code)]
+        limit: Option<u32>,
+    }
+
+    #[tokio::test]
+    async fn a_query_that_does_not_parse_is_invalid_query_naming_the_parameter() {
+        let (mut parts, ()) = axum::http::Request::builder()
+            .uri("/x?limit=many")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let Err(e) = Query::<Limit>::from_request_parts(&mut parts, &()).await else {
+            panic!("`limit=many` parsed");
+        };
+        let (status, body) = e.to_body();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body.error.code, "invalid_query");
+        assert!(
+            body.error.message.contains("limit"),
+            "{}",
+            body.error.message
+        );
+        assert_eq!(body.error.field, None);
     }
 }

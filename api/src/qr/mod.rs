@@ -23,10 +23,10 @@ pub mod picture;
 
 use crate::auth::{Actor, NewToken, Role, SessionActor};
 use crate::error::ApiError;
-use crate::extract::{JsonBody, RequestMeta};
+use crate::extract::{JsonBody, Query, RequestMeta};
 use crate::AppState;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -340,13 +340,9 @@ async fn mint_pictured(
     state: &AppState,
     client: &Client,
     meta: &RequestMeta,
-    query: Result<Query<PictureQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<PictureQuery>, ApiError>,
 ) -> Result<(Minted, Vec<u8>), QrFail> {
-    let Query(q) = query.map_err(|e| ApiError::BadRequest {
-        code: "invalid_query",
-        message: e.body_text(),
-        field: None,
-    })?;
+    let Query(q) = query?;
     let picture = picture::Picture::parse(
         q.qr_size.as_deref(),
         q.logo_size.as_deref(),
@@ -370,7 +366,7 @@ pub async fn loginpic(
     client: Client,
     meta: RequestMeta,
     jar: CookieJar,
-    query: Result<Query<PictureQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<PictureQuery>, ApiError>,
 ) -> Result<Response, QrFail> {
     let (minted, png) = mint_pictured(&state, &client, &meta, query).await?;
     let jar = jar.add(secret_cookie(&state, &minted.secret));
@@ -406,7 +402,7 @@ pub async fn loginpic_seed_form(
     client: Client,
     meta: RequestMeta,
     jar: CookieJar,
-    query: Result<Query<PictureQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<PictureQuery>, ApiError>,
 ) -> Result<Response, QrFail> {
     loginpic(state, client, meta, jar, query).await
 }
@@ -460,7 +456,7 @@ pub async fn token(
     client: Client,
     meta: RequestMeta,
     jar: CookieJar,
-    query: Result<Query<PictureQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<PictureQuery>, ApiError>,
 ) -> Result<Response, QrFail> {
     use base64::Engine as _;
     let (minted, png) = mint_pictured(&state, &client, &meta, query).await?;
@@ -872,7 +868,7 @@ pub async fn redeem(
     State(state): State<AppState>,
     meta: RequestMeta,
     jar: CookieJar,
-    query: Result<Query<RedeemQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<RedeemQuery>, ApiError>,
 ) -> Result<Response, ApiError> {
     let login_code = query
         .ok()

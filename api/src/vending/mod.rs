@@ -17,11 +17,11 @@ pub mod sticker;
 
 use crate::auth::{Actor, Role, SessionActor};
 use crate::error::{from_command_error, ApiError, ErrorBody};
-use crate::extract::{JsonBody, RequestMeta};
+use crate::extract::{JsonBody, Query, RequestMeta};
 use crate::kazaya::{Kazaya, KazayaError};
 use crate::ops_pages::OpsCaller;
 use crate::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -339,14 +339,10 @@ pub(crate) fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
 pub async fn list_orders(
     State(state): State<AppState>,
     OpsCaller(actor): OpsCaller,
-    query: Result<Query<OrderQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<OrderQuery>, ApiError>,
 ) -> Result<Json<Vec<OrderRow>>, ApiError> {
     actor.require(Role::Operator)?;
-    let Query(q) = query.map_err(|e| ApiError::BadRequest {
-        code: "invalid_query",
-        message: e.body_text(),
-        field: None,
-    })?;
+    let Query(q) = query?;
     let device = q.device.as_deref().map(parse_device).transpose()?;
     if let Some(s) = q.status.as_deref() {
         if !STATUSES.contains(&s) {
