@@ -6,9 +6,12 @@
 //! for a passing reason (Postgres away) is retried with backoff and dead-lettered only when the
 //! consumer's delivery limit runs out.
 //!
-//! Messages are handled concurrently across devices and in order within one device.
+//! Messages are handled concurrently across devices and in order within one device
+//! ([`crate::lanes`]).
 
-use crate::consume::{next_batch, pause, Next};
+use crate::consume::pause;
+use crate::lanes::Lanes;
+use futures::StreamExt;
 use crate::vending;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{AckKind, Context, Message};
@@ -19,7 +22,6 @@ use latch_domain::store::{CommandContext, CommandError, IdempotencyKey, Store};
 use latch_domain::telemetry::{parse_telemetry, Telemetry, TelemetryBody};
 use latch_nats::{streams, subjects};
 use latch_projections::device_status;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +30,10 @@ use tracing::Instrument;
 pub const CONSUMER: &str = "ingest";
 /// How much of a refused payload is kept on the dead-letter message.
 const DEADLETTER_KEEP: usize = 1024;
+/// Most telemetry messages taken and not yet handled (the batch size this replaced).
+const IN_HAND: usize = 256;
+/// With nothing arriving for this long, idle device lanes are let go.
+const IDLE: Duration = Duration::from_secs(5);
 
 pub struct Ingest {
     pub store: Arc<Store>,
@@ -64,32 +70,39 @@ impl Ingest {
         let consumer =
             streams::ensure_consumer(&self.js, subjects::TELEMETRY_STREAM, config).await?;
         let mut messages = consumer.messages().await?;
-        loop {
-            let batch = match next_batch(&mut messages, 256, Duration::from_secs(5), shutdown).await
-            {
-                Next::Stop => return Ok(()),
-                Next::Failed(e) => return Err(e.into()),
-                Next::Idle => continue,
-                Next::Batch(batch) => batch,
+        let this = self.clone();
+        let mut lanes = Lanes::new(IN_HAND, move |m: Message| {
+            let this = this.clone();
+            async move { this.handle(m).await }
+        });
+        // Per-device order matters (open before close); devices are independent, and none
+        // waits for another's messages.
+        let ended = loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                permit = lanes.ready() => permit,
             };
-            // Per-device order matters (open before close); devices are independent.
-            let mut by_device: HashMap<String, Vec<Message>> = HashMap::new();
-            for m in batch {
-                let key = subjects::parse_telemetry_subject(&m.subject)
-                    .map(|(d, _)| d.to_owned())
-                    .unwrap_or_default();
-                by_device.entry(key).or_default().push(m);
-            }
-            let lanes = by_device.into_values().map(|lane| {
-                let this = self.clone();
-                async move {
-                    for m in lane {
-                        this.handle(m).await;
-                    }
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                _ = tokio::time::sleep(IDLE) => {
+                    lanes.forget_idle();
+                    continue;
                 }
-            });
-            futures::future::join_all(lanes).await;
-        }
+                next = messages.next() => next,
+            };
+            match next {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(e.into()),
+                Some(Ok(m)) => {
+                    let key = subjects::parse_telemetry_subject(&m.subject)
+                        .map(|(d, _)| d.to_owned())
+                        .unwrap_or_default();
+                    lanes.push(key, m, permit);
+                }
+            }
+        };
+        lanes.drain().await;
+        ended
     }
 
     async fn handle(&self, message: Message) {

@@ -36,6 +36,7 @@ pub mod grant_delivery;
 pub mod grant_feed;
 pub mod grant_process;
 pub mod ingest;
+pub mod lanes;
 pub mod locker_doors;
 pub mod locker_holder;
 pub mod locker_notifier;
