@@ -11,11 +11,11 @@
 
 use crate::consume::pause;
 use crate::lanes::Lanes;
-use futures::StreamExt;
 use crate::vending;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{AckKind, Context, Message};
 use bytes::Bytes;
+use futures::StreamExt;
 use latch_domain::clock::SharedClock;
 use latch_domain::device::{DeviceCommand, OpenFailure};
 use latch_domain::store::{CommandContext, CommandError, IdempotencyKey, Store};

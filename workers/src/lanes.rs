@@ -81,8 +81,7 @@ where
             Lane { queue, pending }
         });
         lane.pending.fetch_add(1, Ordering::AcqRel);
-        if let Err(mpsc::error::SendError((message, permit))) = lane.queue.send((message, permit))
-        {
+        if let Err(mpsc::error::SendError((message, permit))) = lane.queue.send((message, permit)) {
             // Its task ended while it had a sender: the handler panicked. The message is
             // still here; a fresh lane takes it.
             tracing::error!(%key, "a lane's task died; starting it again");
@@ -129,7 +128,12 @@ mod tests {
                 log.lock().unwrap().push((key, n));
             }
         });
-        for (key, n, slow) in [("a", 1, true), ("b", 1, false), ("a", 2, false), ("b", 2, false)] {
+        for (key, n, slow) in [
+            ("a", 1, true),
+            ("b", 1, false),
+            ("a", 2, false),
+            ("b", 2, false),
+        ] {
             let permit = lanes.ready().await;
             lanes.push(key.into(), (key.to_owned(), n, slow), permit);
         }
