@@ -7,9 +7,9 @@
 use crate::consume::pause;
 use async_nats::jetstream::{AckKind, Context, Message};
 use futures::stream::{FuturesUnordered, StreamExt};
-use std::collections::{HashMap, VecDeque};
 use latch_nats::{streams, subjects};
 use latch_projections::LoggedEvent;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -382,8 +382,10 @@ mod tests {
             until(&gate, &["b1", "b2", "a1", "a2"]).await;
             shutdown.cancel();
         };
-        tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(consumer, check) })
-            .await
-            .expect("consumer stopped");
+        tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(consumer, check)
+        })
+        .await
+        .expect("consumer stopped");
     }
 }
