@@ -241,6 +241,9 @@ pub(crate) fn spawn_serve(
         .env("LATCH_GRANTS_PER_MINUTE_PER_USER", "100000000")
         .env("LATCH_GRANTS_PER_MINUTE_PER_COMPARTMENT", "100000000")
         .env("LATCH_RESERVATIONS_PER_MINUTE_PER_USER", "100000000")
+        // The lockers bench's webhook requesters each hold many compartments (1,000 grants
+        // over 64 holders).
+        .env("LATCH_RESERVATIONS_PER_USER", "100000")
         .env("LATCH_LOGIN_ATTEMPTS_PER_MINUTE_PER_IP", "100000000")
         .env("LATCH_LOGIN_ATTEMPTS_PER_MINUTE_GLOBAL", "100000000")
         .env("LATCH_HTTP_MAX_CONNECTIONS", "100000")
