@@ -4,10 +4,12 @@
 //! recorded, so a crash in between is repaired by redelivery. Handlers make a redelivery
 //! harmless by keying what they do by the event id. Shaped after [`crate::locker_doors`].
 
-use crate::consume::{next_batch, pause, Next};
-use async_nats::jetstream::{AckKind, Context};
+use crate::consume::pause;
+use async_nats::jetstream::{AckKind, Context, Message};
+use futures::stream::{FuturesUnordered, StreamExt};
 use latch_nats::{streams, subjects};
 use latch_projections::LoggedEvent;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -88,52 +90,131 @@ async fn consume<H: EventHandler>(
     };
     let consumer = streams::ensure_consumer(js, subjects::EVENTS_STREAM, config).await?;
     let mut messages = consumer.messages().await?;
+    // One lane per aggregate: an aggregate's events are handled in order, different aggregates'
+    // side by side, so one slow handling (a third party, a retried command) holds up only its
+    // own aggregate. The lanes borrow the handler, so they are futures here, not tasks.
+    let mut running = FuturesUnordered::new();
+    let mut busy: HashMap<String, VecDeque<Message>> = HashMap::new();
+    let mut in_hand = 0usize;
+    let mut failed = None;
     loop {
-        let batch = match next_batch(&mut messages, 100, Duration::from_secs(5), shutdown).await {
-            Next::Stop => return Ok(()),
-            Next::Failed(e) => return Err(e.into()),
-            Next::Idle => continue,
-            Next::Batch(batch) => batch,
-        };
-        for message in batch {
-            let event: LoggedEvent = match serde_json::from_slice(&message.payload) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(consumer = name, error = %e, subject = %message.subject, "unreadable event message skipped");
-                    message.ack().await?;
-                    continue;
+        if running.is_empty() && (failed.is_some() || shutdown.is_cancelled()) {
+            return failed.map_or(Ok(()), Err);
+        }
+        let take = failed.is_none() && in_hand < IN_HAND && !shutdown.is_cancelled();
+        tokio::select! {
+            biased;
+            Some((key, done, result)) = running.next(), if !running.is_empty() => {
+                in_hand -= done;
+                if let Err(e) = result {
+                    failed.get_or_insert(e);
                 }
-            };
-            let span = tracing::info_span!("event", consumer = name, position = event.position, event_id = %event.event_id, aggregate = %event.aggregate_id);
-            match handler.handle(&event).instrument(span).await {
-                Ok(Outcome::Done) => message.ack().await?,
-                Ok(Outcome::Later(why)) => {
-                    // Later attempts wait longer; past the consumer's max_deliver the server
-                    // would drop the message silently, so the last attempt dead-letters it.
-                    let attempt = message.info().map_or(1, |i| i.delivered).max(1);
-                    if attempt >= streams::MAX_DELIVER {
-                        dead_letter(js, name, &message, &why, attempt).await?;
-                        continue;
+                // Its queue gathered while it ran: the next run of the lane takes all of it.
+                match busy.get_mut(&key).map(std::mem::take) {
+                    Some(queue) if !queue.is_empty() && failed.is_none() => {
+                        running.push(lane(js, name, handler, key, queue));
                     }
-                    let delay = Duration::from_millis(500 * attempt as u64);
-                    tracing::info!(consumer = name, position = event.position, %why, ?delay, "retrying later");
-                    message.ack_with(AckKind::Nak(Some(delay))).await?;
-                }
-                Ok(Outcome::Unanswered(why)) => {
-                    let attempt = message.info().map_or(1, |i| i.delivered).max(1);
-                    if attempt >= MAX_DELIVER_UNANSWERED {
-                        dead_letter(js, name, &message, &why, attempt).await?;
-                        continue;
+                    // Left unsettled after a failure: they come back as redeliveries.
+                    dropped => {
+                        in_hand -= dropped.map_or(0, |queue| queue.len());
+                        busy.remove(&key);
                     }
-                    let delay = handler.unanswered_pause(attempt);
-                    tracing::info!(consumer = name, position = event.position, %why, attempt, ?delay, "unanswered; redelivering later");
-                    message.ack_with(AckKind::Nak(Some(delay))).await?;
-                }
-                Err(e) => {
-                    tracing::warn!(consumer = name, error = %e, position = event.position, "not recorded; will retry");
-                    return Err(e.into());
                 }
             }
+            _ = shutdown.cancelled(), if take => {}
+            _ = tokio::time::sleep(IDLE), if take => {}
+            next = messages.next(), if take => match next {
+                None => failed = Some("the message stream ended".into()),
+                Some(Err(e)) => failed = Some(e.into()),
+                Some(Ok(message)) => {
+                    in_hand += 1;
+                    let key = lane_key(&message);
+                    match busy.get_mut(&key) {
+                        Some(queue) => queue.push_back(message),
+                        None => {
+                            busy.insert(key.clone(), VecDeque::new());
+                            running.push(lane(js, name, handler, key, VecDeque::from([message])));
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Most event messages taken and not yet settled, across all lanes.
+const IN_HAND: usize = 64;
+/// How often an idle consumer looks at the shutdown token again.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// The lane an event message belongs to: its aggregate, from the subject
+/// (`latch.events.<type>.<event>.<id>`), or the whole subject when it does not parse.
+fn lane_key(message: &Message) -> String {
+    let subject = message.subject.as_str();
+    match subject.split('.').collect::<Vec<_>>().as_slice() {
+        ["latch", "events", aggregate_type, _event, id] => format!("{aggregate_type}.{id}"),
+        _ => subject.to_owned(),
+    }
+}
+
+/// Handles `queue` in order; stops at the first failure (the rest come back as redeliveries).
+/// Returns the lane's key, how many messages it took off the count in hand, and the outcome.
+async fn lane<H: EventHandler>(
+    js: &Context,
+    name: &str,
+    handler: &H,
+    key: String,
+    queue: VecDeque<Message>,
+) -> (String, usize, Result<(), async_nats::Error>) {
+    let taken = queue.len();
+    for message in queue {
+        if let Err(e) = settle(js, name, handler, message).await {
+            return (key, taken, Err(e));
+        }
+    }
+    (key, taken, Ok(()))
+}
+
+/// One event message: handled, then acked, retried later or dead-lettered.
+async fn settle<H: EventHandler>(
+    js: &Context,
+    name: &str,
+    handler: &H,
+    message: Message,
+) -> Result<(), async_nats::Error> {
+    let event: LoggedEvent = match serde_json::from_slice(&message.payload) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(consumer = name, error = %e, subject = %message.subject, "unreadable event message skipped");
+            return message.ack().await;
+        }
+    };
+    let span = tracing::info_span!("event", consumer = name, position = event.position, event_id = %event.event_id, aggregate = %event.aggregate_id);
+    match handler.handle(&event).instrument(span).await {
+        Ok(Outcome::Done) => message.ack().await,
+        Ok(Outcome::Later(why)) => {
+            // Later attempts wait longer; past the consumer's max_deliver the server would drop
+            // the message silently, so the last attempt dead-letters it.
+            let attempt = message.info().map_or(1, |i| i.delivered).max(1);
+            if attempt >= streams::MAX_DELIVER {
+                return dead_letter(js, name, &message, &why, attempt).await;
+            }
+            let delay = Duration::from_millis(500 * attempt as u64);
+            tracing::info!(consumer = name, position = event.position, %why, ?delay, "retrying later");
+            message.ack_with(AckKind::Nak(Some(delay))).await
+        }
+        Ok(Outcome::Unanswered(why)) => {
+            let attempt = message.info().map_or(1, |i| i.delivered).max(1);
+            if attempt >= MAX_DELIVER_UNANSWERED {
+                return dead_letter(js, name, &message, &why, attempt).await;
+            }
+            let delay = handler.unanswered_pause(attempt);
+            tracing::info!(consumer = name, position = event.position, %why, attempt, ?delay, "unanswered; redelivering later");
+            message.ack_with(AckKind::Nak(Some(delay))).await
+        }
+        Err(e) => {
+            tracing::warn!(consumer = name, error = %e, position = event.position, "not recorded; will retry");
+            Err(e.into())
         }
     }
 }
@@ -210,4 +291,101 @@ pub fn context_for(
         ctx.correlation_id = correlation;
     }
     ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latch_nats::server::NatsServer;
+    use std::sync::Mutex;
+    use tokio::sync::Notify;
+
+    /// Holds aggregate `a`'s first event until told, and records what it handled.
+    struct Gate {
+        open: Notify,
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl EventHandler for Gate {
+        async fn handle(&self, event: &LoggedEvent) -> Result<Outcome, String> {
+            if event.aggregate_id == "a" && event.sequence == 1 {
+                self.open.notified().await;
+            }
+            let what = format!("{}{}", event.aggregate_id, event.sequence);
+            self.seen.lock().unwrap().push(what);
+            Ok(Outcome::Done)
+        }
+    }
+
+    fn event(position: i64, aggregate_id: &str, sequence: i64) -> LoggedEvent {
+        LoggedEvent {
+            position,
+            event_id: uuid::Uuid::now_v7(),
+            aggregate_type: "test".into(),
+            aggregate_id: aggregate_id.into(),
+            sequence,
+            event_type: "Happened".into(),
+            event_version: "1".into(),
+            payload: serde_json::json!({}),
+            metadata: serde_json::json!({}),
+            recorded_at: chrono::Utc::now(),
+            hash: String::new(),
+        }
+    }
+
+    async fn until(gate: &Gate, want: &[&str]) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let seen = gate.seen.lock().unwrap().clone();
+                if seen.len() >= want.len() {
+                    return seen;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .map(|seen| assert_eq!(seen, want))
+        .expect("handled in time");
+    }
+
+    #[tokio::test]
+    async fn one_aggregate_waiting_holds_up_only_its_own_events() {
+        let server = NatsServer::start().await.expect("nats-server");
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        streams::ensure_streams(&js).await.unwrap();
+        for (position, id, sequence) in [(1, "a", 1), (2, "b", 1), (3, "a", 2), (4, "b", 2)] {
+            let e = event(position, id, sequence);
+            let subject = subjects::event("test", "Happened", id);
+            js.publish(subject, serde_json::to_vec(&e).unwrap().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let gate = Gate {
+            open: Notify::new(),
+            seen: Mutex::default(),
+        };
+        let shutdown = CancellationToken::new();
+        let consumer = run(
+            js.clone(),
+            "lanes-test",
+            "latch.events.test.>".into(),
+            &gate,
+            shutdown.clone(),
+        );
+        let check = async {
+            // b's events go by while a's first waits; a's second waits behind it.
+            until(&gate, &["b1", "b2"]).await;
+            gate.open.notify_one();
+            until(&gate, &["b1", "b2", "a1", "a2"]).await;
+            shutdown.cancel();
+        };
+        tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(consumer, check)
+        })
+        .await
+        .expect("consumer stopped");
+    }
 }
