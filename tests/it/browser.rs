@@ -12,6 +12,7 @@
 //! Chromium and chromedriver come from `scripts/install-chromium`; when they are missing the tests
 //! fail and say so rather than skip.
 
+use super::common::free_port;
 use fantoccini::error::CmdError;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -201,13 +202,6 @@ impl Drop for ChromeDriver {
         self.kill();
         // The profiles go when `profiles` drops, after the browsers that used them.
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// A chromedriver extension command: `POST /session/{id}/{path}` with a JSON body.

@@ -236,12 +236,29 @@ impl Drop for TestApp {
 }
 
 /// A port free now (the OS picks it; the listener closes at once).
+/// A loopback port that was free a moment ago, for a server whose address must be known before
+/// it binds (its public URL goes into its settings). Taken below the kernel's ephemeral range
+/// (32768 and up): a port asked of the kernel there could be handed out again at once to another
+/// test's port-0 bind or outgoing connection before the server binds it. Each call in this
+/// process takes the next port, so two tests never pick the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
 }
 
 pub async fn count(pool: &PgPool, sql: &str) -> i64 {
