@@ -84,17 +84,18 @@ impl Proxy {
                     let Ok((mut inbound, _)) = listener.accept().await else {
                         return;
                     };
+                    // Checked under the lock `cut` takes, so no link starts after a cut.
+                    let mut links = links.lock().unwrap();
                     if !up.load(Ordering::SeqCst) {
                         drop(inbound);
                         continue;
                     }
-                    let link = tokio::spawn(async move {
+                    links.push(tokio::spawn(async move {
                         if let Ok(mut outbound) = TcpStream::connect(target).await {
                             let _ =
                                 tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
-                    });
-                    links.lock().unwrap().push(link);
+                    }));
                 }
             }
         });
@@ -106,11 +107,23 @@ impl Proxy {
         }
     }
 
-    fn cut(&self) {
+    /// Cuts every link and returns once they are closed: an aborted task stops only at its next
+    /// poll, and until then a query already on its way could still reach Postgres.
+    async fn cut(&self) {
+        for link in self.cut_now() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), link).await;
+        }
+    }
+
+    /// Refuses new links and aborts the open ones, without waiting for them to end.
+    fn cut_now(&self) -> Vec<JoinHandle<()>> {
+        let mut links = self.links.lock().unwrap();
         self.up.store(false, Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
+        let open: Vec<_> = links.drain(..).collect();
+        for link in &open {
             link.abort();
         }
+        open
     }
 
     fn restore(&self) {
@@ -121,7 +134,7 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
-        self.cut();
+        self.cut_now();
     }
 }
 
@@ -139,7 +152,7 @@ async fn with_postgres_unreachable_commands_answer_503_and_write_nothing() {
     let device = app.register_device("vending", "S1", "before").await;
     let before = app.event_count().await;
 
-    proxy.cut();
+    proxy.cut().await;
     let res = app
         .post(
             "/devices",
