@@ -239,3 +239,117 @@ async fn a_v0_device_reads_through_the_upcasters_everywhere() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "device_offline");
 }
+
+/// A count of its own events, so that an event applied twice shows in the state.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Tally {
+    count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Counted;
+
+impl cqrs_es::DomainEvent for Counted {
+    fn event_type(&self) -> String {
+        "Counted".to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("a tally never refuses")]
+struct Never;
+
+impl cqrs_es::Aggregate for Tally {
+    const TYPE: &'static str = "tally";
+    /// How many events to count.
+    type Command = u64;
+    type Event = Counted;
+    type Error = Never;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        n: u64,
+        _services: &(),
+        sink: &cqrs_es::event_sink::EventSink<Self>,
+    ) -> Result<(), Never> {
+        for _ in 0..n {
+            sink.write(Counted, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, _event: Counted) {
+        self.count += 1;
+    }
+}
+
+impl latch_domain::store::StateShape for Tally {}
+
+async fn tally_snapshot(pool: &PgPool, id: &str) -> Option<(i64, Value)> {
+    sqlx::query_as(
+        "SELECT last_sequence, state FROM snapshots WHERE aggregate_type = 'tally' AND aggregate_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_as_a_command_commits_holds_each_of_its_events_once() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let tallies = latch_domain::store::AggregateStore::<Tally>::new(pool.clone(), 3);
+    let ctx = CommandContext::new("operator:test");
+    let id = Uuid::now_v7().to_string();
+    tallies
+        .execute(&id, "count", SNAPSHOT_EVERY as u64 - 1, &ctx)
+        .await
+        .unwrap();
+    assert_eq!(tally_snapshot(&pool, &id).await, None, "not due yet");
+
+    // This command's append crosses the threshold, so its commit writes the snapshot.
+    tallies.execute(&id, "count", 3, &ctx).await.unwrap();
+    let total = SNAPSHOT_EVERY as u64 + 2;
+    let (at, state) = tally_snapshot(&pool, &id).await.expect("a snapshot");
+    assert_eq!(at, total as i64);
+    assert_eq!(state, json!({ "count": total }), "each event counted once");
+
+    let loaded = tallies.load_with_position(&id).await.unwrap();
+    assert_eq!(loaded.snapshot_sequence, total as usize);
+    assert_eq!(loaded.aggregate.count, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_on_a_state_read_earlier_appends_after_what_others_wrote_since() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let tallies = latch_domain::store::AggregateStore::<Tally>::new(pool.clone(), 3);
+    let ctx = CommandContext::new("operator:test");
+    let id = Uuid::now_v7().to_string();
+    tallies.execute(&id, "count", 2, &ctx).await.unwrap();
+
+    let read = tallies.load_with_position(&id).await.unwrap();
+    assert_eq!(read.sequence, 2);
+    // Someone else moves the stream on after that read...
+    tallies.execute(&id, "count", 1, &ctx).await.unwrap();
+    // ...so deciding on the read state conflicts, and the retry reads for real.
+    let done = tallies
+        .execute_on(read, &id, "count", 2, &CommandContext::new("operator:test"))
+        .await
+        .unwrap();
+    assert_eq!(done.events.len(), 2);
+    let now = tallies.load_with_position(&id).await.unwrap();
+    assert_eq!(now.sequence, 5);
+    assert_eq!(now.aggregate.count, 5);
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'tally'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 5, "nothing lost, nothing written twice");
+}

@@ -43,6 +43,30 @@ pub struct Ingest {
     pub pool: sqlx::PgPool,
     pub js: Context,
     pub clock: SharedClock,
+    known: Known,
+}
+
+/// Devices this worker has already found registered. A registration is never undone (the
+/// stream's first event stays), so a device found once needs no second look, and every message
+/// after a cabinet's first saves a query. Forgotten wholesale at [`Known::MOST`], which only
+/// costs each device one more look.
+#[derive(Default)]
+struct Known(std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>);
+
+impl Known {
+    const MOST: usize = 100_000;
+
+    fn contains(&self, device: &uuid::Uuid) -> bool {
+        self.0.lock().expect("known devices").contains(device)
+    }
+
+    fn insert(&self, device: uuid::Uuid) {
+        let mut known = self.0.lock().expect("known devices");
+        if known.len() >= Self::MOST {
+            known.clear();
+        }
+        known.insert(device);
+    }
 }
 
 enum Outcome {
@@ -52,6 +76,16 @@ enum Outcome {
 }
 
 impl Ingest {
+    pub fn new(store: Arc<Store>, pool: sqlx::PgPool, js: Context, clock: SharedClock) -> Self {
+        Self {
+            store,
+            pool,
+            js,
+            clock,
+            known: Known::default(),
+        }
+    }
+
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         while !shutdown.is_cancelled() {
@@ -172,13 +206,16 @@ impl Ingest {
             Ok(t) => t,
             Err(r) => return refused(r.reason, r.detail),
         };
-        let id = telemetry.device_id.to_string();
-        match self.store.exists("device", &id).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return refused("unknown_device", format!("device {id} is not registered"))
+        let device = telemetry.device_id.as_uuid();
+        if !self.known.contains(&device) {
+            let id = device.to_string();
+            match self.store.exists("device", &id).await {
+                Ok(true) => self.known.insert(device),
+                Ok(false) => {
+                    return refused("unknown_device", format!("device {id} is not registered"))
+                }
+                Err(e) => return Outcome::Retry(e.to_string()),
             }
-            Err(e) => return Outcome::Retry(e.to_string()),
         }
         self.apply(telemetry).await
     }

@@ -179,12 +179,12 @@ pub fn tasks(role: Role, d: &Deps, shutdown: &CancellationToken) -> Vec<Task> {
             ]
         }
         Role::Ingest => vec![Box::pin(
-            Ingest {
-                store: d.store.clone(),
-                pool: d.pool.clone(),
-                js: d.js.clone(),
-                clock: d.clock.clone(),
-            }
+            Ingest::new(
+                d.store.clone(),
+                d.pool.clone(),
+                d.js.clone(),
+                d.clock.clone(),
+            )
             .run(stop),
         )],
         Role::Dispatch => vec![

@@ -7,7 +7,7 @@
 //! repaired by redelivery: the steps already done answer from their first outcome.
 
 use latch_domain::device::{Device, DeviceCommand, DeviceId, Label, OpenFailure};
-use latch_domain::store::{CommandContext, CommandError, IdempotencyKey, Store};
+use latch_domain::store::{CommandContext, CommandError, IdempotencyKey, Loaded, Store};
 use latch_domain::vending::{
     KazayaUserId, SessionId, SessionStage, ShoppingCommand, ShoppingSession, Weighing,
     WeighingPhase,
@@ -61,11 +61,13 @@ pub async fn weights(
     at: chrono::DateTime<chrono::Utc>,
 ) -> Step {
     let sid = session_id.to_string();
-    let session = match store.shopping_sessions.load(&sid).await {
-        Ok(s) => s,
+    // Read once: the command chosen from this state is decided on it too (`execute_on`).
+    let loaded = match store.shopping_sessions.load_with_position(&sid).await {
+        Ok(l) => l,
         Err(e) => return retry(e),
     };
-    if let Some(session) = &session {
+    let session = (loaded.sequence > 0).then_some(&loaded.aggregate);
+    if let Some(session) = session {
         if session.device_id.as_ref() != Some(device) {
             return Step::Refused(
                 "session_of_another_cabinet",
@@ -74,27 +76,30 @@ pub async fn weights(
         }
     }
     let ctx = device_ctx(device, msg_id, "weights");
-    match (phase, session) {
-        (WeighingPhase::Before, None) => start(store, device, session_id, weighing, at, ctx).await,
+    let stage = session.map(|s| s.stage);
+    match (phase, stage) {
+        (WeighingPhase::Before, None) => {
+            start(store, loaded, device, session_id, weighing, at, ctx).await
+        }
         (WeighingPhase::Before, Some(_)) => {
             let command = ShoppingCommand::RecordWeighing {
                 weighing,
                 phase,
                 at,
             };
-            run_session(store, &sid, command, &ctx).await
+            run_session(store, loaded, &sid, command, &ctx).await
         }
         (WeighingPhase::After, None) => Step::Refused(
             "unknown_session",
             format!("no shopping session {sid} at this cabinet"),
         ),
-        (WeighingPhase::After, Some(session)) => {
-            let step = if session.stage == SessionStage::Open {
+        (WeighingPhase::After, Some(stage)) => {
+            let step = if stage == SessionStage::Open {
                 let command = ShoppingCommand::Close {
                     weighing_after: weighing,
                     at,
                 };
-                run_session(store, &sid, command, &ctx).await
+                run_session(store, loaded, &sid, command, &ctx).await
             } else {
                 Step::Done
             };
@@ -114,8 +119,11 @@ pub async fn weights(
     }
 }
 
+/// Starts the session `empty` (read just now, and found empty) for the opening pending at the
+/// cabinet.
 async fn start(
     store: &Store,
+    empty: Loaded<ShoppingSession>,
     device: &DeviceId,
     session_id: Uuid,
     weighing: Weighing,
@@ -166,11 +174,13 @@ async fn start(
         weighing_before: weighing,
         at,
     };
-    run_session(store, &session_id.to_string(), command, &ctx).await
+    run_session(store, empty, &session_id.to_string(), command, &ctx).await
 }
 
+/// Runs `command` on the session, deciding first on `loaded`, the state it was chosen from.
 async fn run_session(
     store: &Store,
+    loaded: Loaded<ShoppingSession>,
     sid: &str,
     command: ShoppingCommand,
     ctx: &CommandContext,
@@ -178,7 +188,7 @@ async fn run_session(
     let name = command.name();
     match store
         .shopping_sessions
-        .execute(sid, name, command, ctx)
+        .execute_on(loaded, sid, name, command, ctx)
         .await
     {
         Ok(_) => Step::Done,
@@ -216,14 +226,17 @@ pub async fn fail_open(
     ctx: &CommandContext,
 ) -> Step {
     let did = device.to_string();
-    let shopper = match store.devices.load(&did).await {
-        Ok(Some(d)) => d
-            .pending_open
-            .filter(|p| p.request_id == request_id)
-            .and_then(|p| p.shopper),
-        Ok(None) => return Step::Refused("unknown_device", did),
+    let cabinet = match store.devices.load_with_position(&did).await {
+        Ok(l) if l.sequence > 0 => l,
+        Ok(_) => return Step::Refused("unknown_device", did),
         Err(e) => return retry(e),
     };
+    let shopper = cabinet
+        .aggregate
+        .pending_open
+        .as_ref()
+        .filter(|p| p.request_id == request_id)
+        .and_then(|p| p.shopper.clone());
     let reason = match &failure {
         OpenFailure::Timeout => "the cabinet did not open in time".to_owned(),
         OpenFailure::Refused { reason } => format!("the cabinet refused to open: {reason}"),
@@ -234,21 +247,22 @@ pub async fn fail_open(
         at,
     };
     let name = command.name();
-    if let Err(e) = store.devices.execute(&did, name, command, ctx).await {
+    if let Err(e) = store
+        .devices
+        .execute_on(cabinet, &did, name, command, ctx)
+        .await
+    {
         return from_command(e, |r| r.code());
     }
     let Some(shopper) = shopper else {
         return Step::Done;
     };
     let sid = shopper.session_id.to_string();
-    match store.shopping_sessions.load(&sid).await {
-        Ok(Some(ShoppingSession {
-            stage: SessionStage::Open,
-            ..
-        })) => {}
+    let session = match store.shopping_sessions.load_with_position(&sid).await {
+        Ok(l) if l.sequence > 0 && l.aggregate.stage == SessionStage::Open => l,
         Ok(_) => return Step::Done,
         Err(e) => return retry(e),
-    }
+    };
     let reason = Label::parse("reason", &reason, 200)
         .unwrap_or_else(|_| Label::parse("reason", "open failed", 200).expect("valid label"));
     let mut abandon_ctx = CommandContext::new(ctx.actor.clone());
@@ -259,6 +273,7 @@ pub async fn fail_open(
     }
     run_session(
         store,
+        session,
         &sid,
         ShoppingCommand::Abandon { reason, at },
         &abandon_ctx,

@@ -11,10 +11,11 @@
 //! command's idempotency key in the same transaction (see migrations/0001).
 //!
 //! [`AggregateStore::execute`] is the one way a command runs:
-//! 1. a command with an idempotency key that already committed is answered from the stored
-//!    events, appending nothing (a key reused for a different request is refused);
-//! 2. otherwise the aggregate decides; an optimistic conflict is retried a bounded number of
+//! 1. the aggregate decides, and its events are appended with the command's idempotency key
+//!    claimed in the same statement; an optimistic conflict is retried a bounded number of
 //!    times, then reported as [`CommandError::Conflict`];
+//! 2. a key that an earlier request already claimed is answered from that request's stored
+//!    events, appending nothing (a key reused for a different request is refused);
 //! 3. the events it appended come back to the caller, so a response can be built from them the
 //!    same way whether it is the first answer or a replay.
 
@@ -24,14 +25,14 @@ pub mod snapshot;
 pub use journal::Loaded;
 pub use snapshot::{StateShape, SNAPSHOT_EVERY};
 
-use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventEnvelope, Query};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{AggregateContext, AggregateError, EventStore};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use std::collections::{HashMap, HashSet};
-use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -41,7 +42,24 @@ use crate::locker::{Authorizer, Compartment, Grant, LockerUser, Site};
 use crate::qr_login::QrLogin;
 use crate::vending::{CabinetPlanogram, Member, ShoppingSession, StickerScan};
 use journal::Journal;
-use snapshot::SnapshotStore;
+use snapshot::{Context, SnapshotStore};
+
+/// Where a command's first attempt gets the aggregate from.
+enum Start<A> {
+    /// Read it from the store.
+    Read,
+    /// The caller has it (or knows the stream is new and empty).
+    From(Loaded<A>),
+}
+
+impl<A> Start<A> {
+    fn name(&self) -> &'static str {
+        match self {
+            Start::Read => "read",
+            Start::From(_) => "given",
+        }
+    }
+}
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -189,58 +207,12 @@ pub struct Executed<E> {
     pub events: Vec<E>,
 }
 
-/// Hands each committed command its own events back, keyed by request id. cqrs-es dispatches
-/// queries in-process right after the commit; this is used only to answer the caller, never to
-/// build read models (those come from the relay's log, see DESIGN.md section 3).
-struct Capture<A: Aggregate> {
-    by_request: Mutex<HashMap<String, Vec<A::Event>>>,
-}
-
-struct CaptureQuery<A: Aggregate>(Arc<Capture<A>>);
-
-#[async_trait::async_trait]
-impl<A: Aggregate> Query<A> for CaptureQuery<A> {
-    async fn dispatch(&self, _aggregate_id: &str, events: &[EventEnvelope<A>]) {
-        let mut map = self.0.by_request.lock().expect("capture lock");
-        for e in events {
-            if let Some(request) = e.metadata.get("request_id") {
-                map.entry(request.clone())
-                    .or_default()
-                    .push(e.payload.clone());
-            }
-        }
-    }
-}
-
-type Framework<A> = CqrsFramework<A, SnapshotStore<A>>;
-
-struct Cleanup<'a, E> {
-    capture: &'a Mutex<HashMap<String, Vec<E>>>,
-    fresh: &'a Mutex<HashSet<String>>,
-    request: &'a str,
-    aggregate_id: &'a str,
-}
-
-impl<E> Drop for Cleanup<'_, E> {
-    fn drop(&mut self) {
-        if let Ok(mut map) = self.capture.lock() {
-            map.remove(self.request);
-        }
-        if let Ok(mut fresh) = self.fresh.lock() {
-            fresh.remove(self.aggregate_id);
-        }
-    }
-}
-
 /// One aggregate type's command entry point.
 pub struct AggregateStore<A: StateShape> {
     pool: PgPool,
-    cqrs: Framework<A>,
-    reader: SnapshotStore<A>,
-    capture: Arc<Capture<A>>,
-    fresh: Arc<Mutex<HashSet<String>>>,
+    store: SnapshotStore<A>,
+    services: A::Services,
     retries: usize,
-    _a: PhantomData<A>,
 }
 
 impl<A> AggregateStore<A>
@@ -251,25 +223,12 @@ where
     A::Services: Default,
 {
     pub fn new(pool: PgPool, retries: usize) -> Self {
-        let capture = Arc::new(Capture {
-            by_request: Mutex::new(HashMap::new()),
-        });
-        let fresh: Arc<Mutex<HashSet<String>>> = Arc::default();
         let journal = Arc::new(Journal::new(pool.clone()));
-        let reader = SnapshotStore::new(journal.clone(), fresh.clone());
-        let cqrs = CqrsFramework::new(
-            SnapshotStore::new(journal, fresh.clone()),
-            vec![Box::new(CaptureQuery(capture.clone()))],
-            A::Services::default(),
-        );
         Self {
             pool,
-            cqrs,
-            reader,
-            capture,
-            fresh,
+            store: SnapshotStore::new(journal),
+            services: A::Services::default(),
             retries,
-            _a: PhantomData,
         }
     }
 
@@ -277,13 +236,14 @@ where
     /// need the decision-making state itself: read exactly as a command reads it (from the
     /// snapshot on, every event through the upcasters).
     pub async fn load(&self, aggregate_id: &str) -> Result<Option<A>, sqlx::Error> {
-        let loaded = self.reader.read(aggregate_id).await?;
+        let loaded = self.store.read(aggregate_id).await?;
         Ok((loaded.sequence > 0).then_some(loaded.aggregate))
     }
 
-    /// As [`load`](Self::load), with where the stream and its snapshot stand.
+    /// As [`load`](Self::load), with where the stream and its snapshot stand. A caller that reads
+    /// an aggregate to choose its command hands the result to [`execute_on`](Self::execute_on).
     pub async fn load_with_position(&self, aggregate_id: &str) -> Result<Loaded<A>, sqlx::Error> {
-        self.reader.read(aggregate_id).await
+        self.store.read(aggregate_id).await
     }
 
     pub async fn execute(
@@ -293,12 +253,14 @@ where
         command: A::Command,
         ctx: &CommandContext,
     ) -> Result<Executed<A::Event>, CommandError<A::Error>> {
-        self.measured(aggregate_id, command_name, command, ctx, false)
+        self.measured(aggregate_id, command_name, command, ctx, Start::Read)
             .await
     }
 
     /// As [`execute`](Self::execute), for a command that starts a new stream under an id the
     /// caller has just generated (a UUIDv7): the empty stream is not read back from the database.
+    /// Were the id somehow taken, the append would hit the primary key and come back as an
+    /// optimistic conflict, whose retry reads for real.
     pub async fn create(
         &self,
         aggregate_id: &str,
@@ -306,8 +268,38 @@ where
         command: A::Command,
         ctx: &CommandContext,
     ) -> Result<Executed<A::Event>, CommandError<A::Error>> {
-        self.measured(aggregate_id, command_name, command, ctx, true)
-            .await
+        self.measured(
+            aggregate_id,
+            command_name,
+            command,
+            ctx,
+            Start::From(Loaded::empty()),
+        )
+        .await
+    }
+
+    /// As [`execute`](Self::execute), deciding first on `loaded`, which the caller has just read
+    /// with [`load_with_position`](Self::load_with_position) to choose the command: the stream
+    /// is not read twice. A stale `loaded` is safe. Events decided on it are appended after
+    /// `loaded.sequence`, so if another writer got there first the append conflicts and the
+    /// retry reads for real; a command that appends nothing is answered as of the moment
+    /// `loaded` was read.
+    pub async fn execute_on(
+        &self,
+        loaded: Loaded<A>,
+        aggregate_id: &str,
+        command_name: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Executed<A::Event>, CommandError<A::Error>> {
+        self.measured(
+            aggregate_id,
+            command_name,
+            command,
+            ctx,
+            Start::From(loaded),
+        )
+        .await
     }
 
     /// [`run`](Self::run), counted and timed for `/metrics` by aggregate, command and outcome.
@@ -317,11 +309,11 @@ where
         command_name: &str,
         command: A::Command,
         ctx: &CommandContext,
-        fresh: bool,
+        start: Start<A>,
     ) -> Result<Executed<A::Event>, CommandError<A::Error>> {
         let started = std::time::Instant::now();
         let result = self
-            .run(aggregate_id, command_name, command, ctx, fresh)
+            .run(aggregate_id, command_name, command, ctx, start)
             .await;
         let outcome = match &result {
             Ok(done) if done.replayed => "replayed",
@@ -340,10 +332,17 @@ where
         result
     }
 
+    /// Decides and appends, retrying optimistic conflicts.
+    ///
+    /// An idempotency key is not looked up before deciding: the append claims it in the same
+    /// statement (migrations/0001), and a key that is already claimed fails that append as a
+    /// conflict. So the lookup runs only when the outcome could be a retry's: a conflict, a
+    /// rejection, or a decision that appends nothing (a retried command often finds its work
+    /// done). A first request, by far the usual case, pays no extra round trip.
     #[tracing::instrument(
         name = "command",
         skip_all,
-        fields(aggregate = A::TYPE, id = %aggregate_id, command = command_name, actor = %ctx.actor, request_id = %ctx.request_id, fresh)
+        fields(aggregate = A::TYPE, id = %aggregate_id, command = command_name, actor = %ctx.actor, request_id = %ctx.request_id, start = start.name())
     )]
     async fn run(
         &self,
@@ -351,60 +350,50 @@ where
         command_name: &str,
         command: A::Command,
         ctx: &CommandContext,
-        fresh: bool,
+        start: Start<A>,
     ) -> Result<Executed<A::Event>, CommandError<A::Error>> {
-        if let Some(key) = &ctx.idempotency {
-            if let Some(done) = self.replay(key).await? {
-                tracing::debug!("answered from an earlier request with the same key");
-                return Ok(done);
-            }
-        }
         let metadata = ctx.metadata(command_name);
-        let request = ctx.request_id.to_string();
-        // If the caller stops waiting (an HTTP client hangs up mid-command), whatever the capture
-        // or the fresh-id shortcut holds for this command must not stay behind.
-        let _cleanup = Cleanup {
-            capture: &self.capture.by_request,
-            fresh: &self.fresh,
-            request: &request,
-            aggregate_id,
+        // Only the first attempt may start from a state the caller gave.
+        let mut given = match start {
+            Start::Read => None,
+            Start::From(loaded) => Some(loaded),
         };
         for attempt in 0..=self.retries {
-            if fresh && attempt == 0 {
-                self.fresh
-                    .lock()
-                    .expect("fresh ids")
-                    .insert(aggregate_id.to_owned());
-            }
             let result = self
-                .cqrs
-                .execute_with_metadata(aggregate_id, command.clone(), metadata.clone())
+                .attempt(
+                    aggregate_id,
+                    command.clone(),
+                    metadata.clone(),
+                    given.take(),
+                )
                 .await;
-            // Only the first load may skip the database.
-            self.fresh.lock().expect("fresh ids").remove(aggregate_id);
             match result {
-                Ok(()) => {
-                    let events = self
-                        .capture
-                        .by_request
-                        .lock()
-                        .expect("capture lock")
-                        .remove(&request)
-                        .unwrap_or_default();
+                Ok(events) => {
+                    if events.is_empty() {
+                        if let Some(done) = self.replay(ctx).await? {
+                            tracing::debug!("answered from an earlier request with the same key");
+                            return Ok(done);
+                        }
+                    }
                     tracing::debug!(events = events.len(), "command applied");
                     return Ok(Executed {
                         replayed: false,
                         events,
                     });
                 }
-                Err(AggregateError::UserError(e)) => return Err(CommandError::Rejected(e)),
+                Err(AggregateError::UserError(e)) => {
+                    if let Some(done) = self.replay(ctx).await? {
+                        tracing::debug!("answered from an earlier request with the same key");
+                        return Ok(done);
+                    }
+                    return Err(CommandError::Rejected(e));
+                }
                 Err(AggregateError::AggregateConflict) => {
-                    // Either another writer moved the stream on, or our own key was claimed by a
-                    // concurrent retry of this same request that committed first.
-                    if let Some(key) = &ctx.idempotency {
-                        if let Some(done) = self.replay(key).await? {
-                            return Ok(done);
-                        }
+                    // Either another writer moved the stream on, or the key was claimed: by an
+                    // earlier request, or by a concurrent retry of this same request that
+                    // committed first.
+                    if let Some(done) = self.replay(ctx).await? {
+                        return Ok(done);
                     }
                     tracing::debug!(attempt, "optimistic conflict, retrying");
                 }
@@ -427,10 +416,40 @@ where
         Err(CommandError::Conflict)
     }
 
+    /// One load, decide, append: what cqrs-es's `CqrsFramework::execute_with_metadata` does,
+    /// through the same [`EventStore`](cqrs_es::EventStore) and `Aggregate::handle`, except that
+    /// the state may be given instead of loaded, and the appended events come straight back.
+    async fn attempt(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: HashMap<String, String>,
+        given: Option<Loaded<A>>,
+    ) -> Result<Vec<A::Event>, AggregateError<A::Error>> {
+        let mut context = match given {
+            Some(loaded) => Context::new(aggregate_id, loaded),
+            None => self.store.load_aggregate(aggregate_id).await?,
+        };
+        let sink = EventSink::default();
+        context
+            .aggregate()
+            .handle(command, &self.services, &sink)
+            .await
+            .map_err(AggregateError::UserError)?;
+        let events = sink.collect().await;
+        let committed = self.store.commit(events, context, metadata).await?;
+        Ok(committed.into_iter().map(|e| e.payload).collect())
+    }
+
+    /// The events of the earlier request that claimed this command's idempotency key, if one
+    /// did (a key claimed for another request is refused).
     async fn replay(
         &self,
-        key: &IdempotencyKey,
+        ctx: &CommandContext,
     ) -> Result<Option<Executed<A::Event>>, CommandError<A::Error>> {
+        let Some(key) = &ctx.idempotency else {
+            return Ok(None);
+        };
         let map_err = |e: sqlx::Error| {
             if is_unavailable(&e) {
                 CommandError::Unavailable(e.to_string())

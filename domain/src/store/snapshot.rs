@@ -23,9 +23,9 @@ use cqrs_es::{
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Events past the last snapshot after which a new one is taken. A load folds at most this many
 /// events, whatever the history. Loads outnumber appends (the vending bench loaded 2.3
@@ -79,6 +79,16 @@ pub struct Context<A> {
     loaded: Loaded<A>,
 }
 
+impl<A> Context<A> {
+    /// A context over a state the caller already has.
+    pub fn new(aggregate_id: &str, loaded: Loaded<A>) -> Self {
+        Self {
+            aggregate_id: aggregate_id.to_owned(),
+            loaded,
+        }
+    }
+}
+
 impl<A: Aggregate> AggregateContext<A> for Context<A> {
     fn aggregate(&mut self) -> &mut A {
         &mut self.loaded.aggregate
@@ -86,23 +96,17 @@ impl<A: Aggregate> AggregateContext<A> for Context<A> {
 }
 
 /// The [`EventStore`] every [`AggregateStore`](super::AggregateStore) runs its commands through.
-///
-/// Ids announced as fresh (just generated for a creation command) load as empty streams without
-/// a query. That is safe: were the id somehow taken, the append would hit the primary key and
-/// come back as an optimistic conflict, whose retry loads for real.
 pub struct SnapshotStore<A> {
     journal: Arc<Journal>,
     shape: Shape,
-    fresh: Arc<Mutex<HashSet<String>>>,
     _a: PhantomData<A>,
 }
 
 impl<A: StateShape> SnapshotStore<A> {
-    pub fn new(journal: Arc<Journal>, fresh: Arc<Mutex<HashSet<String>>>) -> Self {
+    pub fn new(journal: Arc<Journal>) -> Self {
         Self {
             journal,
             shape: Shape::of::<A>(),
-            fresh,
             _a: PhantomData,
         }
     }
@@ -144,21 +148,14 @@ impl<A: StateShape> EventStore<A> for SnapshotStore<A> {
         &self,
         aggregate_id: &str,
     ) -> Result<Context<A>, AggregateError<A::Error>> {
-        let loaded = if self.fresh.lock().expect("fresh ids").remove(aggregate_id) {
-            Loaded::empty()
-        } else {
-            self.read(aggregate_id).await.map_err(|e| {
-                if super::is_unavailable(&e) {
-                    AggregateError::DatabaseConnectionError(Box::new(e))
-                } else {
-                    AggregateError::UnexpectedError(Box::new(e))
-                }
-            })?
-        };
-        Ok(Context {
-            aggregate_id: aggregate_id.to_owned(),
-            loaded,
-        })
+        let loaded = self.read(aggregate_id).await.map_err(|e| {
+            if super::is_unavailable(&e) {
+                AggregateError::DatabaseConnectionError(Box::new(e))
+            } else {
+                AggregateError::UnexpectedError(Box::new(e))
+            }
+        })?;
+        Ok(Context::new(aggregate_id, loaded))
     }
 
     async fn commit(
@@ -193,11 +190,11 @@ impl<A: StateShape> EventStore<A> for SnapshotStore<A> {
             });
         }
         self.journal.append::<A>(&serialized).await?;
+        // `loaded.aggregate` already holds these events: cqrs-es's `EventSink::write`, through
+        // which every `handle` emits them, applies each one as it is written. Applying them
+        // again here would put them in the snapshot twice (a list grew twice, a count went up
+        // by two), and every later command would decide on that state.
         if loaded.sequence + envelopes.len() - loaded.snapshot_sequence >= SNAPSHOT_EVERY {
-            for envelope in &envelopes {
-                let event: A::Event = envelope.payload.clone();
-                Aggregate::apply(&mut loaded.aggregate, event);
-            }
             loaded.sequence += envelopes.len();
             self.journal
                 .save_snapshot(
