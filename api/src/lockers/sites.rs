@@ -244,7 +244,7 @@ pub async fn holder_at(
     State(state): State<AppState>,
     actor: Actor,
     Path(id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<HolderAt>,
+    crate::extract::Query(q): crate::extract::Query<HolderAt>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if actor.role != Role::Auditor {
         actor.require(Role::Operator)?;

@@ -1,9 +1,10 @@
 //! The cabinet as the shopper sees it, and "open".
 
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::Query;
 use crate::vending::parse_device;
 use crate::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use latch_domain::device::{DeviceCommand, DeviceError, DeviceId, ShopperOpen};

@@ -1,9 +1,10 @@
 //! The shopper's orders and paying for them (`pay`, and `sync` for a late callback).
 
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::Query;
 use crate::vending::{parse_limit, parse_session};
 use crate::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use latch_domain::device::Label;
 use latch_domain::store::{CommandContext, IdempotencyKey};

@@ -3,10 +3,11 @@
 
 use crate::auth::{NewToken, Role, SESSION_COOKIE};
 use crate::error::{from_command_error, ApiError};
+use crate::extract::Query;
 use crate::kazaya::{KazayaError, Pkce};
 use crate::vending::scans;
 use crate::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
