@@ -6,6 +6,7 @@
 
 use crate::config::{LatchEnv, Role, Settings};
 use latch_api::auth::Auth;
+use latch_api::nats_identities::NatsAuthRenderer;
 use latch_api::qr::hub::Hub;
 use latch_api::qr::QrService;
 use latch_api::AppState;
@@ -55,6 +56,8 @@ pub struct Application {
     /// Extra CA roots for every outbound client (`LATCH_EXTRA_CA_FILE`).
     roots: TlsRoots,
     lockers: Arc<latch_api::lockers::Lockers>,
+    /// The process's one renderer of the NATS authorization file (the API's and `latch dev`'s).
+    nats_auth: Arc<NatsAuthRenderer>,
 }
 
 impl Application {
@@ -109,6 +112,7 @@ impl Application {
             tracing::warn!("LATCH_PICKUP_PEPPER is shorter than 32 bytes");
         }
         Ok(Self {
+            nats_auth: Arc::new(NatsAuthRenderer::new(settings.nats_auth.clone())),
             lockers: Arc::new(latch_api::lockers::Lockers::new(
                 settings.lockers.clone(),
                 settings.clock.clone(),
@@ -135,6 +139,12 @@ impl Application {
 
     pub fn store(&self) -> Arc<Store> {
         self.store.clone()
+    }
+
+    /// The renderer of the NATS authorization file the API uses: render through it, not
+    /// `render_and_reload`, so that no two renders of this process overlap.
+    pub fn nats_auth(&self) -> Arc<NatsAuthRenderer> {
+        self.nats_auth.clone()
     }
 
     /// The lockers API's state (its rate-limit tables, for diagnostics and tests).
@@ -265,7 +275,7 @@ impl Application {
                 )),
                 lockers: self.lockers.clone(),
                 edge: Arc::new(s.edge.clone()),
-                nats_auth: Arc::new(s.nats_auth.clone()),
+                nats_auth: self.nats_auth.clone(),
                 qr,
                 shutdown: shutdown.clone(),
                 store: self.store.clone(),

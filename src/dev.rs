@@ -107,9 +107,10 @@ pub async fn run(
     ));
     let vending = settings.vending.clone();
     let app = Application::build(settings).await?;
-    if let Some(auth) = &nats.auth {
-        // The identities already in the database, now that it is migrated.
-        latch_api::nats_identities::render_and_reload(app.pool(), auth).await?;
+    if nats.auth.is_some() {
+        // The identities already in the database, now that it is migrated: through the app's
+        // renderer (configured with `nats.auth` above), never overlapping the API's renders.
+        app.nats_auth().render(app.pool()).await?;
     }
     // Courier company A (authorizer 0001), as its sandbox: Wang is on duty. It calls back the
     // port Latch actually bound.
@@ -177,7 +178,9 @@ pub async fn run(
     let shutdown = CancellationToken::new();
     // Each simulated cabinet logs in as itself (a new password every start: shown only once).
     let logins = match &nats.auth {
-        Some(auth) => Some(sim::issue_logins(app.pool(), auth, &nats.url, &devices).await?),
+        Some(_) => {
+            Some(sim::issue_logins(app.pool(), &app.nats_auth(), &nats.url, &devices).await?)
+        }
         None => {
             tracing::warn!("dev does not run this NATS server, so it cannot render identities: the simulated cabinets share the service connection");
             None

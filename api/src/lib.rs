@@ -62,8 +62,9 @@ pub struct AppState {
     pub lockers: Arc<lockers::Lockers>,
     /// Client IP behind proxies, body limit, request timeout.
     pub edge: Arc<edge::EdgeConfig>,
-    /// Where issued NATS identities are rendered for nats-server, and how it is reloaded.
-    pub nats_auth: Arc<nats_identities::NatsAuthConfig>,
+    /// Renders issued NATS identities for nats-server and has it reload them: the process's
+    /// one renderer, so that concurrent issues share renders.
+    pub nats_auth: Arc<nats_identities::NatsAuthRenderer>,
 }
 
 impl FromRef<AppState> for Arc<auth::Auth> {

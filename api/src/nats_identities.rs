@@ -2,16 +2,22 @@
 //!
 //! The password is random, returned once in the registration answer and kept only as a bcrypt
 //! hash in `nats_identities`; nats-server checks bcrypt hashes itself, so the rendered
-//! authorization file holds no usable secret of a device. After every issue the file is
-//! rendered again (when `LATCH_NATS_AUTH_FILE` is set) and the server told to reload it
-//! (SIGHUP to the pid in `LATCH_NATS_PID_FILE`): NATS's own mechanism, no gateway.
+//! authorization file holds no usable secret of a device. After an issue the file is rendered
+//! again (when `LATCH_NATS_AUTH_FILE` is set) and the server told to reload it (SIGHUP to the
+//! pid in `LATCH_NATS_PID_FILE`): NATS's own mechanism, no gateway.
+//!
+//! A render reads every identity, so one render per registration would be O(identities) each
+//! and O(n²) for a fleet. The process's one [`NatsAuthRenderer`] coalesces them instead: a
+//! caller waits for a render that starts after its write, at most one render runs at a time,
+//! and one render serves every caller waiting when it starts.
 
 use crate::error::ApiError;
 use base64::Engine;
 use latch_nats::auth::{identities_config, IssuedIdentity, Principal};
 use rand::RngCore;
 use sqlx::PgPool;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// bcrypt cost of issued passwords: bcrypt's minimum. The passwords are 32 random bytes (256
 /// bits), so no work factor adds anything against guessing; the hash is there only so the
@@ -153,62 +159,150 @@ pub async fn load(pool: &PgPool) -> Result<Vec<IssuedIdentity>, sqlx::Error> {
 }
 
 /// Renders the authorization file from the table and asks nats-server to reload it. Does
-/// nothing when no file is configured. Written to a temporary file and renamed, so the server
-/// never reads half a file.
+/// nothing when no file is configured.
+///
+/// A one-off: it hashes the service password again and does not coordinate with other
+/// renders. A running API renders through its [`NatsAuthRenderer`] (the application's
+/// `nats_auth()`), which does neither.
 pub async fn render_and_reload(pool: &PgPool, cfg: &NatsAuthConfig) -> Result<(), String> {
-    let Some(path) = &cfg.auth_file else {
-        return Ok(());
-    };
-    let identities = load(pool).await.map_err(|e| e.to_string())?;
-    // The service password is written hashed too: the file then holds no usable secret.
-    let service = cfg.service_password.clone();
-    let service_hash = tokio::task::spawn_blocking(move || {
-        bcrypt::hash_with_result(service, BCRYPT_COST)
-            .map(|h| h.format_for_version(bcrypt::Version::TwoA))
-    })
-    .await
-    .map_err(|e| format!("bcrypt task: {e}"))?
-    .map_err(|e| format!("bcrypt: {e}"))?;
-    let text = identities_config(&cfg.service_user, &service_hash, &identities);
-    let tmp = path.with_extension("tmp");
-    tokio::fs::write(&tmp, text)
-        .await
-        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    tokio::fs::rename(&tmp, path)
-        .await
-        .map_err(|e| format!("renaming to {}: {e}", path.display()))?;
-    if let Some(pid_file) = &cfg.pid_file {
-        let pid = tokio::fs::read_to_string(pid_file)
-            .await
-            .map_err(|e| format!("reading {}: {e}", pid_file.display()))?;
-        let pid = pid.trim();
-        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("{} holds no pid", pid_file.display()));
-        }
-        // SIGHUP is nats-server's reload signal (`nats-server --signal reload=<pid>` sends it).
-        let status = tokio::process::Command::new("kill")
-            .args(["-HUP", pid])
-            .status()
-            .await
-            .map_err(|e| format!("kill -HUP {pid}: {e}"))?;
-        if !status.success() {
-            return Err(format!("kill -HUP {pid}: {status}"));
+    NatsAuthRenderer::new(cfg.clone()).render(pool).await
+}
+
+/// The process's renderer of the authorization file (one per process, shared by every
+/// handler): coalesces the renders asked for after issues, rotations and revocations.
+///
+/// Generations: `started` counts the renders begun. A caller that has written a change reads
+/// it (`wanted` = started + 1: the first render that begins after now, so whose read of the
+/// table sees the change) and takes `finished`, the lock only one render holds at a time. If a
+/// render of generation `wanted` or later has finished meanwhile, that render covered it and
+/// the caller takes its outcome without rendering; otherwise it renders itself. Everyone who
+/// asked while a render ran is therefore served by the single next one: a caller waits for at
+/// most the render under way and one more, whatever the number of callers.
+#[derive(Debug)]
+pub struct NatsAuthRenderer {
+    cfg: NatsAuthConfig,
+    /// Renders begun. Bumped by the render holding `finished`, before it reads the table.
+    started: AtomicU64,
+    /// Held for the length of a render: the generation and outcome of the last one finished.
+    finished: tokio::sync::Mutex<Finished>,
+    /// The service password's bcrypt hash: computed at the first render, then kept (a fresh
+    /// salt every render would only cost CPU; the server accepts any valid hash).
+    service_hash: tokio::sync::OnceCell<String>,
+}
+
+#[derive(Debug)]
+struct Finished {
+    generation: u64,
+    outcome: Result<(), String>,
+}
+
+impl NatsAuthRenderer {
+    pub fn new(cfg: NatsAuthConfig) -> Self {
+        Self {
+            cfg,
+            started: AtomicU64::new(0),
+            finished: tokio::sync::Mutex::new(Finished {
+                generation: 0,
+                outcome: Ok(()),
+            }),
+            service_hash: tokio::sync::OnceCell::new(),
         }
     }
-    tracing::info!(file = %path.display(), identities = identities.len(), "NATS authorization rendered");
+
+    pub fn config(&self) -> &NatsAuthConfig {
+        &self.cfg
+    }
+
+    /// Renders begun so far (for tests and diagnostics).
+    pub fn renders(&self) -> u64 {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    /// Returns once a render that began after this call has written the file and signalled
+    /// the server, with that render's outcome: a change the caller committed before calling is
+    /// in the file (and the server asked to reload it) when this returns Ok. Does nothing when
+    /// no file is configured.
+    pub async fn render(&self, pool: &PgPool) -> Result<(), String> {
+        let Some(path) = &self.cfg.auth_file else {
+            return Ok(());
+        };
+        // Read before waiting: a render already under way may have read the table before the
+        // caller's write, so only a later generation counts.
+        let wanted = self.started.load(Ordering::SeqCst) + 1;
+        let mut finished = self.finished.lock().await;
+        if finished.generation >= wanted {
+            return finished.outcome.clone();
+        }
+        // Bumped before the table is read: whoever reads `started` after this may not count on
+        // this render (see above). If this future is dropped mid-render, `finished` keeps the
+        // older generation and the next holder renders again: never a render missed.
+        let generation = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let outcome = self.render_once(pool, path).await;
+        *finished = Finished {
+            generation,
+            outcome: outcome.clone(),
+        };
+        outcome
+    }
+
+    async fn render_once(&self, pool: &PgPool, path: &Path) -> Result<(), String> {
+        let identities = load(pool).await.map_err(|e| e.to_string())?;
+        // The service password is written hashed too: the file then holds no usable secret.
+        let service_hash = self
+            .service_hash
+            .get_or_try_init(|| bcrypt_hash(self.cfg.service_password.clone()))
+            .await?;
+        let text = identities_config(&self.cfg.service_user, service_hash, &identities);
+        // Written beside the file and renamed, so the server never reads half a file; named
+        // for this process, so another process rendering the same file cannot interleave its
+        // writes into it (renders within this process never overlap).
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        tokio::fs::write(&tmp, text)
+            .await
+            .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        tokio::fs::rename(&tmp, path)
+            .await
+            .map_err(|e| format!("renaming to {}: {e}", path.display()))?;
+        if let Some(pid_file) = &self.cfg.pid_file {
+            reload(pid_file).await?;
+        }
+        tracing::info!(file = %path.display(), identities = identities.len(), "NATS authorization rendered");
+        Ok(())
+    }
+}
+
+/// Sends SIGHUP, nats-server's reload signal, to the pid in `pid_file`.
+async fn reload(pid_file: &Path) -> Result<(), String> {
+    let pid = tokio::fs::read_to_string(pid_file)
+        .await
+        .map_err(|e| format!("reading {}: {e}", pid_file.display()))?;
+    let pid = pid.trim();
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{} holds no pid", pid_file.display()));
+    }
+    // SIGHUP is nats-server's reload signal (`nats-server --signal reload=<pid>` sends it).
+    let status = tokio::process::Command::new("kill")
+        .args(["-HUP", pid])
+        .status()
+        .await
+        .map_err(|e| format!("kill -HUP {pid}: {e}"))?;
+    if !status.success() {
+        return Err(format!("kill -HUP {pid}: {status}"));
+    }
     Ok(())
 }
 
-/// Issues the identity, then renders and reloads; a failed render is logged, not fatal: the
-/// identity is stored and the next render includes it.
+/// Issues the identity, then waits for a render that includes it (coalesced with the renders
+/// other callers asked for); a failed render is logged, not fatal: the identity is stored and
+/// the next render includes it.
 pub async fn issue_and_publish(
     pool: &PgPool,
-    cfg: &NatsAuthConfig,
+    renderer: &NatsAuthRenderer,
     principal: &Principal,
 ) -> Result<Option<NatsCredentials>, ApiError> {
     let creds = issue(pool, principal).await?;
     if creds.is_some() {
-        if let Err(e) = render_and_reload(pool, cfg).await {
+        if let Err(e) = renderer.render(pool).await {
             tracing::error!(error = %e, "NATS authorization not rendered");
         }
     }
@@ -257,7 +351,7 @@ pub async fn rotate_handler(
     actor.require(crate::auth::Role::Operator)?;
     let principal = issued(&state.pool, &nats_user).await?;
     let credentials = rotate(&state.pool, &principal).await?;
-    if let Err(e) = render_and_reload(&state.pool, &state.nats_auth).await {
+    if let Err(e) = state.nats_auth.render(&state.pool).await {
         tracing::error!(error = %e, "NATS authorization not rendered after a rotation");
     }
     Ok(axum::Json(credentials))
@@ -282,7 +376,7 @@ pub async fn revoke(
         .await
         .map_err(|e| ApiError::Internal(format!("nats identity: {e}")))?;
     tracing::info!(%nats_user, actor = %actor, "NATS identity revoked");
-    if let Err(e) = render_and_reload(&state.pool, &state.nats_auth).await {
+    if let Err(e) = state.nats_auth.render(&state.pool).await {
         tracing::error!(error = %e, "NATS authorization not rendered after a revocation");
     }
     Ok(axum::http::StatusCode::NO_CONTENT)

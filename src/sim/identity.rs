@@ -12,7 +12,7 @@
 //! renders the authorization file and has the server reload it ([`issue_logins`]).
 
 use super::*;
-use latch_api::nats_identities::{self, NatsAuthConfig, NatsCredentials};
+use latch_api::nats_identities::{self, NatsAuthRenderer, NatsCredentials};
 use latch_nats::auth::Principal;
 use sqlx::PgPool;
 
@@ -41,7 +41,7 @@ impl fmt::Debug for DeviceLogins {
 /// server; returns the logins for [`SimConfig::logins`].
 pub async fn issue_logins(
     pool: &PgPool,
-    auth: &NatsAuthConfig,
+    auth: &NatsAuthRenderer,
     url: &str,
     devices: &[Uuid],
 ) -> Result<DeviceLogins, String> {
@@ -52,7 +52,7 @@ pub async fn issue_logins(
             .map_err(|e| format!("identity of {id}: {e}"))?;
         by_device.insert(*id, creds);
     }
-    nats_identities::render_and_reload(pool, auth).await?;
+    auth.render(pool).await?;
     Ok(DeviceLogins {
         url: latch_nats::url_without_credentials(url),
         by_device,

@@ -563,3 +563,123 @@ async fn operators_rotate_and_revoke_an_identity_and_the_server_follows() {
         .unwrap();
     assert_eq!(res.status(), 404);
 }
+
+/// Renders are coalesced: many identities issued at once cost a couple of renders, not one each
+/// (a render reads every identity, so one per registration is O(n²) for a fleet), and still
+/// every caller returns only once the file holds its identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_issues_share_renders_and_each_returns_once_rendered() {
+    use latch_api::nats_identities::{issue_and_publish, NatsAuthConfig, NatsAuthRenderer};
+    use latch_nats::auth::Principal;
+    use std::io::Write;
+    use std::sync::Arc;
+    const N: usize = 40;
+
+    let secured = Secured::start().await;
+    let pool = secured.app.pool.clone();
+    // The pid file starts as a FIFO: the first render blocks reading it until the gate opens,
+    // which holds that render back until every identity is stored and its caller waiting.
+    // Opening the gate puts a plain pid file in its place and feeds the held reader once.
+    let dir = secured._dir.path();
+    let (fifo, pid_file) = (dir.join("gate.fifo"), dir.join("gate.pid"));
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::hard_link(&fifo, &pid_file).unwrap();
+    let pid = secured._server.pid().unwrap().to_string();
+    let (open_gate, opened) = std::sync::mpsc::channel::<()>();
+    let gate = {
+        let (fifo, pid_file, pid) = (fifo.clone(), pid_file.clone(), pid.clone());
+        std::thread::spawn(move || {
+            opened.recv().unwrap();
+            let plain = pid_file.with_extension("new");
+            std::fs::write(&plain, &pid).unwrap();
+            std::fs::rename(&plain, &pid_file).unwrap();
+            // Blocks until the held render has the FIFO open (or the test releases it).
+            let mut held = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            let _ = held.write_all(pid.as_bytes());
+        })
+    };
+    let renderer = Arc::new(NatsAuthRenderer::new(NatsAuthConfig {
+        auth_file: Some(secured.auth_file.clone()),
+        pid_file: Some(pid_file.clone()),
+        service_user: "latch".into(),
+        service_password: SVC_PW.into(),
+    }));
+
+    let callers: Vec<_> = (0..N)
+        .map(|_| {
+            let (pool, renderer) = (pool.clone(), renderer.clone());
+            let auth_file = secured.auth_file.clone();
+            tokio::spawn(async move {
+                let id = uuid::Uuid::now_v7().to_string();
+                let creds = issue_and_publish(&pool, &renderer, &Principal::Device(id.clone()))
+                    .await
+                    .unwrap()
+                    .expect("a new identity");
+                // Later renders only add to the file, so reading it now still tells.
+                let rendered = std::fs::read_to_string(&auth_file).unwrap();
+                assert!(
+                    rendered.contains(&format!("\"{}\"", creds.user)),
+                    "{} returned before a render included it",
+                    creds.user
+                );
+                (id, creds)
+            })
+        })
+        .collect();
+    // Every identity stored (the first render is held at the gate), then a moment for their
+    // callers to ask for a render.
+    crate::common::eventually(Duration::from_secs(20), "every identity stored", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM nats_identities")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (n as usize == N).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(renderer.renders(), 1, "one render, held at the gate");
+    open_gate.send(()).unwrap();
+    let mut issued = Vec::new();
+    for caller in callers {
+        issued.push(caller.await.unwrap());
+    }
+    // The held render and one more for everyone who asked meanwhile (2; 3 if a caller was slow
+    // to ask): far fewer than one each.
+    let renders = renderer.renders();
+    assert!(
+        (2..=3).contains(&renders),
+        "{renders} renders for {N} issues"
+    );
+
+    // The server reloaded the file: an identity issued in the crowd connects.
+    let (id, creds) = &issued[N / 2];
+    connect(
+        &secured.url,
+        &creds.user,
+        &creds.password,
+        subjects::device_inbox_prefix(id),
+    )
+    .await;
+
+    // The gate's writer has fed the held render; had that render found the plain file
+    // instead, readers that do not wait release the writer.
+    while !gate.is_finished() {
+        use std::os::unix::fs::OpenOptionsExt;
+        drop(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.join().unwrap();
+}
