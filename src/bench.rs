@@ -286,6 +286,44 @@ pub(crate) async fn stop_serve(
     Ok(())
 }
 
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub(crate) fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Waits until the `latch serve` child answers `GET {base}{path}` with a success (`/healthz`:
+/// it listens; `/readyz`: its database and NATS answer too). Fails at once if the child exits
+/// meanwhile, and after `limit`.
+pub(crate) async fn wait_serving(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    limit: Duration,
+    child: &mut tokio::process::Child,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(format!("latch serve exited at start: {status}").into());
+        }
+        if http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            return Err(
+                format!("latch serve did not answer {path} in {} s", limit.as_secs()).into(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub(crate) fn machine_note() -> String {
     format!(
         "machine: {} cores; build: {}",

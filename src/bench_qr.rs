@@ -441,7 +441,7 @@ async fn push_phase(
         ));
     }
 
-    let port = crate::bench_vending::free_port()?;
+    let port = crate::bench::free_port()?;
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")

@@ -14,7 +14,6 @@
 
 use crate::bench::{closed_loop, in_scratch_database, machine_note, mib, rss_kib, Report, Row};
 use crate::bench_cpu as cpu;
-use crate::bench_vending::free_port;
 use crate::sim::SimDevice;
 use clap::Args;
 use latch_api::auth::{issue_token, Role as TokenRole};
@@ -107,14 +106,15 @@ async fn phases(args: &SoakArgs, db_url: &str, report: &mut Report) -> Result<()
         &bench_only,
     );
 
-    let port = free_port()?;
+    let port = crate::bench::free_port()?;
     let (mut child, pid) = crate::bench::spawn_serve(db_url, &nats.url(), port)?;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()?;
     let result = async {
-        wait_ready(&http, &base).await?;
+        crate::bench::wait_serving(&http, &base, "/readyz", Duration::from_secs(60), &mut child)
+            .await?;
         let operator = issue_token(&pool, TokenRole::Operator, "bench").await?;
         let procs = cpu::Processes {
             latch: pid.clone(),
@@ -495,23 +495,5 @@ async fn read(pool: &PgPool, latch_pid: &str, at: Duration, commands: u64) -> Re
         behind_model,
         behind_secs,
         rss_kib: rss_kib(latch_pid, "VmRSS:"),
-    }
-}
-
-async fn wait_ready(http: &reqwest::Client, base: &str) -> Result<(), Error> {
-    let started = Instant::now();
-    loop {
-        if http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            return Err("latch serve not ready in 60 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
