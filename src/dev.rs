@@ -176,7 +176,7 @@ pub async fn run(
     let port = app.port();
 
     let shutdown = CancellationToken::new();
-    // Each simulated cabinet logs in as itself (a new password every start: shown only once).
+    // Each simulated cabinet logs in as itself (a new nkey every start: a seed is shown only once).
     let logins = match &nats.auth {
         Some(_) => {
             Some(sim::issue_logins(app.pool(), &app.nats_auth(), &nats.url, &devices).await?)

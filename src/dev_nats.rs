@@ -2,9 +2,10 @@
 //!
 //! If the configured server (default 127.0.0.1:4222) lets an anonymous client in, or nothing
 //! answers, dev starts its own nats-server (a free port, JetStream, store under the data
-//! folder) whose configuration includes the authorization file Latch renders, and writes its
-//! pid file so a render can reload it. Latch connects as its service user with a password made
-//! for this run. If the configured server already refuses anonymous clients, it is used as it
+//! folder) whose configuration includes the authorization file Latch renders (the service user
+//! with a bcrypt-hashed password, each device and authorizer as an nkey user known only by its
+//! public key), and writes its pid file so a render can reload it. Latch connects as its
+//! service user with a password made for this run. If the configured server already refuses anonymous clients, it is used as it
 //! is, with the credentials in its URL.
 
 use latch_api::nats_identities::NatsAuthConfig;

@@ -39,8 +39,8 @@ pub struct Registered {
     pub site: String,
     pub label: String,
     pub registered_at: DateTime<Utc>,
-    /// The device's own NATS user and password, shown only in the first answer (absent when a
-    /// registration is replayed): the password is kept only as a hash.
+    /// The device's own NATS identity (its name and nkey seed), shown only in the first answer
+    /// (absent when a registration is replayed): Latch keeps only the nkey's public key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats: Option<crate::nats_identities::NatsCredentials>,
 }

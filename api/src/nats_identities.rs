@@ -1,10 +1,13 @@
 //! NATS identities (issue 13): each registered device and authorizer gets its own NATS user.
 //!
-//! The password is random, returned once in the registration answer and kept only as a bcrypt
-//! hash in `nats_identities`; nats-server checks bcrypt hashes itself, so the rendered
-//! authorization file holds no usable secret of a device. After an issue the file is rendered
-//! again (when `LATCH_NATS_AUTH_FILE` is set) and the server told to reload it (SIGHUP to the
-//! pid in `LATCH_NATS_PID_FILE`): NATS's own mechanism, no gateway.
+//! The user is an nkey (ed25519, NATS's own scheme): the seed (`SU...`) is returned once in the
+//! registration answer and never kept; `nats_identities` holds only the public key (`U...`),
+//! which is no secret, and the rendered authorization file carries only that. At connect the
+//! server sends a nonce and checks the client's signature of it, which is cheap: no bcrypt per
+//! registration nor per device connect. Identities issued before nkeys keep their bcrypt
+//! password hash (rendered as user/password) until rotated. After an issue the file is
+//! rendered again (when `LATCH_NATS_AUTH_FILE` is set) and the server told to reload it
+//! (SIGHUP to the pid in `LATCH_NATS_PID_FILE`): NATS's own mechanism, no gateway.
 //!
 //! A render reads every identity, so one render per registration would be O(identities) each
 //! and O(n²) for a fleet. The process's one [`NatsAuthRenderer`] coalesces them instead: a
@@ -12,19 +15,15 @@
 //! and one render serves every caller waiting when it starts.
 
 use crate::error::ApiError;
-use base64::Engine;
-use latch_nats::auth::{identities_config, IssuedIdentity, Principal};
-use rand::RngCore;
+use latch_nats::auth::{identities_config, IssuedIdentity, Login, Principal};
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// bcrypt cost of issued passwords: bcrypt's minimum. The passwords are 32 random bytes (256
-/// bits), so no work factor adds anything against guessing; the hash is there only so the
-/// authorization file holds no usable secret, and nats-server checks it with no extra option.
-/// The cost is paid on every registration (cost 10 took ~60 ms of CPU, capping registrations
-/// near 30/s on two cores) and by nats-server on every device connect, which a reconnect storm
-/// of a whole fleet multiplies.
+/// bcrypt cost of the service user's password as written into the file (and of the device
+/// passwords issued before nkeys): bcrypt's minimum. The passwords are random, so no work
+/// factor adds anything against guessing; the hash is there only so the authorization file
+/// holds no usable secret, and nats-server checks it with no extra option.
 pub const BCRYPT_COST: u32 = 4;
 
 /// Where the authorization file goes and how the server learns of it.
@@ -40,12 +39,26 @@ pub struct NatsAuthConfig {
     pub service_password: String,
 }
 
-/// Credentials handed out once.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+/// NATS credentials, handed out once: connect with the seed as an nkey user (e.g.
+/// `async_nats::ConnectOptions::with_nkey(seed)`, `nats --nkey <file>`).
+#[derive(Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct NatsCredentials {
+    /// The identity's stable name, `device-<id>` or `authorizer-<number>`: what operators
+    /// rotate and revoke it by (`/nats-identities/{nats_user}`). Not sent when connecting: the
+    /// server knows an nkey user by its public key.
     pub user: String,
-    /// Shown only in this answer; Latch keeps only a bcrypt hash.
-    pub password: String,
+    /// The nkey seed (`SU...`, 58 characters) the client signs the server's nonce with. Shown
+    /// only in this answer; Latch keeps only its public key.
+    pub nkey_seed: String,
+}
+
+impl std::fmt::Debug for NatsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the seed.
+        f.debug_struct("NatsCredentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The NATS user, kind and principal id of `principal`.
@@ -60,20 +73,14 @@ fn names(principal: &Principal) -> (&'static str, &str, String) {
     }
 }
 
-/// A new random password and its bcrypt hash (hashed off the async threads).
-async fn new_password() -> Result<(String, String), ApiError> {
-    let mut raw = [0u8; 32];
-    rand::rng().fill_bytes(&mut raw);
-    let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-    let hash = {
-        let password = password.clone();
-        tokio::task::spawn_blocking(move || bcrypt::hash_with_result(password, BCRYPT_COST))
-            .await
-            .map_err(|e| ApiError::Internal(format!("bcrypt task: {e}")))?
-            .map_err(|e| ApiError::Internal(format!("bcrypt: {e}")))?
-            .format_for_version(bcrypt::Version::TwoA)
-    };
-    Ok((password, hash))
+/// A new nkey user: its seed (handed out) and public key (kept). Microseconds of CPU: no need to
+/// leave the async threads.
+fn new_nkey() -> Result<(String, String), ApiError> {
+    let pair = nkeys::KeyPair::new_user();
+    let seed = pair
+        .seed()
+        .map_err(|e| ApiError::Internal(format!("nkey seed: {e}")))?;
+    Ok((seed, pair.public_key()))
 }
 
 /// A password's bcrypt hash as nats-server reads it (`$2a$`), computed off the async threads.
@@ -94,15 +101,15 @@ pub async fn issue(
     principal: &Principal,
 ) -> Result<Option<NatsCredentials>, ApiError> {
     let (kind, id, user) = names(principal);
-    let (password, hash) = new_password().await?;
+    let (nkey_seed, public_key) = new_nkey()?;
     let inserted = sqlx::query(
-        "INSERT INTO nats_identities (nats_user, kind, principal, password_hash)
+        "INSERT INTO nats_identities (nats_user, kind, principal, nkey)
          VALUES ($1, $2, $3, $4) ON CONFLICT (nats_user) DO NOTHING",
     )
     .bind(&user)
     .bind(kind)
     .bind(id)
-    .bind(&hash)
+    .bind(&public_key)
     .execute(pool)
     .await
     .map_err(|e| ApiError::Internal(format!("nats identity: {e}")))?
@@ -110,50 +117,65 @@ pub async fn issue(
     if inserted == 0 {
         return Ok(None);
     }
-    tracing::info!(nats_user = %user, "NATS identity issued");
-    Ok(Some(NatsCredentials { user, password }))
+    tracing::info!(nats_user = %user, nkey = %public_key, "NATS identity issued");
+    Ok(Some(NatsCredentials { user, nkey_seed }))
 }
 
-/// Gives `principal` a new password (issuing its identity if it has none) and returns it; the
-/// old password stops working once the file is rendered again and the server has reloaded it.
-/// `latch dev` uses this at every start for the identities it plays (the simulator's cabinets),
-/// since a password is shown only once and dev keeps none on disk.
+/// Gives `principal` a new nkey (issuing its identity if it has none) and returns its seed; the
+/// old seed (or, for an identity from before nkeys, its password) stops working once the file
+/// is rendered again and the server has reloaded it. `latch dev` uses this at every start for
+/// the identities it plays (the simulator's cabinets), since a seed is shown only once and dev
+/// keeps none on disk.
 pub async fn rotate(pool: &PgPool, principal: &Principal) -> Result<NatsCredentials, ApiError> {
     let (kind, id, user) = names(principal);
-    let (password, hash) = new_password().await?;
+    let (nkey_seed, public_key) = new_nkey()?;
     sqlx::query(
-        "INSERT INTO nats_identities (nats_user, kind, principal, password_hash)
+        "INSERT INTO nats_identities (nats_user, kind, principal, nkey)
          VALUES ($1, $2, $3, $4)
-         ON CONFLICT (nats_user) DO UPDATE SET password_hash = EXCLUDED.password_hash, issued_at = now()",
+         ON CONFLICT (nats_user) DO UPDATE
+         SET nkey = EXCLUDED.nkey, password_hash = NULL, issued_at = now()",
     )
     .bind(&user)
     .bind(kind)
     .bind(id)
-    .bind(&hash)
+    .bind(&public_key)
     .execute(pool)
     .await
     .map_err(|e| ApiError::Internal(format!("nats identity: {e}")))?;
-    tracing::info!(nats_user = %user, "NATS identity rotated");
-    Ok(NatsCredentials { user, password })
+    tracing::info!(nats_user = %user, nkey = %public_key, "NATS identity rotated");
+    Ok(NatsCredentials { user, nkey_seed })
 }
 
 /// Every issued identity, in a stable order.
 pub async fn load(pool: &PgPool) -> Result<Vec<IssuedIdentity>, sqlx::Error> {
-    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
-        "SELECT nats_user, kind, principal, password_hash FROM nats_identities ORDER BY nats_user",
+    type Row = (String, String, String, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT nats_user, kind, principal, nkey, password_hash
+         FROM nats_identities ORDER BY nats_user",
     )
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(user, kind, principal, password_hash)| IssuedIdentity {
-            user,
-            password_hash,
-            principal: if kind == "authorizer" {
-                Principal::Authorizer(principal)
-            } else {
-                Principal::Device(principal)
-            },
+        .filter_map(|(user, kind, principal, nkey, password_hash)| {
+            // The table's CHECK allows exactly one of them.
+            let login = match (nkey, password_hash) {
+                (Some(public), _) => Login::Nkey(public),
+                (None, Some(hash)) => Login::PasswordHash(hash),
+                (None, None) => {
+                    tracing::error!(nats_user = %user, "NATS identity without nkey or password hash; not rendered");
+                    return None;
+                }
+            };
+            Some(IssuedIdentity {
+                user,
+                login,
+                principal: if kind == "authorizer" {
+                    Principal::Authorizer(principal)
+                } else {
+                    Principal::Device(principal)
+                },
+            })
         })
         .collect())
 }
@@ -310,7 +332,7 @@ pub async fn issue_and_publish(
 }
 
 /// Operators rotate or revoke an identity by its NATS user (`device-<id>`,
-/// `authorizer-<number>`): a leaked password is replaced, a decommissioned cabinet is shut out.
+/// `authorizer-<number>`): a leaked seed is replaced, a decommissioned cabinet is shut out.
 /// Either takes effect when the server has reloaded the rendered file (at once here).
 pub fn router() -> axum::Router<crate::AppState> {
     use axum::routing::{delete, post};
@@ -337,7 +359,8 @@ async fn issued(pool: &PgPool, nats_user: &str) -> Result<Principal, ApiError> {
     }
 }
 
-/// Gives the identity a new password (the old one stops working) and returns it, once.
+/// Gives the identity a new nkey (the old seed, or a password from before nkeys, stops working)
+/// and returns its seed, once.
 #[utoipa::path(post, path = "/nats-identities/{nats_user}/rotate", tag = "devices",
     params(("nats_user" = String, Path, description = "`device-<id>` or `authorizer-<number>`")),
     responses((status = 200, body = NatsCredentials), (status = 401, body = crate::error::ErrorBody),
@@ -380,4 +403,35 @@ pub async fn revoke(
         tracing::error!(error = %e, "NATS authorization not rendered after a revocation");
     }
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_nkey_is_a_user_seed_and_its_public_key() {
+        let (seed, public) = new_nkey().unwrap();
+        assert!(seed.starts_with("SU") && seed.len() == 58, "a user seed");
+        assert!(public.starts_with('U') && public.len() == 56, "{public}");
+        assert_eq!(
+            nkeys::KeyPair::from_seed(&seed).unwrap().public_key(),
+            public
+        );
+        assert_ne!(new_nkey().unwrap().0, seed);
+    }
+
+    #[test]
+    fn credentials_never_show_their_seed_when_debugged() {
+        let (seed, _) = new_nkey().unwrap();
+        let creds = NatsCredentials {
+            user: "device-x".into(),
+            nkey_seed: seed.clone(),
+        };
+        let shown = format!("{creds:?}");
+        assert!(
+            shown.contains("device-x") && !shown.contains(&seed),
+            "{shown}"
+        );
+    }
 }

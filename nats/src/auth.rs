@@ -6,6 +6,11 @@
 //! the request's own reply subject, which the server grants per request), so it can
 //! acknowledge a command such as `latch.cmd.<id>.holder` without any right to publish
 //! elsewhere. The server enforces this, so a compromised cabinet cannot speak for another one.
+//!
+//! Identities issued at registration are nkey users ([`identities_config`]): the server knows
+//! only their public keys and checks a signature of its nonce at connect, so the rendered file
+//! holds no secret and nothing costly (bcrypt) is paid per registration or per connect.
+//! [`authorization_config`] is the older hand-fed form (`latch nats-config`, plain passwords).
 
 use crate::subjects;
 
@@ -62,12 +67,24 @@ pub enum Principal {
     Authorizer(String),
 }
 
-/// One issued identity as the server sees it: the password is a bcrypt hash (`$2a$...`/`$2b$`),
-/// which nats-server checks itself, so the plain password never leaves the HTTP answer.
+/// How an issued identity logs in, as the server is told. Neither is a usable secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// An nkey user's public key (`U...`): the client signs the server's nonce with its seed,
+    /// which never leaves the HTTP answer. Every identity issued or rotated now.
+    Nkey(String),
+    /// A bcrypt hash (`$2a$...`/`$2b$`) of a password, which nats-server checks itself:
+    /// identities issued before nkeys (migration 0043), until rotated.
+    PasswordHash(String),
+}
+
+/// One issued identity as the server sees it.
 #[derive(Debug, Clone)]
 pub struct IssuedIdentity {
+    /// The stable name (`device-<id>`, `authorizer-<number>`) operators rotate and revoke by. An
+    /// nkey user is known to the server by its public key; the name is not rendered for it.
     pub user: String,
-    pub password_hash: String,
+    pub login: Login,
     pub principal: Principal,
 }
 
@@ -86,8 +103,10 @@ pub fn authorizer_inbox_prefix(number: &str) -> String {
     format!("_INBOX.authorizer-{}", crate::subjects::token(number))
 }
 
-/// Renders an `authorization` block: the service user (anything) and every issued identity,
-/// each confined to its own subjects.
+/// Renders an `authorization` block: the service user (anything; user and password, the
+/// password written as given, so pass a bcrypt hash) and every issued identity, each confined
+/// to its own subjects: nkey users as `{ nkey: "U...", permissions }`, identities from before
+/// nkeys as `{ user, password: <bcrypt hash>, permissions }`.
 pub fn identities_config(
     service_user: &str,
     service_password: &str,
@@ -129,10 +148,15 @@ pub fn identities_config(
             ),
         };
         let list = |v: Vec<String>| v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ");
+        // nats-server takes nkey users and user/password users in the same `users` list.
+        let login = match &i.login {
+            Login::Nkey(public) => format!("nkey: {}", quote(public)),
+            Login::PasswordHash(hash) => {
+                format!("user: {}, password: {}", quote(&i.user), quote(hash))
+            }
+        };
         users.push(format!(
-            "    {{ user: {user}, password: {pw}, permissions: {{ publish: {{ allow: [{pubs}] }}, subscribe: {{ allow: [{subs}] }}{responses} }} }}",
-            user = quote(&i.user),
-            pw = quote(&i.password_hash),
+            "    {{ {login}, permissions: {{ publish: {{ allow: [{pubs}] }}, subscribe: {{ allow: [{subs}] }}{responses} }} }}",
             pubs = list(pubs),
             subs = list(subs),
             responses = if responds { ", allow_responses: true" } else { "" },
@@ -142,4 +166,47 @@ pub fn identities_config(
         "authorization {{\n  users = [\n{}\n  ]\n}}\n",
         users.join("\n")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nkey_users_are_rendered_by_public_key_and_older_ones_by_user_and_hash() {
+        let key = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4";
+        let text = identities_config(
+            "latch",
+            "$2a$04$service",
+            &[
+                IssuedIdentity {
+                    user: device_user("d1"),
+                    login: Login::Nkey(key.into()),
+                    principal: Principal::Device("d1".into()),
+                },
+                IssuedIdentity {
+                    user: authorizer_user("A1"),
+                    login: Login::PasswordHash("$2a$04$old".into()),
+                    principal: Principal::Authorizer("A1".into()),
+                },
+            ],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[2],
+            r#"    { user: "latch", password: "$2a$04$service" }"#
+        );
+        // The nkey user: no name, no password; the same confinement as before.
+        assert!(lines[3].starts_with(&format!(r#"    {{ nkey: "{key}", permissions: "#)));
+        assert!(!lines[3].contains("user:") && !lines[3].contains("password:"));
+        assert!(lines[3].contains(r#"publish: { allow: ["latch.dev.d1.>"] }"#));
+        assert!(lines[3].contains("allow_responses: true"));
+        assert!(lines[4]
+            .starts_with(r#"    { user: "authorizer-A1", password: "$2a$04$old", permissions: "#));
+        assert!(
+            lines[4].contains(r#""latch.authorizers.A1.answers""#),
+            "{}",
+            lines[4]
+        );
+    }
 }

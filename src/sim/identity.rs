@@ -1,14 +1,14 @@
 //! Simulated cabinets as their own NATS users (issue 13).
 //!
-//! With authorization on, each cabinet connects with its own device identity: one connection
-//! per cabinet, confined by the server to publishing under `latch.dev.<id>.>` and hearing its
+//! With authorization on, each cabinet connects with its own device identity, an nkey user
+//! (it signs the server's nonce with its seed): one connection per cabinet, confined by the server to publishing under `latch.dev.<id>.>` and hearing its
 //! own `latch.cmd.<id>.>` and `_INBOX.<id>.>` (so its client uses that inbox prefix; the
 //! JetStream acks of its reports come back there). The control subjects `latch.sim.<id>.*` are
 //! the simulator's own test harness, not the device protocol, so they stay on the shared
 //! (service) connection.
 //!
-//! A password is shown only once, so whoever runs the simulator with identities (`latch dev`,
-//! or `latch sim` with `LATCH_NATS_AUTH_FILE`) rotates the cabinets' passwords at start,
+//! A seed is shown only once, so whoever runs the simulator with identities (`latch dev`,
+//! or `latch sim` with `LATCH_NATS_AUTH_FILE`) rotates the cabinets' nkeys at start,
 //! renders the authorization file and has the server reload it ([`issue_logins`]).
 
 use super::*;
@@ -29,7 +29,7 @@ pub struct DeviceLogins {
 
 impl fmt::Debug for DeviceLogins {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the passwords.
+        // Never the seeds.
         f.debug_struct("DeviceLogins")
             .field("url", &self.url)
             .field("devices", &self.by_device.len())
@@ -37,7 +37,7 @@ impl fmt::Debug for DeviceLogins {
     }
 }
 
-/// Gives each of `devices` a fresh password, renders the authorization file and reloads the
+/// Gives each of `devices` a fresh nkey, renders the authorization file and reloads the
 /// server; returns the logins for [`SimConfig::logins`].
 pub async fn issue_logins(
     pool: &PgPool,
@@ -86,7 +86,8 @@ pub(super) async fn device_jetstream(
     }
 }
 
-/// Connects as the cabinet, retrying while the server has not yet reloaded its file.
+/// Connects as the cabinet (its nkey seed signs the server's nonce), retrying while the server
+/// has not yet reloaded its file.
 pub async fn connect(
     url: &str,
     id: &Uuid,
@@ -95,16 +96,13 @@ pub async fn connect(
     let deadline = tokio::time::Instant::now() + LOGIN_PATIENCE;
     let mut wait = Duration::from_millis(100);
     loop {
-        let attempt = async_nats::ConnectOptions::with_user_and_password(
-            creds.user.clone(),
-            creds.password.clone(),
-        )
-        .name(format!("sim-{id}"))
-        .custom_inbox_prefix(subjects::device_inbox_prefix(&id.to_string()))
-        .connection_timeout(Duration::from_secs(2))
-        .request_timeout(Some(Duration::from_secs(5)))
-        .connect(url)
-        .await;
+        let attempt = async_nats::ConnectOptions::with_nkey(creds.nkey_seed.clone())
+            .name(format!("sim-{id}"))
+            .custom_inbox_prefix(subjects::device_inbox_prefix(&id.to_string()))
+            .connection_timeout(Duration::from_secs(2))
+            .request_timeout(Some(Duration::from_secs(5)))
+            .connect(url)
+            .await;
         match attempt {
             Ok(client) => {
                 tracing::info!(user = %creds.user, "cabinet logged in to NATS");

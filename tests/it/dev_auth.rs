@@ -1,5 +1,5 @@
 //! `latch dev` with NATS authorization on (issue 13): given a nats-server that lets anyone in,
-//! dev runs its own that does not, the simulated cabinets log in as themselves, a device's
+//! dev runs its own that does not, the simulated cabinets log in as themselves (nkeys), a device's
 //! credentials cannot speak for another device, and the demo still works end to end.
 
 use crate::common::*;
@@ -114,8 +114,8 @@ async fn latch_dev_runs_nats_with_authorization_and_cabinets_log_in_as_themselve
         log()
     );
 
-    // A cabinet registered now gets credentials that dev's server learns by reload; they
-    // cannot publish as a seeded cabinet.
+    // A cabinet registered now gets an nkey that dev's server learns by reload; its seed cannot
+    // publish as a seeded cabinet.
     let registered: Value = http
         .post(format!("{api}/devices"))
         .bearer_auth(&operator)
@@ -127,15 +127,13 @@ async fn latch_dev_runs_nats_with_authorization_and_cabinets_log_in_as_themselve
         .await
         .unwrap();
     let id = registered["device_id"].as_str().unwrap();
-    let (u, p) = (
-        registered["nats"]["user"].as_str().unwrap().to_owned(),
-        registered["nats"]["password"].as_str().unwrap().to_owned(),
-    );
+    assert_eq!(registered["nats"]["user"], format!("device-{id}"));
+    let seed = registered["nats"]["nkey_seed"].as_str().unwrap().to_owned();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let (tx, mut errors) = mpsc::unbounded_channel();
     let device = loop {
         let tx = tx.clone();
-        match async_nats::ConnectOptions::with_user_and_password(u.clone(), p.clone())
+        match async_nats::ConnectOptions::with_nkey(seed.clone())
             .custom_inbox_prefix(subjects::device_inbox_prefix(id))
             .event_callback(move |event| {
                 let tx = tx.clone();

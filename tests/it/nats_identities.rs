@@ -1,10 +1,11 @@
-//! NATS identities issued at registration (issue 13): the credentials in the HTTP answer connect
-//! to a nats-server running the authorization file Latch renders and reloads, and the server
-//! confines each identity to its own subjects.
+//! NATS identities issued at registration (issue 13): the nkey seed in the HTTP answer connects
+//! to a nats-server running the authorization file Latch renders (public keys only) and reloads,
+//! and the server confines each identity to its own subjects. Identities from before nkeys keep
+//! their password until rotated.
 
 use crate::common::spawn_app_with;
 use futures::StreamExt;
-use latch_nats::auth::{authorizer_inbox_prefix, identities_config};
+use latch_nats::auth::{authorizer_inbox_prefix, identities_config, Login as Rendered};
 use latch_nats::server::NatsServer;
 use latch_nats::subjects;
 use serde_json::{json, Value};
@@ -18,31 +19,69 @@ struct Connected {
     errors: mpsc::UnboundedReceiver<String>,
 }
 
+/// How a test client logs in.
+#[derive(Clone, Copy)]
+enum Login<'a> {
+    /// An nkey user: the seed signs the server's nonce.
+    Seed(&'a str),
+    /// User and password: the service user, and identities from before nkeys.
+    Password(&'a str, &'a str),
+}
+
+impl Login<'_> {
+    /// Who, for messages (never the seed or password).
+    fn who(self) -> String {
+        match self {
+            Login::Seed(seed) => public_key(seed),
+            Login::Password(user, _) => user.to_owned(),
+        }
+    }
+
+    fn options(self) -> async_nats::ConnectOptions {
+        match self {
+            Login::Seed(seed) => async_nats::ConnectOptions::with_nkey(seed.into()),
+            Login::Password(user, password) => {
+                async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+            }
+        }
+    }
+}
+
+/// The public key (`U...`) of a seed.
+fn public_key(seed: &str) -> String {
+    nkeys::KeyPair::from_seed(seed).unwrap().public_key()
+}
+
+/// A seed the server does not know.
+fn stranger_seed() -> String {
+    nkeys::KeyPair::new_user().seed().unwrap()
+}
+
 /// Connects, retrying for a while: the server reloads its file asynchronously after SIGHUP.
-async fn connect(url: &str, user: &str, password: &str, inbox: String) -> Connected {
+async fn connect(url: &str, login: Login<'_>, inbox: String) -> Connected {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (tx, errors) = mpsc::unbounded_channel();
-        let result =
-            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-                .custom_inbox_prefix(inbox.clone())
-                .event_callback(move |event| {
-                    let tx = tx.clone();
-                    async move {
-                        if let async_nats::Event::ServerError(e) = event {
-                            let _ = tx.send(e.to_string());
-                        }
+        let result = login
+            .options()
+            .custom_inbox_prefix(inbox.clone())
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = event {
+                        let _ = tx.send(e.to_string());
                     }
-                })
-                .connect(url)
-                .await;
+                }
+            })
+            .connect(url)
+            .await;
         match result {
             Ok(client) => return Connected { client, errors },
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::debug!(error = %e, "not yet");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => panic!("{user} cannot connect: {e}"),
+            Err(e) => panic!("{} cannot connect: {e}", login.who()),
         }
     }
 }
@@ -122,39 +161,68 @@ async fn registered_identities_connect_and_are_confined_after_a_reload() {
         b["device_id"].as_str().unwrap(),
     );
     let a_user = a["nats"]["user"].as_str().unwrap();
-    let a_pw = a["nats"]["password"].as_str().unwrap();
+    let a_seed = a["nats"]["nkey_seed"].as_str().unwrap();
     assert_eq!(a_user, format!("device-{a_id}"));
+    assert!(a["nats"].get("password").is_none(), "{a}");
+    assert!(
+        a_seed.starts_with("SU") && a_seed.len() == 58,
+        "a user seed"
+    );
+    let a_key = public_key(a_seed);
 
-    // Only a hash is kept, and the file carries only the hash.
-    let stored: String =
-        sqlx::query_scalar("SELECT password_hash FROM nats_identities WHERE nats_user = $1")
+    // Only the public key is kept, and the file carries only public keys and the service hash.
+    let (stored, hash): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT nkey, password_hash FROM nats_identities WHERE nats_user = $1")
             .bind(a_user)
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    assert!(stored.starts_with("$2a$"), "{stored}");
+    assert_eq!(stored.as_deref(), Some(a_key.as_str()));
+    assert_eq!(hash, None);
+    let table: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(n)::text FROM nats_identities n")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert!(table.len() == 2 && table.iter().all(|row| !row.contains(a_seed)));
     let rendered = std::fs::read_to_string(&auth_file).unwrap();
-    assert!(!rendered.contains(a_pw) && !rendered.contains(SVC_PW));
+    assert!(!rendered.contains(a_seed) && !rendered.contains(SVC_PW));
+    assert!(
+        rendered.contains(&format!("nkey: \"{a_key}\"")),
+        "{rendered}"
+    );
+    // The event log holds neither the seed nor even the public key: identities live in the table.
     let events: Vec<String> =
         sqlx::query_scalar("SELECT payload::text || metadata::text FROM events")
             .fetch_all(&app.pool)
             .await
             .unwrap();
-    assert!(events.len() >= 2 && events.iter().all(|e| !e.contains(a_pw)));
+    assert!(events.len() >= 2);
+    assert!(events
+        .iter()
+        .all(|e| !e.contains(a_seed) && !e.contains(&a_key)));
 
-    // The same server, never restarted, now knows A (and refuses a wrong password).
+    // The same server, never restarted, now knows A (and refuses a seed it does not know).
     let service = async_nats::ConnectOptions::with_user_and_password("latch".into(), SVC_PW.into())
         .connect(&url)
         .await
         .unwrap();
     let mut seen = service.subscribe("latch.>").await.unwrap();
     service.flush().await.unwrap();
-    let mut dev = connect(&url, a_user, a_pw, subjects::device_inbox_prefix(a_id)).await;
-    assert!(
-        async_nats::ConnectOptions::with_user_and_password(a_user.into(), "guess".into())
-            .connect(&url)
-            .await
-            .is_err()
+    let mut dev = connect(
+        &url,
+        Login::Seed(a_seed),
+        subjects::device_inbox_prefix(a_id),
+    )
+    .await;
+    let stranger = async_nats::ConnectOptions::with_nkey(stranger_seed())
+        .connect(&url)
+        .await
+        .expect_err("an unknown nkey is refused");
+    assert_eq!(
+        stranger.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation,
+        "{stranger}"
     );
 
     dev.client
@@ -256,10 +324,10 @@ async fn an_authorizer_cannot_read_or_answer_for_another() {
         answers.push(res.json::<Value>().await.unwrap());
     }
     let one = &answers[0]["nats"];
+    assert_eq!(one["user"], "authorizer-AUTH1");
     let mut a1 = connect(
         &url,
-        one["user"].as_str().unwrap(),
-        one["password"].as_str().unwrap(),
+        Login::Seed(one["nkey_seed"].as_str().unwrap()),
         authorizer_inbox_prefix("AUTH1"),
     )
     .await;
@@ -379,7 +447,7 @@ fn telemetry_dedupe_window_is_not_a_shared_suppression_list() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replayed_registration_does_not_show_the_password_again() {
+async fn a_replayed_registration_does_not_show_the_seed_again() {
     let app = crate::common::spawn_app().await;
     let send = || {
         app.http
@@ -392,7 +460,7 @@ async fn a_replayed_registration_does_not_show_the_password_again() {
     let first: Value = send().await.unwrap().json().await.unwrap();
     let again: Value = send().await.unwrap().json().await.unwrap();
     assert_eq!(first["device_id"], again["device_id"]);
-    assert!(first["nats"]["password"].is_string());
+    assert!(first["nats"]["nkey_seed"].is_string());
     assert!(again.get("nats").is_none(), "{again}");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM nats_identities")
         .fetch_one(&app.pool)
@@ -406,10 +474,10 @@ async fn an_authorizer_reads_its_own_grant_feed_and_not_anothers() {
     use latch_nats::auth::{authorizer_user, IssuedIdentity, Principal};
     use latch_nats::streams::{authorizer_feed_consumer, ensure_authorizer_feed, ensure_streams};
     let dir = tempfile::tempdir().unwrap();
-    let password = "authorizer-one-password-0123456789";
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
     let identity = IssuedIdentity {
         user: authorizer_user("AUTH1"),
-        password_hash: bcrypt::hash(password, 4).unwrap(),
+        login: Rendered::Nkey(public_key(&seed)),
         principal: Principal::Authorizer("AUTH1".into()),
     };
     std::fs::write(
@@ -421,7 +489,12 @@ async fn an_authorizer_reads_its_own_grant_feed_and_not_anothers() {
         .await
         .unwrap();
     // Latch (the service user) has the stream, both feeds and a request in each.
-    let service = connect(&server.url(), "latch", SVC_PW, "_INBOX".into()).await;
+    let service = connect(
+        &server.url(),
+        Login::Password("latch", SVC_PW),
+        "_INBOX".into(),
+    )
+    .await;
     let js = async_nats::jetstream::new(service.client.clone());
     ensure_streams(&js).await.unwrap();
     for n in ["AUTH1", "AUTH2"] {
@@ -439,8 +512,7 @@ async fn an_authorizer_reads_its_own_grant_feed_and_not_anothers() {
     }
     let mut a1 = connect(
         &server.url(),
-        &authorizer_user("AUTH1"),
-        password,
+        Login::Seed(&seed),
         authorizer_inbox_prefix("AUTH1"),
     )
     .await;
@@ -485,21 +557,28 @@ async fn an_authorizer_reads_its_own_grant_feed_and_not_anothers() {
     violation(&mut a1).await;
 }
 
-/// Waits until `user` with `password` is refused (the reload is asynchronous).
-async fn refused(url: &str, user: &str, password: &str) {
+/// Waits until `login` is refused (the reload is asynchronous).
+async fn refused(url: &str, login: Login<'_>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let attempt =
-            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-                .connect(url)
-                .await;
+        let attempt = login.options().connect(url).await;
         match attempt {
-            Err(_) => return,
+            Err(e) => {
+                assert_eq!(
+                    e.kind(),
+                    async_nats::ConnectErrorKind::AuthorizationViolation,
+                    "{e}"
+                );
+                return;
+            }
             Ok(client) if tokio::time::Instant::now() < deadline => {
                 drop(client);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Ok(_) => panic!("{user} still connects with a rotated or revoked password"),
+            Ok(_) => panic!(
+                "{} still connects after a rotation or revocation",
+                login.who()
+            ),
         }
     }
 }
@@ -519,8 +598,13 @@ async fn operators_rotate_and_revoke_an_identity_and_the_server_follows() {
     let body: Value = res.json().await.unwrap();
     let id = body["device_id"].as_str().unwrap().to_owned();
     let user = body["nats"]["user"].as_str().unwrap().to_owned();
-    let first = body["nats"]["password"].as_str().unwrap().to_owned();
-    connect(&url, &user, &first, subjects::device_inbox_prefix(&id)).await;
+    let first = body["nats"]["nkey_seed"].as_str().unwrap().to_owned();
+    connect(
+        &url,
+        Login::Seed(&first),
+        subjects::device_inbox_prefix(&id),
+    )
+    .await;
 
     // Only operators; an unknown name is a clear 404.
     let rotate = format!("/nats-identities/{user}/rotate");
@@ -534,15 +618,21 @@ async fn operators_rotate_and_revoke_an_identity_and_the_server_follows() {
         "unknown_nats_user"
     );
 
-    // Rotated: the old password is refused, the new one connects.
+    // Rotated: a new seed (and key); the old seed is refused, the new one connects.
     let res = app.post(&rotate, &app.operator, None).await;
     assert_eq!(res.status(), 200);
     let rotated: Value = res.json().await.unwrap();
     assert_eq!(rotated["user"], user.as_str());
-    let second = rotated["password"].as_str().unwrap().to_owned();
+    let second = rotated["nkey_seed"].as_str().unwrap().to_owned();
     assert_ne!(second, first);
-    refused(&url, &user, &first).await;
-    connect(&url, &user, &second, subjects::device_inbox_prefix(&id)).await;
+    assert_ne!(public_key(&second), public_key(&first));
+    refused(&url, Login::Seed(&first)).await;
+    connect(
+        &url,
+        Login::Seed(&second),
+        subjects::device_inbox_prefix(&id),
+    )
+    .await;
 
     // Revoked: nothing connects as it any more, and it is gone.
     let res = app
@@ -553,7 +643,7 @@ async fn operators_rotate_and_revoke_an_identity_and_the_server_follows() {
         .await
         .unwrap();
     assert_eq!(res.status(), 204);
-    refused(&url, &user, &second).await;
+    refused(&url, Login::Seed(&second)).await;
     let res = app
         .http
         .delete(format!("{}/nats-identities/{user}", app.address))
@@ -662,8 +752,7 @@ async fn concurrent_issues_share_renders_and_each_returns_once_rendered() {
     let (id, creds) = &issued[N / 2];
     connect(
         &secured.url,
-        &creds.user,
-        &creds.password,
+        Login::Seed(&creds.nkey_seed),
         subjects::device_inbox_prefix(id),
     )
     .await;
@@ -682,4 +771,96 @@ async fn concurrent_issues_share_renders_and_each_returns_once_rendered() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     gate.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_from_before_nkeys_keeps_its_password_until_rotated() {
+    let secured = Secured::start().await;
+    let (app, url) = (&secured.app, secured.url.clone());
+    // A row as migration 0033 left it: a bcrypt hash, no nkey.
+    let old_id = uuid::Uuid::now_v7().to_string();
+    let old_user = format!("device-{old_id}");
+    let old_password = "issued-before-nkeys-0123456789abcdef";
+    sqlx::query(
+        "INSERT INTO nats_identities (nats_user, kind, principal, password_hash)
+         VALUES ($1, 'device', $2, $3)",
+    )
+    .bind(&old_user)
+    .bind(&old_id)
+    .bind(bcrypt::hash(old_password, 4).unwrap())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // Any registration renders the whole table: an nkey user and a password user side by side.
+    let res = app
+        .post(
+            "/devices",
+            &app.operator,
+            Some(json!({"kind": "locker", "site": "610091A01", "label": "new"})),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let new: Value = res.json().await.unwrap();
+    let new_id = new["device_id"].as_str().unwrap();
+    let rendered = std::fs::read_to_string(&secured.auth_file).unwrap();
+    assert!(
+        rendered.contains(&format!("user: \"{old_user}\", password: \"$2")),
+        "{rendered}"
+    );
+    assert!(!rendered.contains(old_password));
+
+    // The old device still logs in with its password, still confined to its own subjects.
+    let mut old = connect(
+        &url,
+        Login::Password(&old_user, old_password),
+        subjects::device_inbox_prefix(&old_id),
+    )
+    .await;
+    old.client
+        .publish(subjects::telemetry(&old_id, "heartbeat"), "mine".into())
+        .await
+        .unwrap();
+    old.client.flush().await.unwrap();
+    assert!(
+        old.errors.try_recv().is_err(),
+        "its own telemetry is allowed"
+    );
+    old.client
+        .publish(subjects::telemetry(new_id, "heartbeat"), "forged".into())
+        .await
+        .unwrap();
+    violation(&mut old).await;
+    connect(
+        &url,
+        Login::Seed(new["nats"]["nkey_seed"].as_str().unwrap()),
+        subjects::device_inbox_prefix(new_id),
+    )
+    .await;
+
+    // A rotation makes it an nkey user: the password stops working, the seed connects.
+    let res = app
+        .post(
+            &format!("/nats-identities/{old_user}/rotate"),
+            &app.operator,
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let rotated: Value = res.json().await.unwrap();
+    let seed = rotated["nkey_seed"].as_str().unwrap().to_owned();
+    let (nkey, hash): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT nkey, password_hash FROM nats_identities WHERE nats_user = $1")
+            .bind(&old_user)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(nkey, Some(public_key(&seed)));
+    assert_eq!(hash, None);
+    refused(&url, Login::Password(&old_user, old_password)).await;
+    connect(
+        &url,
+        Login::Seed(&seed),
+        subjects::device_inbox_prefix(&old_id),
+    )
+    .await;
 }

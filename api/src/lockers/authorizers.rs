@@ -52,6 +52,8 @@ pub fn check_secret(secret: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Registers a third-party authorizer. The first answer carries its NATS identity,
+/// `nats: {user, nkey_seed}` (see `NatsCredentials`): the seed is shown only then.
 #[utoipa::path(post, path = "/lockers/authorizers", tag = "lockers", request_body = RegisterAuthorizer, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first outcome")),
     responses((status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn register_authorizer(
@@ -95,8 +97,8 @@ pub async fn register_authorizer(
             &meta.context(&actor, &body.raw),
         )
         .await?;
-    // Its NATS identity, confined to its own grant, confirmation and answer subjects; the
-    // password is in this answer only.
+    // Its NATS identity, confined to its own grant, confirmation and answer subjects; the nkey
+    // seed is in this answer only.
     let nats = crate::nats_identities::issue_and_publish(
         &state.pool,
         &state.nats_auth,
