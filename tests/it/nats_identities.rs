@@ -712,7 +712,7 @@ async fn concurrent_issues_share_renders_and_each_returns_once_rendered() {
                 // Later renders only add to the file, so reading it now still tells.
                 let rendered = std::fs::read_to_string(&auth_file).unwrap();
                 assert!(
-                    rendered.contains(&format!("\"{}\"", creds.user)),
+                    rendered.contains(&format!("\"{}\"", public_key(&creds.nkey_seed))),
                     "{} returned before a render included it",
                     creds.user
                 );
