@@ -330,7 +330,11 @@ async fn upsert(
              paid_at = EXCLUDED.paid_at, updated_at = EXCLUDED.updated_at,
              last_position = EXCLUDED.last_position",
     );
-    q.build().execute(conn).await?;
+    // One statement text per row count: not kept as a prepared statement, or every batch size
+    // seen would stay in each connection's statement cache (sqlx keeps 100 per connection, a
+    // 1,000-row upsert's description is tens of KiB) and in each Postgres backend. That cache
+    // was what grew `latch serve` by ~470 bytes per command in the soak bench.
+    q.build().persistent(false).execute(conn).await?;
     Ok(())
 }
 

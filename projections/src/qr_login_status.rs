@@ -238,7 +238,11 @@ pub async fn upsert_into(
                  finished_at = EXCLUDED.finished_at, session_id = EXCLUDED.session_id,
                  last_position = EXCLUDED.last_position",
         );
-        q.build().execute(&mut *conn).await?;
+        // One statement text per row count: not kept as a prepared statement, or every batch size
+        // seen would stay in each connection's statement cache (sqlx keeps 100 per connection, a
+        // 1,000-row upsert's description is tens of KiB) and in each Postgres backend. That cache
+        // was what grew `latch serve` by ~470 bytes per command in the soak bench.
+        q.build().persistent(false).execute(&mut *conn).await?;
     }
     Ok(())
 }
